@@ -1,0 +1,431 @@
+"""The relay's configuration: one frozen value built from three sources.
+
+Precedence, lowest first: built-in defaults, the YAML file (``--config`` or
+``CONFIG_FILE``), environment variables, twistd command-line options.  The
+environment beats the file because container platforms inject environment
+variables last; explicit command-line options beat everything.
+
+Everything here is pure: callers hand in the mappings, nothing reads
+``os.environ`` or touches the reactor, so every rule is unit-testable.  Every
+validation rule and its message lives in this module; a failure is a single
+:class:`ConfigError` naming the setting, never the secret value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import yaml
+
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
+DEFAULT_CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+ALWAYS_ALLOWED_METHODS = ("OPTIONS", "HEAD")
+MIN_SECRET_LENGTH = 32
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_REGION = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d+$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; ``str()`` is the one line operators see."""
+
+    def __init__(self, setting: str, problem: str, source: str = "") -> None:
+        self.setting = setting
+        self.problem = problem
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid configuration: {setting} {problem}{where}")
+
+
+@attrs.frozen
+class RoutePattern:
+    """A route from PASS_THROUGH_ROUTES / MTE_ROUTES; ``*`` matches any run of characters."""
+
+    pattern: str
+    _regex: re.Pattern[str] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def compile(cls, pattern: str) -> "RoutePattern":
+        body = ".*".join(re.escape(part) for part in pattern.split("*"))
+        return cls(pattern, re.compile(body + r"\Z"))
+
+    def matches(self, path: str) -> bool:
+        return self._regex.match(path) is not None
+
+
+def matches_any(routes: tuple[RoutePattern, ...], path: str) -> bool:
+    return any(route.matches(path) for route in routes)
+
+
+@attrs.frozen
+class Config:
+    """Every setting the relay honours.  Secrets are kept out of ``repr``."""
+
+    upstream: str
+    client_id_secret: str = attrs.field(repr=False)
+    outbound_token: str | None = attrs.field(default=None, repr=False)
+    aws_region: str | None = None
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    port: int = 8080
+    listen: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    pass_through_routes: tuple[RoutePattern, ...] = ()
+    mte_routes: tuple[RoutePattern, ...] | None = None
+    cors_origins: tuple[str, ...] = ()
+    cors_methods: tuple[str, ...] = DEFAULT_CORS_METHODS + ALWAYS_ALLOWED_METHODS
+    headers: tuple[tuple[str, str], ...] = ()
+    max_pool_size: int = 25
+    upstream_timeout: float = 30.0
+    state_secret: str | None = attrs.field(default=None, repr=False)
+    redis_key_prefix: str = "mterelay:"
+    pair_idle_ttl: float = 1800.0
+    pair_max_age: float = 86400.0
+    pair_max_messages: int = 1_000_000
+
+    @property
+    def listen_endpoint(self) -> str:
+        """The Twisted server endpoint description the main listener uses."""
+        return self.listen or f"tcp:{self.port}"
+
+    @property
+    def store_kind(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        """REDIS_URL without its password, for logs."""
+        if not self.redis_url:
+            return None
+        parts = urlsplit(self.redis_url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        if parts.password:
+            user = parts.username or ""
+            host = f"{user}:***@{host}"
+        return parts._replace(netloc=host).geturl()
+
+
+# --- parsers: raw value (str from env/CLI, or a YAML scalar/list/map) -> typed value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError("must be a single value")
+    return str(value).strip()
+
+
+def _required_text(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = _required_text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return text.rstrip("/")
+
+
+def _secret(value: Any) -> str:
+    text = _required_text(value)
+    if len(text) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+    return text
+
+
+def _token(value: Any) -> str:
+    text = _required_text(value)
+    if any(ch.isspace() for ch in text):
+        raise ValueError("must not contain white space")
+    return text
+
+
+def _region(value: Any) -> str:
+    text = _required_text(value)
+    if not _REGION.match(text):
+        raise ValueError("must look like an AWS region, e.g. us-east-1")
+    return text
+
+
+def _redis_url(value: Any) -> str:
+    text = _required_text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL with a host")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError("must name a numeric database, e.g. redis://host:6379/0")
+    return text
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        try:
+            number = int(_text(value))
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _positive_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    try:
+        number = float(_text(value))
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 < number < 10**7 or number != number:
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _log_level(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return text
+
+
+def _log_format(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        items = [_text(item) for item in value]
+    else:
+        items = _text(value).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def _routes(value: Any) -> tuple[RoutePattern, ...]:
+    routes = []
+    for item in _list(value):
+        if not item.startswith("/"):
+            raise ValueError(f"route {item!r} must start with /")
+        if any(ch.isspace() for ch in item) or "?" in item or "#" in item:
+            raise ValueError(f"route {item!r} must be a plain path (no spaces, query or fragment)")
+        routes.append(RoutePattern.compile(item))
+    return tuple(routes)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    origins = []
+    for item in _list(value):
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            raise ValueError(f"entry {item!r} must be an origin like https://app.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    methods = []
+    for item in _list(value):
+        method = item.upper()
+        if not _TOKEN.match(method):
+            raise ValueError(f"entry {item!r} is not an HTTP method")
+        if method not in methods:
+            methods.append(method)
+    if not methods:
+        raise ValueError("must list at least one method")
+    for always in ALWAYS_ALLOWED_METHODS:
+        if always not in methods:
+            methods.append(always)
+    return tuple(methods)
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError("must be a JSON object of header names to values") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object of header names to values")
+    pairs = []
+    for name, header_value in value.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise ValueError(f"has an invalid header name {name!r}")
+        if not isinstance(header_value, str):
+            raise ValueError(f"value for {name!r} must be a string")
+        if any(ch in header_value for ch in "\r\n\0"):
+            raise ValueError(f"value for {name!r} must not contain line breaks")
+        pairs.append((name.lower(), header_value))
+    return tuple(pairs)
+
+
+def _key_prefix(value: Any) -> str:
+    text = _text(value)
+    if any(ch.isspace() for ch in text) or len(text) > 64:
+        raise ValueError("must be at most 64 characters without spaces")
+    return text
+
+
+@attrs.frozen
+class Setting:
+    """One row of the settings table: how a setting is named in each source."""
+
+    field: str
+    env: str
+    yaml_key: str
+    parse: Callable[[Any], Any]
+    cli: str | None = None
+    help: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("upstream", "UPSTREAM", "upstream", _http_url, "upstream",
+            "Upstream API the relay forwards to (required)."),
+    Setting("client_id_secret", "CLIENT_ID_SECRET", "clientIdSecret", _secret,
+            "client-id-secret", "Secret (32+ chars) that signs client ids (required)."),
+    Setting("outbound_token", "OUTBOUND_TOKEN", "outboundToken", _token, "outbound-token",
+            "Token applications send in x-mte-outbound-token."),
+    Setting("aws_region", "AWS_REGION", "awsRegion", _region, "aws-region",
+            "AWS region the relay runs in."),
+    Setting("redis_url", "REDIS_URL", "redisURL", _redis_url, "redis-url",
+            "redis:// or rediss:// URL for shared pair state (default: memory)."),
+    Setting("port", "PORT", "port", _int_between(1, 65535), "port",
+            "TCP port to listen on (default 8080)."),
+    Setting("listen", "LISTEN", "listen", _required_text, "listen",
+            "Twisted endpoint to listen on, e.g. tcp:8080:interface=0.0.0.0 (overrides port)."),
+    Setting("log_level", "LOG_LEVEL", "logLevel", _log_level, "log-level",
+            "trace, debug, info, warning, error, panic or off (default info)."),
+    Setting("log_format", "LOG_FORMAT", "logFormat", _log_format, "log-format",
+            "text or json (default text)."),
+    Setting("pass_through_routes", "PASS_THROUGH_ROUTES", "passThroughRoutes", _routes,
+            "pass-through-routes", "Comma-separated routes proxied without encryption."),
+    Setting("mte_routes", "MTE_ROUTES", "mteRoutes", _routes, "mte-routes",
+            "Comma-separated encrypted routes; when set, other routes answer 404."),
+    Setting("cors_origins", "CORS_ORIGINS", "corsOrigins", _origins, "cors-origins",
+            "Comma-separated origins allowed to make cross-origin requests."),
+    Setting("cors_methods", "CORS_METHODS", "corsMethods", _methods, "cors-methods",
+            "Comma-separated CORS methods (default GET, POST, PUT, DELETE)."),
+    Setting("headers", "HEADERS", "headers", _headers, "headers",
+            "JSON object of headers added to every request and response."),
+    Setting("max_pool_size", "MAX_POOL_SIZE", "maxPoolSize", _int_between(1, 1000),
+            "max-pool-size", "Pairs per remote relay / pair requests per call (default 25)."),
+    Setting("upstream_timeout", "UPSTREAM_TIMEOUT", "upstreamTimeout", _positive_seconds,
+            "upstream-timeout", "Seconds to wait for the upstream (default 30)."),
+    Setting("state_secret", "STATE_SECRET", "stateSecret", _secret, "state-secret",
+            "Secret (32+ chars) sealing pair state in Redis (default: CLIENT_ID_SECRET)."),
+    Setting("redis_key_prefix", "REDIS_KEY_PREFIX", "redisKeyPrefix", _key_prefix,
+            "redis-key-prefix", "Prefix of every Redis key (default mterelay:)."),
+    Setting("pair_idle_ttl", "PAIR_IDLE_TTL", "pairIdleTtl", _positive_seconds,
+            "pair-idle-ttl", "Seconds an unused pair lives (default 1800)."),
+    Setting("pair_max_age", "PAIR_MAX_AGE", "pairMaxAge", _positive_seconds,
+            "pair-max-age", "Seconds a pair lives at most (default 86400)."),
+    Setting("pair_max_messages", "PAIR_MAX_MESSAGES", "pairMaxMessages",
+            _int_between(1, 2**40), "pair-max-messages",
+            "Messages a pair carries at most (default 1000000)."),
+)
+
+_DEBUG = Setting("debug", "DEBUG", "debug", _bool, None, "")
+_BY_YAML_KEY = {s.yaml_key: s for s in SETTINGS + (_DEBUG,)}
+
+
+def parse_yaml(text: str, source: str = "config file") -> dict[str, Any]:
+    """Parse the YAML config file; unknown keys are errors so typos do not pass silently."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("config file", f"is not valid YAML{where}", source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file", "must be a mapping of settings", source)
+    for key in data:
+        if key not in _BY_YAML_KEY:
+            raise ConfigError("config file", f"has an unknown key {key!r}", source)
+    return data
+
+
+def load_config(
+    environ: Mapping[str, str],
+    file_values: Mapping[str, Any] | None = None,
+    cli_values: Mapping[str, Any] | None = None,
+    file_source: str = "config file",
+) -> Config:
+    """Merge the three sources into a validated :class:`Config`.
+
+    ``file_values`` is the output of :func:`parse_yaml`; ``cli_values`` maps a
+    setting's field name to the raw option value (``None`` meaning not given).
+    """
+    file_values = file_values or {}
+    cli_values = cli_values or {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS + (_DEBUG,):
+        raw, source = None, ""
+        if setting.yaml_key in file_values and file_values[setting.yaml_key] is not None:
+            raw, source = file_values[setting.yaml_key], f"{file_source} key {setting.yaml_key}"
+        if setting.env in environ and environ[setting.env].strip() != "":
+            raw, source = environ[setting.env], "environment"
+        if cli_values.get(setting.field) is not None:
+            raw, source = cli_values[setting.field], f"option --{setting.cli}"
+        if raw is None:
+            continue
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as error:
+            raise ConfigError(setting.env, str(error), source) from None
+
+    for required in ("upstream", "client_id_secret"):
+        if required not in values:
+            env = next(s.env for s in SETTINGS if s.field == required)
+            raise ConfigError(env, "is required")
+
+    if values.pop("debug", False):
+        if LOG_LEVELS.index(values.get("log_level", "info")) > LOG_LEVELS.index("debug"):
+            values["log_level"] = "debug"
+    return Config(**values)

@@ -1,0 +1,159 @@
+"""``twistd mterelay``: command-line options and the service tree.
+
+``Options`` validates the whole configuration in ``postOptions`` so a bad
+setting stops twistd before anything listens, with one line on stderr and a
+non-zero exit.  ``makeService`` only assembles parts; each part receives the
+reactor, agent and store it uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+from twisted.python.components import Componentized
+
+from mterelay import __version__
+from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
+from mterelay.logs import make_observer
+from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.web.root import RelayRoot
+from mterelay.web.site import RelaySite
+
+log = Logger(namespace="mterelay")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run an mterelay: an end-to-end payload-encryption relay for HTTP. Every option "
+        "can also be given as an environment variable (UPSTREAM, CLIENT_ID_SECRET, ...) "
+        "or in a YAML file; options win over the environment, which wins over the file."
+    )
+    optParameters = [["config", "c", None, "YAML configuration file (or CONFIG_FILE)."]] + [
+        [setting.cli, None, None, setting.help] for setting in SETTINGS if setting.cli
+    ]
+    optFlags = [["debug", None, "Log at debug level (same as DEBUG=true)."]]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self.config: Config | None = None
+
+    def opt_version(self) -> None:
+        print(f"mterelay {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = options_to_config(self, self.environ)
+        except ConfigError as error:
+            sys.stderr.write(f"{error}\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
+
+
+def options_to_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Read the optional YAML file and merge it with the environment and options."""
+    path = options.get("config") or environ.get("CONFIG_FILE") or None
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise ConfigError("config file", f"cannot be read: {error.strerror}", path) from None
+        file_values = parse_yaml(text, source=path)
+    cli = {s.field: options.get(s.cli) for s in SETTINGS if s.cli}
+    if options.get("debug"):
+        cli["debug"] = True
+    return load_config(environ, file_values, cli, file_source=path or "config file")
+
+
+class RelayService(MultiService):
+    """The top service; hands twistd its log observer when attached to an Application."""
+
+    def __init__(self, config: Config, observer: ILogObserver) -> None:
+        super().__init__()
+        self.config = config
+        self.observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd uses an ILogObserver component of the application when it
+        # has one, so LOG_LEVEL / LOG_FORMAT apply to every line it writes.
+        if isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
+        super().setServiceParent(parent)
+
+
+class ListenerService(StreamServerEndpointService):
+    """The main listener; logs where it listens once the port is bound."""
+
+    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        # Fail twistd's start-up (exit != 0) when the port cannot be bound.
+        self._raiseSynchronously = True
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        address = port.getHost()
+        host = getattr(address, "host", None)
+        if host is not None:
+            scheme = "https" if self.description.startswith("ssl:") else "http"
+            log.info("Server listening at {url}", url=f"{scheme}://{host}:{address.port}")
+        else:
+            log.info("Server listening on {endpoint}", endpoint=self.description)
+        return port
+
+
+def build_service(config: Config, reactor: Any, observer: ILogObserver | None = None) -> RelayService:
+    """Assemble the relay; everything stateful gets ``reactor`` explicitly."""
+    if observer is None:
+        observer = make_observer(config.log_level, config.log_format, sys.stdout)
+    top = RelayService(config, observer)
+    forwarder = UpstreamForwarder(
+        clock=reactor,
+        agent=make_agent(reactor),
+        upstream=config.upstream,
+        timeout=config.upstream_timeout,
+        extra_headers=config.headers,
+    )
+    site = RelaySite(RelayRoot(config, forwarder, reactor), reactor)
+    try:
+        endpoint = serverFromString(reactor, config.listen_endpoint)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
+    ListenerService(endpoint, site, config.listen_endpoint).setServiceParent(top)
+    log.info(
+        "mterelay {version} ready: upstream {upstream}, store {store}, log level {log_level_name}"
+        "{region}",
+        version=__version__,
+        upstream=config.upstream,
+        store=config.store_kind
+        + (f" ({config.redis_url_redacted})" if config.redis_url else " (in-process)"),
+        log_level_name=config.log_level,
+        region=f", AWS region {config.aws_region}" if config.aws_region else "",
+    )
+    return top
+
+
+def makeService(options: Options) -> RelayService:
+    from twisted.internet import reactor
+
+    assert options.config is not None
+    try:
+        return build_service(options.config, reactor)
+    except ConfigError as error:
+        sys.stderr.write(f"{error}\n")
+        raise SystemExit(2)

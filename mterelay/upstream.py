@@ -1,0 +1,221 @@
+"""Forwarding plain HTTP requests to the upstream API.
+
+A bare ``twisted.web.client.Agent`` over one persistent ``HTTPConnectionPool``
+is used rather than ``treq.HTTPClient``: treq's client keeps a cookie jar
+(shared by every caller — a proxy would leak one client's cookies to the
+next), follows redirects and transparently gunzips, all of which would make
+the relay visible to its clients.  The agent is a parameter, so tests can hand
+in ``treq.testing.RequestTraversalAgent`` or a real agent against a loopback
+server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+
+# RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer (HTTP 502)."""
+
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream took longer than UPSTREAM_TIMEOUT (HTTP 504)."""
+
+    status = 504
+
+
+def hop_by_hop_names(headers: Headers) -> set[bytes]:
+    """Hop-by-hop names, including any a ``Connection`` header nominates."""
+    names = set(HOP_BY_HOP)
+    for value in headers.getRawHeaders(b"connection", []):
+        names.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return names
+
+
+def copy_end_to_end(
+    source: Headers,
+    target: Headers,
+    drop: Iterable[bytes] = (),
+    drop_prefixes: tuple[bytes, ...] = (),
+) -> None:
+    """Copy every end-to-end header (repeated ones such as Set-Cookie kept apart)."""
+    skip = hop_by_hop_names(source) | {name.lower() for name in drop}
+    for name, values in source.getAllRawHeaders():
+        lower = name.lower()
+        if lower not in skip and not lower.startswith(drop_prefixes):
+            for value in values:
+                target.addRawHeader(name, value)
+
+
+def make_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.0) -> IAgent:
+    """The production agent: persistent connections to the upstream, reused across requests."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = pool_size
+    pool.cachedConnectionTimeout = 90
+    return Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+
+
+@attrs.define
+class ForwardedFor:
+    """What the relay knows about the original client, for X-Forwarded-* headers."""
+
+    client_ip: str | None
+    proto: str
+    host: bytes | None
+
+
+@attrs.define
+class UpstreamForwarder:
+    """Sends one request to UPSTREAM and returns its response, or a typed error."""
+
+    clock: IReactorTime
+    agent: IAgent
+    upstream: str
+    timeout: float = 30.0
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    _base: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        parts = urlsplit(self.upstream)
+        self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+    def url_for(self, path_and_query: bytes) -> bytes:
+        """The upstream URL for a request target (``/path?query``), prefix path kept."""
+        if not path_and_query.startswith(b"/"):
+            path_and_query = b"/" + path_and_query
+        return self._base.encode("ascii") + path_and_query
+
+    def outgoing_headers(self, incoming: Headers, forwarded: ForwardedFor) -> Headers:
+        """End-to-end request headers plus X-Forwarded-* and the configured HEADERS.
+
+        Host and Content-Length are dropped: the agent sets both from the URL
+        and the body producer.
+        """
+        headers = Headers()
+        copy_end_to_end(incoming, headers, drop=(b"host", b"content-length"))
+        if forwarded.client_ip:
+            prior = b", ".join(incoming.getRawHeaders(b"x-forwarded-for", []))
+            chain = (prior + b", " if prior else b"") + forwarded.client_ip.encode("ascii")
+            headers.setRawHeaders(b"x-forwarded-for", [chain])
+        headers.setRawHeaders(b"x-forwarded-proto", [forwarded.proto.encode("ascii")])
+        if forwarded.host:
+            headers.setRawHeaders(b"x-forwarded-host", [forwarded.host])
+        for name, value in self.extra_headers:
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
+        return headers
+
+    def forward(
+        self,
+        method: bytes,
+        path_and_query: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> "Deferred[IResponse]":
+        """Start the upstream request; fails with UpstreamError / UpstreamTimeout.
+
+        The returned Deferred is cancellable (a client that goes away cancels
+        its upstream request).
+        """
+        timed_out = []
+        requested = self.agent.request(method, self.url_for(path_and_query), headers, body)
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            requested.cancel()
+
+        timer: IDelayedCall = self.clock.callLater(self.timeout, on_timeout)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                if timed_out:
+                    raise UpstreamTimeout(f"no answer within {self.timeout:g} s")
+                if result.check(CancelledError):
+                    return result
+                raise UpstreamError(_describe(result))
+            return result
+
+        return requested.addBoth(done)
+
+
+def _describe(failure: Failure) -> str:
+    """A short reason for logs; never includes request data."""
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        failure = reasons[0]
+    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:200]
+
+
+class BodyStreamer(Protocol):
+    """Streams an upstream response body into a consumer (the client's request).
+
+    The upstream transport is registered as the consumer's producer, so a slow
+    client pauses reading from the upstream instead of buffering the body.
+    """
+
+    def __init__(self, consumer: Any, finished: "Deferred[None]") -> None:
+        self.consumer = consumer
+        self.finished = finished
+
+    def connectionMade(self) -> None:
+        self.consumer.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.consumer.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.consumer.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(None)
+        else:
+            self.finished.errback(reason)
+
+
+def stream_body(response: IResponse, consumer: Any) -> "Deferred[None]":
+    """Deliver ``response``'s body into ``consumer``; fires when it is complete."""
+    finished: Deferred[None] = Deferred()
+    response.deliverBody(BodyStreamer(consumer, finished))
+    return finished
+
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ForwardedFor",
+    "ResponseFailed",
+    "UpstreamError",
+    "UpstreamForwarder",
+    "UpstreamTimeout",
+    "copy_end_to_end",
+    "make_agent",
+    "stream_body",
+]

@@ -1,0 +1,1 @@
+"""The relay's HTTP surface: a Resource tree plus the Site that logs it."""

@@ -1,0 +1,135 @@
+"""PASS_THROUGH_ROUTES: proxied to UPSTREAM in clear, bodies streamed both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from mterelay.upstream import (
+    ForwardedFor,
+    UpstreamError,
+    UpstreamForwarder,
+    copy_end_to_end,
+    stream_body,
+)
+from mterelay.web.responses import error_body
+
+log = Logger(namespace="mterelay.passthrough")
+
+SMALL_BODY = 256 * 1024
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A body already in memory, written in one go (no cooperator, no reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Any:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def request_body(request: IRequest) -> IBodyProducer | None:
+    """The client's body as a producer; twisted.web spools large ones to a temp file."""
+    headers = request.requestHeaders
+    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+        return None
+    content = request.content
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0, 0)
+    if size <= SMALL_BODY:
+        return BytesProducer(content.read())
+    producer = FileBodyProducer(content)
+    if producer.length is UNKNOWN_LENGTH:  # pragma: no cover - files are seekable
+        producer.length = size
+    return producer
+
+
+def forwarded_for(request: IRequest) -> ForwardedFor:
+    peer = request.getClientAddress()
+    return ForwardedFor(
+        client_ip=getattr(peer, "host", None),
+        proto="https" if request.isSecure() else "http",
+        host=request.getHeader(b"host"),
+    )
+
+
+def relay_response(request: IRequest, response: IResponse, finishing: Any) -> Any:
+    """Copy status and headers, then stream the body; relay-owned headers win."""
+    request.setResponseCode(response.code, response.phrase or None)
+    copy_end_to_end(
+        response.headers,
+        request.responseHeaders,
+        drop_prefixes=(b"access-control-",),
+    )
+    return finishing(stream_body(response, request))
+
+
+def render_passthrough(request: IRequest, forwarder: UpstreamForwarder) -> Any:
+    gone: list[bool] = []
+    started = forwarder.forward(
+        request.method,
+        request.uri,
+        forwarder.outgoing_headers(request.requestHeaders, forwarded_for(request)),
+        request_body(request),
+    )
+
+    def client_gone(_: Any) -> None:
+        gone.append(True)
+        started.cancel()
+
+    request.notifyFinish().addErrback(client_gone)
+
+    def finishing(streamed: Any) -> Any:
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                log.info("upstream body interrupted: {why}", why=result.getErrorMessage())
+                if not gone:
+                    request.loseConnection()
+                return
+            if not gone:
+                request.finish()
+
+        return streamed.addBoth(done)
+
+    def failed(failure: Failure) -> None:
+        if gone or failure.check(CancelledError):
+            return
+        error = failure.value
+        if isinstance(error, UpstreamError):
+            log.warn(
+                "upstream failed for {path}: {why}",
+                path=request.path.decode("latin-1")[:200],
+                why=str(error),
+            )
+            message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
+            request.write(error_body(request, error.status, message))
+            request.finish()
+            return
+        log.failure("pass-through failed", failure)
+        request.write(error_body(request, 502, "Bad gateway"))
+        request.finish()
+
+    started.addCallback(lambda response: relay_response(request, response, finishing))
+    started.addErrback(failed)
+    return NOT_DONE_YET

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+mterelay = ServiceMaker(
+    "mterelay",
+    "mterelay.tap",
+    "End-to-end payload-encryption relay for HTTP (post-quantum hybrid pairing).",
+    "mterelay",
+)
