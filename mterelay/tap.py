@@ -9,6 +9,7 @@ reactor, agent and store it uses.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -80,10 +81,28 @@ def options_to_config(options: Mapping[str, Any], environ: Mapping[str, str]) ->
 class RelayService(MultiService):
     """The top service; hands twistd its log observer when attached to an Application."""
 
-    def __init__(self, config: Config, observer: ILogObserver) -> None:
+    def __init__(self, config: Config, observer: ILogObserver, reactor: Any = None) -> None:
         super().__init__()
         self.config = config
         self.observer = observer
+        self.reactor = reactor
+        self.handle_sigterm = False
+
+    def startService(self) -> None:
+        super().startService()
+        if self.handle_sigterm and self.reactor is not None:
+            self.reactor.callWhenRunning(self._install_sigterm)
+
+    def _install_sigterm(self) -> None:
+        # twistd re-raises the stopping signal after shutdown, so a relay
+        # stopped by SIGTERM would exit with status -15.  SIGTERM is how every
+        # orchestrator asks for a clean stop, so it stops the reactor itself
+        # and the process exits 0.
+        def on_sigterm(signum: int, frame: Any) -> None:
+            log.info("Received SIGTERM, shutting down.")
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd uses an ILogObserver component of the application when it
@@ -121,7 +140,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
     """Assemble the relay; everything stateful gets ``reactor`` explicitly."""
     if observer is None:
         observer = make_observer(config.log_level, config.log_format, sys.stdout)
-    top = RelayService(config, observer)
+    top = RelayService(config, observer, reactor)
     forwarder = UpstreamForwarder(
         clock=reactor,
         agent=make_agent(reactor),
@@ -153,7 +172,9 @@ def makeService(options: Options) -> RelayService:
 
     assert options.config is not None
     try:
-        return build_service(options.config, reactor)
+        service = build_service(options.config, reactor)
+        service.handle_sigterm = True
+        return service
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")
         raise SystemExit(2)

@@ -77,11 +77,20 @@ def forwarded_for(request: IRequest) -> ForwardedFor:
 def relay_response(request: IRequest, response: IResponse, finishing: Any) -> Any:
     """Copy status and headers, then stream the body; relay-owned headers win."""
     request.setResponseCode(response.code, response.phrase or None)
+    # Twisted's client parser keeps Connection, Content-Length and friends out
+    # of ``response.headers`` (so headers a response's Connection header
+    # nominates cannot be identified); the length survives as ``.length``.
     copy_end_to_end(
         response.headers,
         request.responseHeaders,
         drop_prefixes=(b"access-control-",),
     )
+    if (
+        isinstance(response.length, int)
+        and request.method != b"HEAD"
+        and response.code not in (204, 304)
+    ):
+        request.setHeader(b"content-length", b"%d" % response.length)
     return finishing(stream_body(response, request))
 
 
