@@ -1,0 +1,20 @@
+"""Pair stores: where pair secrets and anti-replay windows live.
+
+``IPairStore`` is the contract; ``MemoryPairStore`` (embedded default) and
+``RedisPairStore`` (shared by replicas, in ``mterelay.store.redis``, not
+imported here because txredisapi imports the global reactor) implement it.
+"""
+
+from mterelay.protocol.replay import Verdict
+from mterelay.store.factory import build_store
+from mterelay.store.interface import IPairStore, StoreLimits, StoreUnavailable
+from mterelay.store.memory import MemoryPairStore
+
+__all__ = [
+    "IPairStore",
+    "MemoryPairStore",
+    "StoreLimits",
+    "StoreUnavailable",
+    "Verdict",
+    "build_store",
+]

@@ -20,6 +20,7 @@ from mterelay.upstream import (
     stream_body,
 )
 from mterelay.web.responses import error_body
+from mterelay.web.streaming import BodyPipe
 
 log = Logger(namespace="mterelay.passthrough")
 
@@ -49,7 +50,10 @@ class BytesProducer:
 
 
 def request_body(request: IRequest) -> IBodyProducer | None:
-    """The client's body as a producer; twisted.web spools large ones to a temp file."""
+    """The client's body as a producer: streamed when the request streams it."""
+    pipe = getattr(request, "body", None)
+    if isinstance(pipe, BodyPipe):
+        return pipe
     headers = request.requestHeaders
     if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
         return None

@@ -9,6 +9,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from mterelay.web.streaming import StreamingRequest
+
 log = Logger(namespace="mterelay.access")
 
 
@@ -19,6 +21,7 @@ class RelaySite(Site):
     displayTracebacks = False
 
     def __init__(self, resource: IResource, clock: IReactorTime, **kwargs: Any) -> None:
+        kwargs.setdefault("requestFactory", StreamingRequest)
         super().__init__(resource, **kwargs)
         self.clock = clock
 

@@ -1,0 +1,92 @@
+"""Signed client ids: ``<uuid4>.<hex HMAC-SHA256(secret, uuid)>``.
+
+The relay hands a client an id on ``HEAD /api/mte-relay`` and afterwards only
+trusts ids it signed itself, so a client cannot squat on (and replace) the
+pairs of another client by guessing or copying a bare uuid.  Verification
+accepts several secrets so ``CLIENT_ID_SECRET`` can be rotated without
+invalidating every client at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Callable, Sequence
+
+from .errors import InvalidClientId
+
+__all__ = ["CLIENT_ID_LENGTH", "UUID_LENGTH", "new_client_id", "verify_client_id",
+           "client_uuid", "is_client_id", "is_client_uuid"]
+
+UUID_LENGTH = 36
+CLIENT_ID_LENGTH = UUID_LENGTH + 1 + 64
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+_UUID_RE = re.compile(_UUID)
+_CLIENT_ID_RE = re.compile(rf"({_UUID})\.([0-9a-f]{{64}})")
+
+
+def _sign(secret: bytes, bare_uuid: str) -> str:
+    return hmac.new(secret, bare_uuid.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def is_client_uuid(value: object) -> bool:
+    """True if ``value`` is a lowercase canonical version-4 uuid string."""
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
+
+
+def is_client_id(value: object) -> bool:
+    """True if ``value`` follows the client-id grammar (signature unchecked)."""
+    return isinstance(value, str) and _CLIENT_ID_RE.fullmatch(value) is not None
+
+
+def new_client_id(secret: bytes, uuid_factory: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """Mint a signed client id under ``secret`` (the current secret).
+
+    ``uuid_factory`` exists for deterministic tests; whatever it returns must
+    be a version-4 uuid, so the relay never issues an id it would refuse.
+    """
+    if not isinstance(secret, bytes) or not secret:
+        raise ValueError("client id secret must be non-empty bytes")
+    bare = str(uuid_factory())
+    if not is_client_uuid(bare):
+        raise ValueError("uuid_factory must return a version-4 uuid")
+    return f"{bare}.{_sign(secret, bare)}"
+
+
+def verify_client_id(value: object, secrets: Sequence[bytes]) -> str:
+    """Return the bare uuid of a valid id, else raise :class:`InvalidClientId`.
+
+    The grammar is checked exactly (lowercase, uuid4, 64 hex digits, nothing
+    else) before any HMAC is computed.  Every secret is tried, without an
+    early exit, and compared with :func:`hmac.compare_digest`, so timing does
+    not tell which secret (if any) matched or how many signature bytes did.
+    """
+    if not secrets:
+        raise ValueError("at least one client id secret is required")
+    if not isinstance(value, str) or len(value) != CLIENT_ID_LENGTH:
+        raise InvalidClientId("client id is not <uuid4>.<64 hex>")
+    match = _CLIENT_ID_RE.fullmatch(value)
+    if match is None:
+        raise InvalidClientId("client id is not <uuid4>.<64 hex>")
+    bare, signature = match.group(1), match.group(2).encode("ascii")
+    valid = False
+    for secret in secrets:
+        expected = _sign(secret, bare).encode("ascii")
+        valid |= hmac.compare_digest(expected, signature)
+    if not valid:
+        raise InvalidClientId("client id signature does not verify")
+    return bare
+
+
+def client_uuid(value: str) -> str:
+    """The uuid part of a client id (client side; no signature check).
+
+    Pairing transcripts bind the bare uuid, not the signed id, so that the
+    relay re-signing an id after a secret rotation does not orphan pairs.
+    """
+    if not is_client_id(value):
+        raise ValueError("not a client id")
+    return value[:UUID_LENGTH]

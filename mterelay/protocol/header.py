@@ -1,0 +1,164 @@
+"""The clear ``x-mte-relay`` request/response header.
+
+``clientId,pairId,mode,urlEnc,headersEnc,bodyEnc,streaming,seq``
+
+It travels in clear because the relay needs it to find the pair before it can
+decrypt anything; its flags are bound into every item's AAD (see
+:meth:`RelayHeader.flags_byte`) so flipping one in transit breaks decryption
+instead of changing how the relay interprets the message.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from .clientid import is_client_id
+from .errors import InvalidClientId, MalformedHeader
+
+__all__ = ["MODE_MTE", "MODE_MKE", "MODES", "MAX_SEQ", "MAX_HEADER_LENGTH",
+           "RelayHeader", "is_pair_id"]
+
+MODE_MTE = "MTE"
+MODE_MKE = "MKE"
+MODES = (MODE_MTE, MODE_MKE)
+#: Largest sequence number: 2**53 - 1 keeps it exact in JavaScript numbers.
+MAX_SEQ = 2**53 - 1
+#: Far above the longest valid header (101 + 1 + 64 + 12 + 1 + 16 = 195).
+MAX_HEADER_LENGTH = 256
+
+_PAIR_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_SEQ_RE = re.compile(r"0|[1-9][0-9]{0,15}")
+_FLAG = {"0": False, "1": True}
+
+_BIT_MKE = 0x01
+_BIT_URL = 0x02
+_BIT_HEADERS = 0x04
+_BIT_BODY = 0x08
+_BIT_STREAMING = 0x10
+
+
+def is_pair_id(value: object) -> bool:
+    """True for 16..64 characters of ``[A-Za-z0-9_-]``."""
+    return isinstance(value, str) and _PAIR_ID_RE.fullmatch(value) is not None
+
+
+def _check_client_id(instance: object, attribute: object, value: object) -> None:
+    if not is_client_id(value):
+        raise ValueError("client_id must be <uuid4>.<64 hex>")
+
+
+def _check_pair_id(instance: object, attribute: object, value: object) -> None:
+    if not is_pair_id(value):
+        raise ValueError("pair_id must be 16..64 chars of [A-Za-z0-9_-]")
+
+
+def _check_mode(instance: object, attribute: object, value: object) -> None:
+    if value not in MODES:
+        raise ValueError("mode must be 'MTE' or 'MKE'")
+
+
+def _check_flag(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if type(value) is not bool:
+        raise ValueError(f"{attribute.name} must be a bool")
+
+
+def _check_seq(instance: object, attribute: object, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise ValueError("seq must be an int in 0..2**53-1")
+
+
+@attrs.frozen
+class RelayHeader:
+    """A parsed ``x-mte-relay`` header; always valid once constructed."""
+
+    client_id: str = attrs.field(validator=_check_client_id)
+    pair_id: str = attrs.field(validator=_check_pair_id)
+    mode: str = attrs.field(validator=_check_mode)
+    url_enc: bool = attrs.field(validator=_check_flag)
+    headers_enc: bool = attrs.field(validator=_check_flag)
+    body_enc: bool = attrs.field(validator=_check_flag)
+    streaming: bool = attrs.field(validator=_check_flag)
+    seq: int = attrs.field(validator=_check_seq)
+
+    @classmethod
+    def parse(cls, value: str | bytes) -> "RelayHeader":
+        """Parse a header value strictly.
+
+        Raises :class:`MalformedHeader` (568) with a reason naming the bad
+        field, except for a client-id field that is not of the client-id
+        grammar, which raises :class:`InvalidClientId` (566) so the client
+        reacts by re-validating rather than giving up.  Only optional
+        whitespace around the whole value (RFC 9110 OWS) is tolerated.
+        """
+        if isinstance(value, (bytes, bytearray)):
+            if len(value) > MAX_HEADER_LENGTH:
+                raise MalformedHeader("header too long")
+            try:
+                value = bytes(value).decode("ascii")
+            except UnicodeDecodeError:
+                raise MalformedHeader("header is not ASCII") from None
+        if not isinstance(value, str):
+            raise MalformedHeader("header is not a string")
+        value = value.strip(" \t")
+        if len(value) > MAX_HEADER_LENGTH:
+            raise MalformedHeader("header too long")
+        fields = value.split(",")
+        if len(fields) != 8:
+            raise MalformedHeader(f"expected 8 comma-separated fields, got {len(fields)}")
+        client_id, pair_id, mode, url_enc, headers_enc, body_enc, streaming, seq = fields
+        if not is_client_id(client_id):
+            raise InvalidClientId("client id field is not <uuid4>.<64 hex>")
+        if not is_pair_id(pair_id):
+            raise MalformedHeader("pairId must be 16..64 chars of [A-Za-z0-9_-]")
+        if mode not in MODES:
+            raise MalformedHeader("mode must be MTE or MKE")
+        flags = []
+        for name, flag in (("urlEnc", url_enc), ("headersEnc", headers_enc),
+                           ("bodyEnc", body_enc), ("streaming", streaming)):
+            if flag not in _FLAG:
+                raise MalformedHeader(f"{name} must be 0 or 1")
+            flags.append(_FLAG[flag])
+        if _SEQ_RE.fullmatch(seq) is None or int(seq) > MAX_SEQ:
+            raise MalformedHeader("seq must be a decimal in 0..2^53-1 without leading zeros")
+        return cls(client_id, pair_id, mode, flags[0], flags[1], flags[2], flags[3], int(seq))
+
+    def format(self) -> str:
+        """The canonical header value (``parse(h.format()) == h``)."""
+        return ",".join((
+            self.client_id, self.pair_id, self.mode,
+            "1" if self.url_enc else "0",
+            "1" if self.headers_enc else "0",
+            "1" if self.body_enc else "0",
+            "1" if self.streaming else "0",
+            str(self.seq),
+        ))
+
+    def flags_byte(self) -> int:
+        """The header's flags packed into one AAD byte.
+
+        bit 0 mode MKE, bit 1 urlEnc, bit 2 headersEnc, bit 3 bodyEnc,
+        bit 4 streaming; the other bits are zero.
+        """
+        return ((_BIT_MKE if self.mode == MODE_MKE else 0)
+                | (_BIT_URL if self.url_enc else 0)
+                | (_BIT_HEADERS if self.headers_enc else 0)
+                | (_BIT_BODY if self.body_enc else 0)
+                | (_BIT_STREAMING if self.streaming else 0))
+
+    def flags_bytes(self) -> bytes:
+        """:meth:`flags_byte` as a one-byte string."""
+        return bytes((self.flags_byte(),))
+
+    def for_response(self, *, mode: str, body_enc: bool, headers_enc: bool = True) -> "RelayHeader":
+        """The header the relay sends back with a response to this request.
+
+        Same client id, pair id, seq and streaming flag; no url item.  A
+        chunked (MKE) response is only allowed when the request said
+        ``streaming=1``.
+        """
+        if mode == MODE_MKE and not self.streaming:
+            raise ValueError("an MKE response needs a request with streaming=1")
+        return attrs.evolve(self, mode=mode, url_enc=False,
+                            headers_enc=headers_enc, body_enc=body_enc)

@@ -1,0 +1,39 @@
+"""Choosing the pair store from configuration.
+
+Without a Redis URL the relay keeps pairs in process memory (one process, no
+set-up); with one, replicas share them.  ``mterelay.store.redis`` is imported
+only when needed because txredisapi imports (and so installs) the global
+reactor at import time, which must not happen before twistd picks one.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from mterelay.store.interface import IPairStore, StoreLimits
+from mterelay.store.memory import MemoryPairStore
+
+__all__ = ["build_store"]
+
+
+def build_store(
+    reactor: IReactorTime,
+    *,
+    redis_url: str | None,
+    state_secret: bytes | None,
+    limits: StoreLimits = StoreLimits(),
+    key_prefix: str = "mterelay:",
+    max_pairs: int = 100_000,
+) -> IPairStore:
+    """The memory store when ``redis_url`` is None, else the Redis store.
+
+    ``state_secret`` (STATE_SECRET, else CLIENT_ID_SECRET, as bytes) seals
+    pair secrets at rest and is required with Redis.
+    """
+    if redis_url is None:
+        return MemoryPairStore(reactor, limits, max_pairs=max_pairs)
+    if not state_secret:
+        raise ValueError("a state secret is required to keep pairs in Redis")
+    from mterelay.store.redis import RedisPairStore
+
+    return RedisPairStore(reactor, redis_url, state_secret, limits, key_prefix)

@@ -1,0 +1,467 @@
+"""The shared pair store: Redis via txredisapi, for replicas behind a balancer.
+
+One hash per pair at ``{prefix}pair:{client_id}:{pair_id}``:
+
+====  ===========================================================
+s     pair secrets, sealed at rest (``atrest.SecretSealer``)
+c     creation time, ms since the epoch (caller's reactor clock)
+n     accepted message count
+t     highest accepted sequence number, -1 before the first
+W     window width (fixed at creation, so a config change cannot
+      reinterpret an existing bitmap)
+w     window ring, W/8 bytes, layout of ``ReplayWindow.bitmap()``
+====  ===========================================================
+
+The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
+``accept`` is one Lua script, hence atomic across any number of replicas and
+connections; ``create`` is another (delete + write + expire); ``get`` is one
+HMGET.  Every call is one round trip (two on the first use of a script after a
+Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
+
+Failure policy: calls never wait for a connection.  With no live connection
+they fail at once with StoreUnavailable; a command in flight fails when its
+connection drops or after ``timeout`` seconds (which also aborts that
+connection, so a silently dead peer is noticed).  The pool reconnects by
+itself with a short capped backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+import txredisapi
+
+from mterelay.protocol.replay import Verdict, validate_seq
+from mterelay.store.atrest import AtRestError, SecretSealer
+from mterelay.store.interface import (
+    IPairStore, StoreLimits, StoreUnavailable, validate_ids)
+from mterelay.store.redisurl import RedisAddress, parse_redis_url
+
+__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "RedisPairStore"]
+
+_log = Logger()
+
+#: Verdict codes returned by ACCEPT_SCRIPT, by index.
+_VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
+             Verdict.UNKNOWN, Verdict.EXHAUSTED)
+
+# Same semantics as mterelay.protocol.replay.ReplayWindow.accept, plus the
+# pair's lifetime limits.  Numbers are Lua doubles: exact for seq < 2**53,
+# and seq % W is exact because W is a power of two.  Numbers are written back
+# with %.0f because tostring() would round them to 14 digits.
+ACCEPT_SCRIPT = r"""
+-- KEYS[1] pair key
+-- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms
+-- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED
+local key = KEYS[1]
+local seq = tonumber(ARGV[1])
+local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w')
+local created, count, top, width, bm =
+  tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]), st[5]
+if not created then return 3 end
+if not (count and top and width and bm) or #bm * 8 ~= width then
+  -- corrupt state: forget the pair (the client re-pairs with new keys)
+  redis.call('DEL', key)
+  return 3
+end
+if tonumber(ARGV[2]) - created >= tonumber(ARGV[3])
+    or count >= tonumber(ARGV[4]) then
+  redis.call('DEL', key)
+  return 4
+end
+local pos = seq % width
+local byte_i = math.floor(pos / 8) + 1
+local bitv = 2 ^ (pos % 8)
+if top >= 0 and seq <= top then
+  if seq <= top - width then return 2 end
+  local b = string.byte(bm, byte_i)
+  if bit.band(b, bitv) ~= 0 then return 1 end
+  bm = string.sub(bm, 1, byte_i - 1) .. string.char(bit.bor(b, bitv))
+    .. string.sub(bm, byte_i + 1)
+elseif top < 0 or seq - top >= width then
+  bm = string.rep('\0', byte_i - 1) .. string.char(bitv)
+    .. string.rep('\0', width / 8 - byte_i)
+  top = seq
+else
+  local t = {string.byte(bm, 1, -1)}
+  for i = top + 1, seq - 1 do
+    local p = i % width
+    local j = math.floor(p / 8) + 1
+    t[j] = bit.band(t[j], 255 - 2 ^ (p % 8))
+  end
+  t[byte_i] = bit.bor(t[byte_i], bitv)
+  bm = string.char(unpack(t))
+  top = seq
+end
+redis.call('HSET', key, 't', string.format('%.0f', top),
+           'n', string.format('%.0f', count + 1), 'w', bm)
+redis.call('PEXPIRE', key, ARGV[5])
+return 0
+"""
+
+CREATE_SCRIPT = r"""
+-- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'n', '0', 't', '-1',
+           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class _Script:
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode("utf-8")
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+_ACCEPT = _Script(ACCEPT_SCRIPT)
+_CREATE = _Script(CREATE_SCRIPT)
+
+
+class _Protocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol, ready only after a full round trip.
+
+    txredisapi calls a connection without password or database ready as soon
+    as TCP is up, i.e. before a TLS handshake (and its certificate check) has
+    even finished, or while the server is frozen.  A PING first makes "ready"
+    mean "answered".  Reply timeouts run on the store's reactor.
+    """
+
+    def connectionMade(self) -> Any:
+        if self.password is not None or self.dbid is not None:
+            return super().connectionMade()  # AUTH / SELECT is a round trip
+        d = self.execute_command("PING")
+        d.addCallbacks(self._answered, self._not_answered)
+        return d
+
+    def _answered(self, reply: Any) -> Any:
+        return super().connectionMade()
+
+    def _not_answered(self, failure: Failure) -> None:
+        if failure.check(txredisapi.ResponseError) and \
+                str(failure.value).startswith("NOAUTH"):
+            # configuration error, like a wrong password: stop retrying
+            self.factory.stopTrying()
+            self.factory.connectionError(
+                "Redis error: the server requires a password (NOAUTH)")
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class _Factory(txredisapi.RedisFactory):
+    """A connection pool that reports readiness and fatal errors.
+
+    Built directly (not through ``lazyConnectionPool``) so the endpoint uses
+    our reactor and TLS settings, and so the store learns about connections
+    coming and going instead of queueing on them.
+    """
+
+    protocol = _Protocol
+
+    def __init__(self, reactor: IReactorTime, address: RedisAddress,
+                 pool_size: int, timeout: float, max_delay: float,
+                 on_ready: Callable[[], None],
+                 on_fatal: Callable[[str], None]) -> None:
+        super().__init__(
+            f"{address.host}:{address.port}", address.db, pool_size,
+            isLazy=True, charset=None, password=address.password,
+            replyTimeout=timeout, convertNumbers=False,
+            username=address.username if address.password is not None else None)
+        self._reactor = reactor
+        self._on_ready = on_ready
+        self._on_fatal = on_fatal
+        self.initialDelay = min(0.1, max_delay)
+        self.maxDelay = max_delay
+        # fired by txredisapi when the pool is full or auth/select fails;
+        # we learn both through the hooks below
+        self.deferred.addErrback(lambda failure: None)
+
+    def buildProtocol(self, addr: Any) -> _Protocol:
+        proto = super().buildProtocol(addr)
+        proto.callLater = self._reactor.callLater
+        return proto
+
+    def addConnection(self, conn: _Protocol) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self._on_ready()
+
+    def connectionError(self, why: str) -> None:
+        super().connectionError(why)
+        self._on_fatal(why)
+
+
+@implementer(IPairStore)
+class RedisPairStore:
+    """``IPairStore`` on Redis; see the module docstring for layout and policy.
+
+    ``timeout`` bounds every command; ``connect_timeout`` bounds one
+    connection attempt and how long ``start()`` waits; ``reconnect_max_delay``
+    caps the backoff between attempts, i.e. how long after Redis comes back
+    the store may still answer StoreUnavailable.  ``clock`` (default: the
+    reactor) dates creation and max age; idle expiry is Redis's own PEXPIRE.
+    Replicas' clocks should agree to well within ``max_age``.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        url: str,
+        state_secret: bytes,
+        limits: StoreLimits = StoreLimits(),
+        key_prefix: str = "mterelay:",
+        *,
+        pool_size: int = 4,
+        timeout: float = 1.0,
+        connect_timeout: float = 5.0,
+        reconnect_max_delay: float = 2.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if not isinstance(key_prefix, str) or any(c.isspace() for c in key_prefix):
+            raise ValueError("the Redis key prefix must be a string without spaces")
+        if not isinstance(pool_size, int) or not 1 <= pool_size <= 256:
+            raise ValueError("the Redis pool size must be 1..256")
+        self._reactor = reactor
+        self._clock = reactor if clock is None else clock
+        self.address = parse_redis_url(url)
+        self._sealer = SecretSealer(state_secret)
+        self.limits = limits
+        self.key_prefix = key_prefix
+        self._pool_size = pool_size
+        self._timeout = float(timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._max_delay = float(reconnect_max_delay)
+        self._factory: _Factory | None = None
+        self._fatal: str | None = None
+        self._waiters: list[Deferred] = []
+        self._next = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> Deferred:
+        if self._factory is None:
+            self._fatal = None
+            factory = _Factory(
+                self._reactor, self.address, self._pool_size, self._timeout,
+                self._max_delay,
+                # a stopped pool's late news must not touch a restarted store
+                lambda: self._ready() if self._factory is factory else None,
+                lambda why: self._failed(why) if self._factory is factory else None)
+            self._factory = factory
+            factory.startConnecting(self._endpoint())
+        if self._fatal is not None:
+            return fail(StoreUnavailable(self._fatal))
+        if self._live_connections():
+            return succeed(None)
+        waiter = Deferred()
+        self._waiters.append(waiter)
+
+        def timed_out(result: Any, timeout: float) -> None:
+            raise StoreUnavailable(
+                f"Redis at {self.address.redacted()} not reachable within "
+                f"{timeout:g} s; still trying")
+
+        return waiter.addTimeout(self._connect_timeout, self._reactor, timed_out)
+
+    def stop(self) -> Deferred:
+        factory, self._factory = self._factory, None
+        self._fire_waiters(StoreUnavailable("the pair store was stopped"))
+        if factory is None:
+            return succeed(None)
+        return factory.disconnect()
+
+    def ping(self) -> Deferred:
+        try:
+            conn = self._connection()
+        except StoreUnavailable:
+            return succeed(False)
+        d = maybeDeferred(conn.execute_command, "PING")
+        d.addCallbacks(lambda reply: reply == "PONG", lambda failure: False)
+        return d
+
+    # -- pairs --------------------------------------------------------------
+
+    def create(self, client_id: str, pair_id: str, secrets: bytes) -> Deferred:
+        try:
+            key = self._key(client_id, pair_id)
+            if not isinstance(secrets, (bytes, bytearray, memoryview)):
+                raise ValueError("pair secrets must be bytes")
+            sealed = self._sealer.seal(bytes(secrets), key)
+            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms())
+        except ValueError:
+            return fail()
+        d = self._run("create", self._script, _CREATE, key, *args)
+        return d.addCallback(lambda _: None)
+
+    def get(self, client_id: str, pair_id: str) -> Deferred:
+        try:
+            key = self._key(client_id, pair_id)
+        except ValueError:
+            return fail()
+        d = self._run("get", lambda conn: conn.execute_command("HMGET", key, "s", "c"))
+        return d.addCallback(self._opened, key, pair_id)
+
+    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
+        try:
+            key = self._key(client_id, pair_id)
+            validate_seq(seq)
+        except ValueError:
+            return fail()
+        args = (seq, self._now_ms(), self._max_age_ms(),
+                self.limits.max_messages, self._idle_ms())
+        d = self._run("accept", self._script, _ACCEPT, key, *args)
+        return d.addCallback(_verdict)
+
+    def delete(self, client_id: str, pair_id: str) -> Deferred:
+        try:
+            key = self._key(client_id, pair_id)
+        except ValueError:
+            return fail()
+        d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        return d.addCallback(lambda _: None)
+
+    def key_name(self, client_id: str, pair_id: str) -> str:
+        """The Redis key of a pair (operations, tests)."""
+        return self._key(client_id, pair_id).decode("utf-8")
+
+    # -- internals ----------------------------------------------------------
+
+    def _key(self, client_id: str, pair_id: str) -> bytes:
+        validate_ids(client_id, pair_id)
+        return f"{self.key_prefix}pair:{client_id}:{pair_id}".encode("utf-8")
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def _max_age_ms(self) -> int:
+        return round(self.limits.max_age * 1000)
+
+    def _idle_ms(self) -> int:
+        return max(1, round(self.limits.idle_ttl * 1000))
+
+    def _opened(self, reply: list, key: bytes, pair_id: str) -> bytes | None:
+        sealed, created = reply
+        if sealed is None or created is None:
+            return None
+        if self._now_ms() - int(created) >= self._max_age_ms():
+            return None
+        try:
+            return self._sealer.open(sealed, key)
+        except AtRestError:
+            # Wrong STATE_SECRET (rotated?) or tampering: treat as unknown so
+            # the client re-pairs; never log the blob.
+            _log.warn("pair {pair_id}: stored secrets failed to open; "
+                      "treating the pair as unknown", pair_id=pair_id)
+            return None
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        address = self.address
+        endpoint = HostnameEndpoint(self._reactor, address.host, address.port,
+                                    timeout=self._connect_timeout)
+        if not address.tls:
+            return endpoint
+        if not address.verify:
+            _log.warn("rediss:// with ssl_cert_reqs=none: the Redis server's "
+                      "certificate is NOT verified")
+            creator = ssl.CertificateOptions()
+        else:
+            trust = None
+            if address.ca_certs is not None:
+                trust = _load_trust_root(address.ca_certs)
+            creator = ssl.optionsForClientTLS(address.host, trustRoot=trust)
+        return wrapClientTLS(creator, endpoint)
+
+    def _live_connections(self) -> list:
+        factory = self._factory
+        if factory is None:
+            return []
+        return [conn for conn in factory.pool if conn.connected]
+
+    def _connection(self) -> _Protocol:
+        """A live connection, round robin; never waits for one."""
+        if self._fatal is not None:
+            raise StoreUnavailable(self._fatal)
+        if self._factory is None:
+            raise StoreUnavailable("the pair store is not started")
+        live = self._live_connections()
+        if not live:
+            raise StoreUnavailable(
+                f"no connection to Redis at {self.address.redacted()}")
+        self._next = (self._next + 1) % len(live)
+        return live[self._next]
+
+    def _run(self, op: str, call: Callable[..., Deferred], *args: Any) -> Deferred:
+        try:
+            conn = self._connection()
+        except StoreUnavailable:
+            return fail()
+        d = maybeDeferred(call, conn, *args)
+        return d.addErrback(self._unavailable, op)
+
+    def _script(self, conn: _Protocol, script: _Script, key: bytes,
+                *args: Any) -> Deferred:
+        """EVALSHA, falling back to EVAL when the server lost its script cache."""
+        d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
+
+        def no_script(failure: Failure) -> Any:
+            if failure.check(txredisapi.ResponseError) and \
+                    str(failure.value).startswith("NOSCRIPT"):
+                return conn.execute_command("EVAL", script.source, 1, key, *args)
+            return failure
+
+        return d.addErrback(no_script)
+
+    def _unavailable(self, failure: Failure, op: str) -> Failure:
+        if failure.check(txredisapi.RedisError):
+            raise StoreUnavailable(
+                f"Redis {op} failed: {type(failure.value).__name__}: "
+                f"{failure.getErrorMessage()}") from failure.value
+        return failure
+
+    def _ready(self) -> None:
+        self._fire_waiters(None)
+
+    def _failed(self, why: str) -> None:
+        # auth or SELECT refused: txredisapi stops reconnecting, so do we
+        if self._fatal is None:
+            self._fatal = f"Redis at {self.address.redacted()} refused us: {why}"
+            _log.error("{message}", message=self._fatal)
+        self._fire_waiters(StoreUnavailable(self._fatal))
+
+    def _fire_waiters(self, result: Any) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue
+            if isinstance(result, Exception):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+
+def _verdict(code: int) -> Verdict:
+    return _VERDICTS[int(code)]
+
+
+def _load_trust_root(path: str) -> Any:
+    """Trust root from a PEM file of one or more CA certificates."""
+    with open(path, "rb") as handle:
+        pem = handle.read()
+    marker = b"-----END CERTIFICATE-----"
+    certs = [ssl.Certificate.loadPEM(chunk + marker)
+             for chunk in pem.split(marker) if chunk.strip()]
+    if not certs:
+        raise ValueError(f"no certificate found in ssl_ca_certs file {path}")
+    return ssl.trustRootFromCertificates(certs)

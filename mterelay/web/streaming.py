@@ -1,0 +1,248 @@
+"""Request bodies streamed through the relay instead of spooled.
+
+twisted.web reads a whole request body (into memory, or a temp file past
+100 KB) before it calls ``render``.  A relay forwarding a 1 GB upload would
+then hold the client for the full upload before the upstream sees a byte, and
+need the disk space.  :class:`StreamingRequest` starts processing as soon as
+the headers are in and hands body bytes to one consumer through a
+:class:`BodyPipe` as they arrive, pausing the client's socket whenever the
+consumer (the upstream connection) is slower.
+
+It relies on two details of Twisted's HTTP/1.1 channel, both covered by the
+tests: the request line is on the channel when ``gotLength`` runs, and a
+request's ``_cleanup`` is what hands the connection to the next request.  On
+any other channel (HTTP/2) it falls back to Twisted's buffering.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.server import Request
+from zope.interface import implementer
+
+
+class BodyTooLarge(Exception):
+    """A body read with :meth:`BodyPipe.read_all` passed its limit."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+@implementer(IBodyProducer)
+class BodyPipe:
+    """The client's body, delivered once, to one consumer, with back-pressure.
+
+    Bytes that arrive before a consumer is attached wait in a small buffer;
+    past ``high_water`` bytes the client's transport is paused.
+    """
+
+    high_water = 256 * 1024
+
+    def __init__(self, length: int | object, transport: Any) -> None:
+        self.length = length
+        self._transport = transport
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._consumer: Any = None
+        self._finished: Deferred[None] = Deferred()
+        self._outcome: Failure | None | bool = False  # False: body still arriving
+        self._paused_by_us = False
+        self._discarding = False
+        self._stopped = False
+        self.received = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._outcome is not False
+
+    # --- fed by the request
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._discarding:
+            return
+        if self._consumer is not None:
+            self._consumer.write(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > self.high_water:
+            self._pause()
+
+    def finish(self) -> None:
+        if self.complete:
+            return
+        self._outcome = None
+        self._release()
+        if self._consumer is not None and not self._stopped:
+            self._finished.callback(None)
+
+    def fail(self, reason: Failure) -> None:
+        if self.complete:
+            return
+        self._outcome = reason
+        self._release()
+        if self._consumer is not None and not self._stopped:
+            self._finished.errback(Failure(ClientGone(reason.getErrorMessage())))
+
+    # --- IBodyProducer, for the agent sending it upstream
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        if self._consumer is not None or self._discarding:
+            raise RuntimeError("a request body can be consumed only once")
+        self._consumer = consumer
+        buffered, self._buffer, self._buffered = self._buffer, [], 0
+        for chunk in buffered:
+            consumer.write(chunk)
+        if self._outcome is None:
+            self._finished.callback(None)
+        elif isinstance(self._outcome, Failure):
+            self._finished.errback(Failure(ClientGone(self._outcome.getErrorMessage())))
+        else:
+            self._release()
+        return self._finished
+
+    def pauseProducing(self) -> None:
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        self._release()
+
+    def stopProducing(self) -> None:
+        # The upstream request was abandoned: drop the rest, keep the client
+        # flowing, and (IBodyProducer's contract) never fire the Deferred.
+        self._stopped = True
+        self.discard()
+
+    # --- other ways to consume
+
+    def discard(self) -> None:
+        """Read and drop whatever is left (the response did not need the body)."""
+        self._discarding = True
+        self._buffer, self._buffered = [], 0
+        self._release()
+
+    def read_all(self, limit: int) -> "Deferred[bytes]":
+        """The whole body, for routes that need it at once; refuses more than ``limit``.
+
+        Fails with BodyTooLarge as soon as the limit is passed (the rest is
+        read and dropped), not after the whole body has arrived.
+        """
+        result: Deferred[bytes] = Deferred()
+        collector = _Collector(limit, self, result)
+        self.startProducing(collector).addCallbacks(collector.done, collector.failed)
+        return result
+
+    # --- flow control on the client's socket
+
+    def _pause(self) -> None:
+        if not self._paused_by_us and self._transport is not None:
+            self._paused_by_us = True
+            self._transport.pauseProducing()
+
+    def _release(self) -> None:
+        if self._paused_by_us and self._transport is not None:
+            self._paused_by_us = False
+            self._transport.resumeProducing()
+
+
+def _failed(error: Exception) -> "Deferred[Any]":
+    failed: Deferred[Any] = Deferred()
+    failed.errback(Failure(error))
+    return failed
+
+
+class _Collector:
+    """The consumer behind :meth:`BodyPipe.read_all`; settles ``result`` once."""
+
+    def __init__(self, limit: int, pipe: BodyPipe, result: "Deferred[bytes]") -> None:
+        self.limit, self.pipe, self.result = limit, pipe, result
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self.result.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.chunks = []
+            self.pipe.discard()
+            self.result.errback(Failure(BodyTooLarge(self.limit)))
+            return
+        self.chunks.append(data)
+
+    def done(self, _: object) -> None:
+        if not self.result.called:
+            self.result.callback(b"".join(self.chunks))
+
+    def failed(self, failure: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(failure)
+
+
+class StreamingRequest(Request):
+    """A Request whose body is a :class:`BodyPipe` (``body``) when it has one."""
+
+    body: BodyPipe | None = None
+    _cleanup_pending = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        if length == 0 or not all(hasattr(channel, a) for a in ("_command", "_path", "_version")):
+            super().gotLength(length)
+            return
+        self.content = BytesIO()
+        self.body = BodyPipe(UNKNOWN_LENGTH if length is None else length, channel.transport)
+        Request.requestReceived(self, channel._command, channel._path, channel._version)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body is None:
+            super().handleContentChunk(data)
+        else:
+            self.body.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body is None:
+            super().requestReceived(command, path, version)
+            return
+        self.body.finish()
+        if self._cleanup_pending:
+            self._cleanup_pending = False
+            super()._cleanup()
+
+    def finish(self) -> None:
+        if self.body is not None and not self.body.complete:
+            # Answered before the body was read (an error, say): read and drop
+            # the rest so the connection stays in step for the next request.
+            self.body.discard()
+        super().finish()
+
+    def _cleanup(self) -> None:
+        if self.body is not None and not self.body.complete and not self._disconnected:
+            self._cleanup_pending = True
+            return
+        super()._cleanup()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.body is not None:
+            self.body.fail(reason)
+        super().connectionLost(reason)
+
+
+def read_body(request: Any, limit: int) -> "Deferred[bytes]":
+    """The whole request body (streamed or buffered), at most ``limit`` bytes."""
+    pipe = getattr(request, "body", None)
+    if isinstance(pipe, BodyPipe):
+        return pipe.read_all(limit)
+    content = request.content
+    content.seek(0)
+    data = content.read(limit + 1)
+    if len(data) > limit:
+        return _failed(BodyTooLarge(limit))
+    return succeed(data)
