@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from mterelay.store.redisurl import parse_redis_url
+
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
 DEFAULT_CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
 ALWAYS_ALLOWED_METHODS = ("OPTIONS", "HEAD")
@@ -167,16 +169,11 @@ def _region(value: Any) -> str:
 
 def _redis_url(value: Any) -> str:
     text = _required_text(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError("must be a redis:// or rediss:// URL with a host")
     try:
-        parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    db = parts.path.lstrip("/")
-    if db and not db.isdigit():
-        raise ValueError("must name a numeric database, e.g. redis://host:6379/0")
+        parse_redis_url(text)
+    except ValueError as error:
+        # "the Redis URL must ..." -> "must ..."
+        raise ValueError(str(error).removeprefix("the Redis URL ").strip()) from None
     return text
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -24,6 +24,7 @@ from twisted.python.components import Componentized
 from mterelay import __version__
 from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
 from mterelay.logs import make_observer
+from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.upstream import UpstreamForwarder, make_agent
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
@@ -87,6 +88,7 @@ class RelayService(MultiService):
         self.observer = observer
         self.reactor = reactor
         self.handle_sigterm = False
+        self.store: IPairStore | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -136,11 +138,57 @@ class ListenerService(StreamServerEndpointService):
         return port
 
 
+class StoreService(Service):
+    """Starts and stops the pair store with the relay.
+
+    A Redis that is down at start-up does not stop the relay: the store keeps
+    reconnecting in the background and requests needing it answer 503 meanwhile.
+    """
+
+    def __init__(self, store: IPairStore, description: str) -> None:
+        self.store = store
+        self.description = description
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start().addCallbacks(
+            lambda _: log.info("Pair store ready: {store}", store=self.description),
+            lambda failure: log.warn(
+                "Pair store {store} not reachable yet ({why}); retrying in the background",
+                store=self.description,
+                why=failure.getErrorMessage(),
+            ),
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.stop()
+
+
+def store_for(config: Config, reactor: Any) -> IPairStore:
+    limits = StoreLimits(
+        idle_ttl=config.pair_idle_ttl,
+        max_age=config.pair_max_age,
+        max_messages=config.pair_max_messages,
+    )
+    secret = (config.state_secret or config.client_id_secret).encode("utf-8")
+    return build_store(
+        reactor,
+        redis_url=config.redis_url,
+        state_secret=secret,
+        limits=limits,
+        key_prefix=config.redis_key_prefix,
+    )
+
+
 def build_service(config: Config, reactor: Any, observer: ILogObserver | None = None) -> RelayService:
     """Assemble the relay; everything stateful gets ``reactor`` explicitly."""
     if observer is None:
         observer = make_observer(config.log_level, config.log_format, sys.stdout)
     top = RelayService(config, observer, reactor)
+    store_name = config.redis_url_redacted if config.redis_url else "memory (in-process)"
+    top.store = store_for(config, reactor)
+    StoreService(top.store, store_name).setServiceParent(top)
     forwarder = UpstreamForwarder(
         clock=reactor,
         agent=make_agent(reactor),

@@ -137,7 +137,8 @@ class ErrorTests(SynchronousTestCase):
 
     def test_bad_redis(self) -> None:
         self.check(env(REDIS_URL="http://h"), "REDIS_URL", "redis:// or rediss://")
-        self.check(env(REDIS_URL="redis://h/abc"), "REDIS_URL", "numeric database")
+        self.check(env(REDIS_URL="redis://h/abc"), "REDIS_URL", "database must be a number")
+        self.check(env(REDIS_URL="redis://h/0?bogus=1"), "REDIS_URL", "unknown parameter")
 
     def test_bad_routes(self) -> None:
         self.check(env(PASS_THROUGH_ROUTES="health"), "PASS_THROUGH_ROUTES", "must start with /")

@@ -144,3 +144,55 @@ class ProcessTests(TestCase):
         relay.wait_listening()
         self.assertEqual(relay.stop(), 0)
         self.assertIn(f"Server listening at http://0.0.0.0:{port}", relay.output())
+
+
+class StoreLifecycleTests(TestCase):
+    """The relay process starts its pair store and survives a Redis that is down."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    def start(self, **environ: str) -> RelayProcess:
+        env = {"UPSTREAM": "http://127.0.0.1:9", "CLIENT_ID_SECRET": SECRET}
+        env.update(environ)
+        relay = RelayProcess.start(env, self.mktemp() + ".log")
+        self.addCleanup(lambda: relay.process.poll() is None and relay.stop())
+        relay.wait_listening()
+        return relay
+
+    def wait_for_output(self, relay: RelayProcess, text: str) -> None:
+        import time
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if text in relay.output():
+                return
+            time.sleep(0.05)
+        self.fail(f"{text!r} not in relay output:\n{relay.output()}")
+
+    def test_memory_store(self) -> None:
+        relay = self.start()
+        self.wait_for_output(relay, "Pair store ready: memory (in-process)")
+
+    def test_real_redis(self) -> None:
+        from tests.redisserver import RedisServer
+
+        redis = RedisServer(password="pw-not-logged")
+        redis.start()
+        self.addCleanup(redis.cleanup)
+        relay = self.start(REDIS_URL=redis.url)
+        self.wait_for_output(relay, "Pair store ready: redis://")
+        self.assertIn("store redis (redis://", relay.output())
+        self.assertNotIn("pw-not-logged", relay.output())
+
+    @defer.inlineCallbacks
+    def test_redis_down_at_start(self) -> Any:
+        relay = self.start(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+        response = yield self.http.get(relay.url + "/api/mte-echo/alive")
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.wait_for_output(relay, "not reachable yet")
+        self.assertEqual(relay.stop(), 0)
