@@ -49,8 +49,8 @@ async def run(reactor: Any, once: bool) -> None:
     )
     relay = build_service(config, reactor, make_observer("warning", "text", sys.stdout))
     relay.startService()
-    listener = next(iter(relay))
-    port = await defer.Deferred.fromCoroutine(_port(listener))
+    assert relay.listener is not None
+    port = await relay.listener.when_listening()
     relay_url = f"http://127.0.0.1:{port.getHost().port}"
     print(f"sample API : {api_url}\nrelay      : {relay_url}  (store: in-memory)")
 
@@ -72,10 +72,6 @@ async def run(reactor: Any, once: bool) -> None:
         return
     print(f"\nThe relay keeps running: try  curl {relay_url}/api/mte-echo/test\nCtrl-C stops it.")
     await defer.Deferred()  # until Ctrl-C
-
-
-async def _port(listener: Any) -> Any:
-    return await listener._waitingForPort
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -89,6 +90,7 @@ class RelayService(MultiService):
         self.reactor = reactor
         self.handle_sigterm = False
         self.store: IPairStore | None = None
+        self.listener: ListenerService | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -126,6 +128,12 @@ class ListenerService(StreamServerEndpointService):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._waitingForPort.addCallback(self._listening)
+
+    def when_listening(self) -> Any:
+        """A Deferred firing with the listening port (after privilegedStartService)."""
+        waiting: Deferred[Any] = Deferred()
+        self._waitingForPort.addCallback(lambda port: (waiting.callback(port), port)[1])
+        return waiting
 
     def _listening(self, port: Any) -> Any:
         address = port.getHost()
@@ -201,7 +209,8 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         endpoint = serverFromString(reactor, config.listen_endpoint)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
-    ListenerService(endpoint, site, config.listen_endpoint).setServiceParent(top)
+    top.listener = ListenerService(endpoint, site, config.listen_endpoint)
+    top.listener.setServiceParent(top)
     log.info(
         "mterelay {version} ready: upstream {upstream}, store {store}, log level {log_level_name}"
         "{region}",
