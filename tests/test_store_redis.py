@@ -18,24 +18,13 @@ from mterelay.store.interface import StoreLimits, StoreUnavailable
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
 from tests.redisserver import RedisServer, SkipRedis
+from tests.test_store_conformance import mismatches
 
 A, R, T = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD
 SECRET = b"state-secret-for-tests-0123456789abcdef"
 CID = "2f1c6f3e-4d0a-4b7e-9a51-3f5d2c1b0a99.ab12"
 PID = "pair_AAAAAAAAAAAAAAAAAAAAAA"
 _log = Logger()
-
-
-def mismatches(actual, expected, limit=5):
-    """First differing positions, as a short list.
-
-    Used instead of assertEqual on long verdict lists: unittest's diff of two
-    long, similar lists can take minutes when they differ.
-    """
-    bad = [(i, a, e) for i, (a, e) in enumerate(zip(actual, expected)) if a is not e]
-    if len(actual) != len(expected):
-        bad.append(("length", len(actual), len(expected)))
-    return bad[:limit]
 
 
 def _wait(seconds: float) -> defer.Deferred:

@@ -57,7 +57,9 @@ class PluginTests(TestCase):
         self.assertIn(b"invalid configuration: LISTEN", result.stderr)
 
 
-class ProcessTests(TestCase):
+class RelayProcessCase(TestCase):
+    """Starts real relay processes and an HTTP client without connection reuse."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -72,6 +74,8 @@ class ProcessTests(TestCase):
         relay.wait_listening()
         return relay
 
+
+class ProcessTests(RelayProcessCase):
     @defer.inlineCallbacks
     def test_answers_echo_and_stops_on_sigterm(self) -> Any:
         relay = self.start(AWS_REGION="eu-west-1")
@@ -146,22 +150,8 @@ class ProcessTests(TestCase):
         self.assertIn(f"Server listening at http://0.0.0.0:{port}", relay.output())
 
 
-class StoreLifecycleTests(TestCase):
+class StoreLifecycleTests(RelayProcessCase):
     """The relay process starts its pair store and survives a Redis that is down."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = HTTPClient(Agent(reactor, pool=pool))
-
-    def start(self, **environ: str) -> RelayProcess:
-        env = {"UPSTREAM": "http://127.0.0.1:9", "CLIENT_ID_SECRET": SECRET}
-        env.update(environ)
-        relay = RelayProcess.start(env, self.mktemp() + ".log")
-        self.addCleanup(lambda: relay.process.poll() is None and relay.stop())
-        relay.wait_listening()
-        return relay
 
     def wait_for_output(self, relay: RelayProcess, text: str) -> None:
         import time
