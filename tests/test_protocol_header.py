@@ -55,7 +55,7 @@ class RelayHeaderTests(SynchronousTestCase):
             value("MTE", "1", "1", "1", "1", ""): "seq",
             value("MTE", "1", "1", "1", "1", str(MAX_SEQ + 1)): "seq",
             value("MTE", "1", "1", "1", "1", "1" * 17): "seq",
-            value("MTE", "1", "1", "1", "1", "١"): "seq",
+            value("MTE", "1", "1", "1", "1", "١"): "not ASCII",
             value("MTE", "1", "1", "1", "1", " 1"): "seq",
             value("mte", "1", "1", "1", "1", "1"): "mode",
             value("MTE", "true", "1", "1", "1", "1"): "urlEnc",
@@ -81,6 +81,19 @@ class RelayHeaderTests(SynchronousTestCase):
             self.assertRaises(MalformedHeader, RelayHeader.parse, raw)
         self.assertRaises(MalformedHeader, RelayHeader.parse, None)  # type: ignore[arg-type]
         self.assertRaises(MalformedHeader, RelayHeader.parse, 5)  # type: ignore[arg-type]
+
+    def test_length_limit_same_for_str_and_bytes(self) -> None:
+        # A valid header padded past 256 characters with white space is
+        # refused whether it arrives as bytes or as str (it used to pass as
+        # str, because the str path trimmed before measuring).
+        padded = value("MTE", "1", "1", "1", "1", "1") + " " * 256
+        for raw in (padded, padded.encode("ascii")):
+            with self.assertRaises(MalformedHeader) as ctx:
+                RelayHeader.parse(raw)
+            self.assertIn("too long", ctx.exception.info)
+        with self.assertRaises(MalformedHeader) as ctx:
+            RelayHeader.parse(value("MTE", "1", "1", "1", "1", "1") + "\u00e9")
+        self.assertIn("not ASCII", ctx.exception.info)
 
     def test_bad_client_id_is_566(self) -> None:
         for cid in ("", "abc", CLIENT_ID.upper(), CLIENT_ID[:-1]):

@@ -93,17 +93,18 @@ class RelayHeader:
         whitespace around the whole value (RFC 9110 OWS) is tolerated.
         """
         if isinstance(value, (bytes, bytearray)):
-            if len(value) > MAX_HEADER_LENGTH:
-                raise MalformedHeader("header too long")
             try:
                 value = bytes(value).decode("ascii")
             except UnicodeDecodeError:
                 raise MalformedHeader("header is not ASCII") from None
         if not isinstance(value, str):
             raise MalformedHeader("header is not a string")
-        value = value.strip(" \t")
+        # The limit applies to the value as received, whatever its type.
         if len(value) > MAX_HEADER_LENGTH:
             raise MalformedHeader("header too long")
+        if not value.isascii():
+            raise MalformedHeader("header is not ASCII")
+        value = value.strip(" \t")
         fields = value.split(",")
         if len(fields) != 8:
             raise MalformedHeader(f"expected 8 comma-separated fields, got {len(fields)}")
