@@ -49,7 +49,8 @@ def _check_client_id(instance: object, attribute: object, value: object) -> None
         raise ValueError("client_id must be <uuid4>.<64 hex>")
 
 
-def _check_pair_id(instance: object, attribute: object, value: object) -> None:
+def check_pair_id(instance: object, attribute: object, value: object) -> None:
+    """attrs validator shared by every type that carries a pair id."""
     if not is_pair_id(value):
         raise ValueError("pair_id must be 16..64 chars of [A-Za-z0-9_-]")
 
@@ -74,7 +75,7 @@ class RelayHeader:
     """A parsed ``x-mte-relay`` header; always valid once constructed."""
 
     client_id: str = attrs.field(validator=_check_client_id)
-    pair_id: str = attrs.field(validator=_check_pair_id)
+    pair_id: str = attrs.field(validator=check_pair_id)
     mode: str = attrs.field(validator=_check_mode)
     url_enc: bool = attrs.field(validator=_check_flag)
     headers_enc: bool = attrs.field(validator=_check_flag)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .clientid import is_client_uuid
 from .errors import StateNotFound
-from .header import is_pair_id
+from .header import check_pair_id
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "KEY_LENGTH", "PairKeys"]
 
@@ -37,11 +37,6 @@ def _check_client(instance: object, attribute: object, value: object) -> None:
         raise ValueError("client_id must be the bare uuid4 of the client id")
 
 
-def _check_pair(instance: object, attribute: object, value: object) -> None:
-    if not is_pair_id(value):
-        raise ValueError("invalid pair id")
-
-
 def _check_key(instance: object, attribute: object, value: object) -> None:
     if type(value) is not bytes or len(value) != KEY_LENGTH:
         raise ValueError("keys are 32 bytes")
@@ -57,7 +52,7 @@ class PairKeys:
 
     version: int = attrs.field(validator=_check_version)
     client_id: str = attrs.field(validator=_check_client)
-    pair_id: str = attrs.field(validator=_check_pair)
+    pair_id: str = attrs.field(validator=check_pair_id)
     c2s_key: bytes = attrs.field(repr=False, validator=_check_key)
     s2c_key: bytes = attrs.field(repr=False, validator=_check_key)
     _c2s_aead: AESGCM = attrs.field(init=False, repr=False, eq=False)
