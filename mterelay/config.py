@@ -98,6 +98,14 @@ class Config:
         return self.listen or f"tcp:{self.port}"
 
     @property
+    def client_id_secrets(self) -> tuple[bytes, ...]:
+        """Secrets that verify a client id; the first one signs new ids.
+
+        A tuple so that a rotation window can accept a previous secret too.
+        """
+        return (self.client_id_secret.encode("utf-8"),)
+
+    @property
     def store_kind(self) -> str:
         return "redis" if self.redis_url else "memory"
 
