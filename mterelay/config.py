@@ -72,6 +72,7 @@ class Config:
 
     upstream: str
     client_id_secret: str = attrs.field(repr=False)
+    client_id_secret_previous: str | None = attrs.field(default=None, repr=False)
     outbound_token: str | None = attrs.field(default=None, repr=False)
     aws_region: str | None = None
     redis_url: str | None = attrs.field(default=None, repr=False)
@@ -101,9 +102,14 @@ class Config:
     def client_id_secrets(self) -> tuple[bytes, ...]:
         """Secrets that verify a client id; the first one signs new ids.
 
-        A tuple so that a rotation window can accept a previous secret too.
+        During a rotation window CLIENT_ID_SECRET_PREVIOUS is accepted too, so
+        ids signed before the switch keep working until clients refresh them.
         """
-        return (self.client_id_secret.encode("utf-8"),)
+        current = self.client_id_secret.encode("utf-8")
+        previous = self.client_id_secret_previous
+        if previous is None or previous == self.client_id_secret:
+            return (current,)
+        return (current, previous.encode("utf-8"))
 
     @property
     def store_kind(self) -> str:
@@ -333,6 +339,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Upstream API the relay forwards to (required)."),
     Setting("client_id_secret", "CLIENT_ID_SECRET", "clientIdSecret", _secret,
             "client-id-secret", "Secret (32+ chars) that signs client ids (required)."),
+    Setting("client_id_secret_previous", "CLIENT_ID_SECRET_PREVIOUS", "clientIdSecretPrevious",
+            _secret, "client-id-secret-previous",
+            "Previous CLIENT_ID_SECRET, still accepted during a rotation window."),
     Setting("outbound_token", "OUTBOUND_TOKEN", "outboundToken", _token, "outbound-token",
             "Token applications send in x-mte-outbound-token."),
     Setting("aws_region", "AWS_REGION", "awsRegion", _region, "aws-region",

@@ -204,7 +204,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
     )
-    site = RelaySite(RelayRoot(config, forwarder, reactor), reactor)
+    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store), reactor)
     try:
         endpoint = serverFromString(reactor, config.listen_endpoint)
     except (ValueError, TypeError, KeyError) as error:

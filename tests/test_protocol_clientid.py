@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.protocol.clientid import (CLIENT_ID_LENGTH, client_uuid, is_client_id,
-                                        new_client_id, verify_client_id)
+                                        new_client_id, sign_client_uuid,
+                                        verify_client_id)
 from mterelay.protocol.errors import InvalidClientId
 
 SECRET = b"a-client-id-secret-of-32-chars!!"
@@ -38,6 +39,14 @@ class ClientIdTests(SynchronousTestCase):
         old = new_client_id(OLD, lambda: FIXED)
         self.assertEqual(verify_client_id(old, [SECRET, OLD]), str(FIXED))
         self.assertRaises(InvalidClientId, verify_client_id, old, [SECRET])
+
+    def test_resign_keeps_the_uuid(self) -> None:
+        old = new_client_id(OLD, lambda: FIXED)
+        renewed = sign_client_uuid(SECRET, verify_client_id(old, [SECRET, OLD]))
+        self.assertEqual(renewed, new_client_id(SECRET, lambda: FIXED))
+        self.assertEqual(verify_client_id(renewed, [SECRET]), str(FIXED))
+        self.assertRaises(ValueError, sign_client_uuid, SECRET, "not-a-uuid")
+        self.assertRaises(ValueError, sign_client_uuid, b"", str(FIXED))
 
     def test_bad_factory_or_secret(self) -> None:
         self.assertRaises(ValueError, new_client_id, SECRET,

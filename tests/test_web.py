@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.web.echo import iso_timestamp
-from mterelay.web.root import path_problem
+from mterelay.web.paths import path_problem
 from tests.support import MemoryRelay, json_of
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from .errors import InvalidClientId
 
-__all__ = ["CLIENT_ID_LENGTH", "UUID_LENGTH", "new_client_id", "verify_client_id",
-           "client_uuid", "is_client_id", "is_client_uuid"]
+__all__ = ["CLIENT_ID_LENGTH", "UUID_LENGTH", "new_client_id", "sign_client_uuid",
+           "verify_client_id", "client_uuid", "is_client_id", "is_client_uuid"]
 
 UUID_LENGTH = 36
 CLIENT_ID_LENGTH = UUID_LENGTH + 1 + 64
@@ -54,6 +54,20 @@ def new_client_id(secret: bytes, uuid_factory: Callable[[], uuid.UUID] = uuid.uu
     if not is_client_uuid(bare):
         raise ValueError("uuid_factory must return a version-4 uuid")
     return f"{bare}.{_sign(secret, bare)}"
+
+
+def sign_client_uuid(secret: bytes, bare_uuid: str) -> str:
+    """The id of an existing client re-signed under ``secret``.
+
+    Used when a client id signed with a previous secret is presented during
+    a rotation window: the client keeps its uuid (and so its pairs) and gets
+    an id that will still verify once the previous secret is retired.
+    """
+    if not isinstance(secret, bytes) or not secret:
+        raise ValueError("client id secret must be non-empty bytes")
+    if not is_client_uuid(bare_uuid):
+        raise ValueError("not a version-4 uuid")
+    return f"{bare_uuid}.{_sign(secret, bare_uuid)}"
 
 
 def verify_client_id(value: object, secrets: Sequence[bytes]) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from mterelay.protocol.errors import RelayError
+
 log = Logger(namespace="mterelay.web")
 
 # Twisted knows no reason phrases for the relay's 55x codes.
@@ -26,7 +28,7 @@ PHRASES = {
 }
 
 
-def json_body(request: IRequest, status: int, payload: dict[str, Any]) -> bytes:
+def json_body(request: IRequest, status: int, payload: Any) -> bytes:
     """Set status and JSON content type, return the encoded body."""
     request.setResponseCode(status, PHRASES.get(status))
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
@@ -46,6 +48,11 @@ def error_body(
     if reason:
         payload["reason"] = reason
     payload.update(extra)
+    _log_refusal(request, status, message, reason)
+    return json_body(request, status, payload)
+
+
+def _log_refusal(request: IRequest, status: int, message: str, reason: str | None) -> None:
     log.info(
         "refused {method} {path}: {status} {message}{detail}",
         method=request.method.decode("latin-1"),
@@ -54,4 +61,9 @@ def error_body(
         message=message,
         detail=f" ({reason})" if reason else "",
     )
-    return json_body(request, status, payload)
+
+
+def relay_error(request: IRequest, error: RelayError) -> bytes:
+    """A 55x answer: the protocol's ``{"error", "code"[, "info"]}`` body, logged once."""
+    _log_refusal(request, error.code, error.message, error.info)
+    return json_body(request, error.code, error.to_json())

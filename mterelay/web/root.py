@@ -8,7 +8,6 @@ routing rules are path *patterns* (``/api/v1/*``) and header-driven
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -17,38 +16,39 @@ from twisted.web.resource import Resource
 from mterelay.config import Config, matches_any
 from mterelay.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
+from mterelay.store.interface import IPairStore
+from mterelay.store.keycache import KeyCache
+from mterelay.store.memory import MemoryPairStore
 from mterelay.web.echo import is_echo_path, render_echo
+from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
+from mterelay.web.inbound import InboundProxy
 from mterelay.web.passthrough import render_passthrough
+from mterelay.web.paths import path_problem
 from mterelay.web.responses import error_body
 
 RELAY_HEADER = b"x-mte-relay"
-
-
-def path_problem(path: bytes) -> str | None:
-    """Why a request path is refused, or None.
-
-    Dot segments (also percent-encoded) are refused outright: an upstream that
-    normalises ``/health/../admin`` would otherwise see a route the relay never
-    matched against PASS_THROUGH_ROUTES or MTE_ROUTES.
-    """
-    if not path.startswith(b"/"):
-        return "path must start with /"
-    decoded = unquote_to_bytes(path)
-    if any(segment in (b".", b"..") for segment in decoded.split(b"/")):
-        return "path must not contain . or .. segments"
-    if b"\x00" in decoded or b"\\" in decoded:
-        return "path contains a forbidden character"
-    return None
+RELAY_PATH = b"/api/mte-relay"
+PAIR_PATH = b"/api/mte-pair"
 
 
 class RelayRoot(Resource):
     isLeaf = True
 
-    def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime) -> None:
+    def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
+                 store: IPairStore | None = None) -> None:
         super().__init__()
         self.config = config
         self.forwarder = forwarder
         self.clock = clock
+        self.store = store if store is not None else MemoryPairStore(clock)
+        self.keys = KeyCache(self.store)
+        self.secrets = config.client_id_secrets
+        self.pairing = PairRoute(
+            self.store, self.keys, self.secrets, config.max_pool_size,
+            PairingLimiter(clock, rate=config.max_pool_size, burst=4 * config.max_pool_size),
+        )
+        self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
+                                    mte_routes=config.mte_routes)
         self.cors = CorsPolicy(config.cors_origins, config.cors_methods)
         self.extra_headers = [
             (name.encode("ascii"), value.encode("latin-1")) for name, value in config.headers
@@ -70,17 +70,27 @@ class RelayRoot(Resource):
             return error_body(request, 400, "Bad request", problem)
         if is_echo_path(path):
             return render_echo(request, self.clock)
+        if path == RELAY_PATH:
+            if request.method not in (b"HEAD", b"GET"):
+                request.setHeader(b"allow", b"HEAD, GET")
+                return error_body(request, 405, "Method not allowed", "use HEAD /api/mte-relay")
+            return render_relay_head(request, self.secrets)
+        if path == PAIR_PATH:
+            if request.method != b"POST":
+                request.setHeader(b"allow", b"POST")
+                return error_body(request, 405, "Method not allowed", "use POST /api/mte-pair")
+            return self.pairing.render(request)
         path_text = path.decode("latin-1")
         if matches_any(self.config.pass_through_routes, path_text):
             return render_passthrough(request, self.forwarder)
+        if request.getHeader(RELAY_HEADER) is not None:
+            # With urlEnc=1 the real path is sealed, so MTE_ROUTES is checked
+            # by the proxy once the url item is open.
+            return self.inbound.render(request)
         if self.config.mte_routes is not None and not matches_any(
             self.config.mte_routes, path_text
         ):
             return error_body(request, 404, "Not found", "route is not in MTE_ROUTES")
-        if request.getHeader(RELAY_HEADER) is None:
-            return error_body(
-                request, 569, "Missing required header", "x-mte-relay header is required"
-            )
         return error_body(
-            request, 501, "Not implemented", "the encrypted proxy is not available in this build"
+            request, 569, "Missing required header", "x-mte-relay header is required"
         )

@@ -1,0 +1,542 @@
+"""The encrypted proxy: open a sealed request, forward it, seal the answer.
+
+The order of work is the protocol's (docs/protocol.md section 8.2) and it
+is what makes the relay safe to retry against: everything that can be
+checked without state is checked first, the headers item is opened before
+the replay window moves (forged traffic never burns sequence numbers), and
+nothing reaches the upstream unless every sealed part of the request opened
+— except a streamed (MKE) body, whose plaintext flows while later chunks are
+still unverified: if one fails, the upstream request is aborted, never
+completed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from mterelay.config import RoutePattern, matches_any
+from mterelay.protocol.clientid import verify_client_id
+from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
+                                      RepairRequired, StateNotFound)
+from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
+from mterelay.protocol.keys import PairKeys
+from mterelay.protocol.replay import Verdict
+from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, MessageCipher,
+                                       plain_length, sealed_length)
+from mterelay.store.interface import IPairStore, StoreUnavailable
+from mterelay.store.keycache import KeyCache
+from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
+from mterelay.web.passthrough import BytesProducer, forwarded_for, request_body
+from mterelay.web.responses import error_body, relay_error
+from mterelay.web.paths import path_problem
+from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
+
+log = Logger(namespace="mterelay.inbound")
+
+RELAY_HEADER = b"x-mte-relay"
+ITEM_HEADER = b"x-mte-relay-eh"
+RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
+SEALED_CONTENT_TYPE = b"application/octet-stream"
+#: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
+#: bodies must use MKE framing (streamed, unlimited).
+MTE_BODY_LIMIT = 64 * 1024 * 1024
+#: Request headers never taken from the sealed item (they describe this hop).
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
+#: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
+NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
+
+
+class _Refused(Exception):
+    """A request refused before or outside the protocol's 55x codes."""
+
+    def __init__(self, status: int, message: str, reason: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason, self.extra = status, message, reason, extra
+
+
+def has_body(headers: Headers) -> bool:
+    """The wire request carries a body: Content-Length > 0 or any Transfer-Encoding.
+
+    The same rule the client used for the headers item's binding (spec 6.3).
+    """
+    if headers.hasHeader(b"transfer-encoding"):
+        return True
+    lengths = headers.getRawHeaders(b"content-length", [])
+    return any(value.strip() not in (b"", b"0") for value in lengths)
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The request's Content-Length when it has a single valid one."""
+    values = headers.getRawHeaders(b"content-length", [])
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0].strip())
+
+
+def parse_response_selection(value: str | None) -> frozenset[str] | None:
+    """``x-mte-response-headers``: None means seal every response header."""
+    if value is None or value.strip() == "*":
+        return None
+    names = {name.strip().lower() for name in value.split(",") if name.strip()}
+    return frozenset(names | {"content-type"})
+
+
+def response_selection(clear: Headers, sealed: dict[str, list[str]]) -> frozenset[str] | None:
+    """The client's choice of sealed response headers; the sealed item wins."""
+    if RESPONSE_HEADERS_CONTROL in sealed:
+        return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL]))
+    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
+    if values:
+        return parse_response_selection(",".join(_text(value) for value in values))
+    return None
+
+
+def _text(value: bytes) -> str:
+    """Header bytes as item text: UTF-8 when it is, else Latin-1 (lossless)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
+                             body_enc: bool) -> Headers:
+    """Clear headers, minus the relay's own, with the sealed ones merged over them."""
+    merged = Headers()
+    for name, values in clear.getAllRawHeaders():
+        lower = name.lower()
+        if lower.startswith(b"x-mte-") or (body_enc and lower == b"content-type"):
+            continue
+        merged.setRawHeaders(name, list(values))
+    for name, values in sealed.items():
+        raw = name.encode("ascii")
+        if raw in NOT_FORWARDED or raw.startswith(b"x-mte-"):
+            continue
+        merged.setRawHeaders(raw, [value.encode("utf-8") for value in values])
+    return merged
+
+
+def split_response_headers(headers: Headers, selection: frozenset[str] | None
+                           ) -> tuple[dict[str, list[str]], list[tuple[bytes, bytes]]]:
+    """(headers to seal, headers to send in clear) of an upstream response."""
+    sealed: dict[str, list[str]] = {}
+    clear: list[tuple[bytes, bytes]] = []
+    for name, values in headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower in NOT_RETURNED or lower.startswith((b"access-control-", b"x-mte-")):
+            continue
+        text = lower.decode("ascii", "replace")
+        if selection is None or text in selection:
+            sealed.setdefault(text, []).extend(_text(value) for value in values)
+        else:
+            clear.extend((lower, value) for value in values)
+    return sealed, clear
+
+
+@implementer(IBodyProducer)
+class OpeningProducer:
+    """The upstream request's body: the client's sealed stream, opened as it flows.
+
+    When a chunk fails to open, the Deferred of ``startProducing`` fails and
+    Twisted's HTTP client aborts the upstream connection, so the upstream
+    sees an incomplete request rather than a complete, truncated one.
+    """
+
+    def __init__(self, source: IBodyProducer, opener: BodyOpener, length: int | object) -> None:
+        self.source = source
+        self.opener = opener
+        self.length = length
+        self.failure: DecodeFailed | None = None
+        self._consumer: Any = None
+        self._result: Deferred[None] = Deferred()
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        self._consumer = consumer
+        self.source.startProducing(self).addCallbacks(self._ended, self._source_failed)
+        return self._result
+
+    def write(self, data: bytes) -> None:
+        if self.failure is not None or self._result.called:
+            return
+        try:
+            plain = self.opener.feed(data)
+        except DecodeFailed as error:
+            self._fail(error)
+            return
+        if plain:
+            self._consumer.write(plain)
+
+    def _ended(self, _: object) -> None:
+        if self.failure is not None or self._result.called:
+            return
+        try:
+            tail = self.opener.finish()
+        except DecodeFailed as error:
+            self._fail(error)
+            return
+        if tail:
+            self._consumer.write(tail)
+        self._result.callback(None)
+
+    def _source_failed(self, failure: Failure) -> None:
+        if not self._result.called:
+            self._result.errback(failure)
+
+    def _fail(self, error: DecodeFailed) -> None:
+        self.failure = error
+        stop = getattr(self.source, "discard", None)
+        if stop is not None:
+            stop()  # keep reading (and dropping) the client's body
+        self._result.errback(Failure(error))
+
+    def pauseProducing(self) -> None:
+        self.source.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.source.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.source.stopProducing()
+
+
+class SealingWriter:
+    """Consumer that seals an upstream body on its way to the client (MKE)."""
+
+    def __init__(self, request: IRequest, sealer: BodySealer) -> None:
+        self.request = request
+        self.sealer = sealer
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        sealed = self.sealer.feed(data)
+        if sealed:
+            self.request.write(sealed)
+
+
+class _Collector(Protocol):
+    """Reads a whole upstream body, stopping the transfer past ``limit`` bytes."""
+
+    def __init__(self, limit: int, done: "Deferred[bytes | None]") -> None:
+        self.limit = limit
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.parts = []
+            self.done.callback(None)
+            self.transport.stopProducing()
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def read_limited(response: IResponse, limit: int) -> "Deferred[bytes | None]":
+    """The whole body, or None when it is longer than ``limit``."""
+    done: Deferred[bytes | None] = Deferred()
+    response.deliverBody(_Collector(limit, done))
+    return done
+
+
+class InboundProxy:
+    """Everything the encrypted proxy needs, shared by all requests."""
+
+    def __init__(self, store: IPairStore, keys: KeyCache, forwarder: UpstreamForwarder,
+                 secrets: tuple[bytes, ...],
+                 mte_routes: tuple[RoutePattern, ...] | None = None,
+                 mte_body_limit: int = MTE_BODY_LIMIT) -> None:
+        self.store = store
+        self.keys = keys
+        self.forwarder = forwarder
+        self.secrets = secrets
+        self.mte_routes = mte_routes
+        self.mte_body_limit = mte_body_limit
+
+    def render(self, request: IRequest) -> Any:
+        """Stateless checks answer at once; the rest runs in an :class:`Exchange`."""
+        try:
+            header, token, client = self._check(request)
+        except RelayError as error:
+            return relay_error(request, error)
+        except _Refused as refused:
+            return error_body(request, refused.status, refused.message, refused.reason,
+                              **refused.extra)
+        Exchange(self, request, header, token, client).start()
+        return NOT_DONE_YET
+
+    def _check(self, request: IRequest) -> tuple[RelayHeader, bytes, str]:
+        headers = request.requestHeaders
+        values = headers.getRawHeaders(RELAY_HEADER, [])
+        if not values:
+            raise MissingHeader("x-mte-relay header is required")
+        if len(values) > 1:
+            raise MalformedHeader("x-mte-relay sent more than once")
+        header = RelayHeader.parse(values[0])
+        tokens = headers.getRawHeaders(ITEM_HEADER, [])
+        if not tokens:
+            raise MissingHeader("x-mte-relay-eh header is required")
+        if len(tokens) > 1:
+            raise MalformedHeader("x-mte-relay-eh sent more than once")
+        body = has_body(headers)
+        if body and not header.body_enc:
+            raise _Refused(400, "Bad request",
+                           "a request body must be sealed (bodyEnc=1); clear bodies are refused")
+        length = declared_length(headers)
+        if header.body_enc and length is not None:
+            if header.mode == MODE_MTE and length > self.mte_body_limit:
+                raise _Refused(413, "Payload too large",
+                               f"an MTE body may be at most {self.mte_body_limit} sealed bytes;"
+                               " use MKE framing for larger bodies")
+            plain_length(length, header.mode)  # impossible sizes: 562
+        client = verify_client_id(header.client_id, self.secrets)
+        return header, tokens[0], client
+
+
+class Exchange:
+    """One encrypted request, from its pair lookup to the sealed answer."""
+
+    def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
+                 token: bytes, client: str) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.header = header
+        self.token = token
+        self.client = client
+        self.gone = False
+        self.upstream: Deferred[IResponse] | None = None
+        self.selection: frozenset[str] | None = None
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._client_gone)
+        ensureDeferred(self.run()).addErrback(self._crashed)
+
+    def _client_gone(self, _: Failure) -> None:
+        self.gone = True
+        if self.upstream is not None:
+            self.upstream.cancel()
+
+    def answer_error(self, status: int, message: str, reason: str | None = None,
+                     **extra: Any) -> None:
+        if not self.gone:
+            self._send(error_body(self.request, status, message, reason, **extra))
+
+    def _send(self, body: bytes) -> None:
+        if self.gone or self.request.finished:
+            return
+        self.request.write(body)
+        self.request.finish()
+
+    async def run(self) -> None:
+        try:
+            await self._exchange()
+        except RelayError as error:
+            self._send(relay_error(self.request, error))
+        except _Refused as refused:
+            self.answer_error(refused.status, refused.message, refused.reason, **refused.extra)
+        except StoreUnavailable as error:
+            log.warn("pair store unavailable: {why}", why=str(error))
+            self.answer_error(503, "Pair store unavailable",
+                              "the relay cannot reach its pair store; retry")
+        except BodyTooLarge:
+            self.answer_error(413, "Payload too large",
+                              f"an MTE body may be at most {self.proxy.mte_body_limit} sealed "
+                              "bytes; use MKE framing for larger bodies")
+        except UpstreamError as error:
+            log.warn("upstream failed for an encrypted request: {why}", why=str(error))
+            message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
+            self.answer_error(error.status, message)
+        except (ClientGone, CancelledError):
+            pass
+
+    def _crashed(self, failure: Failure) -> None:
+        log.failure("encrypted request failed", failure)
+        self.answer_error(500, "Internal error", "the relay failed to handle this request")
+
+    # ---------------------------------------------------------------- request
+
+    async def _keys(self) -> tuple[PairKeys, dict[str, list[str]]]:
+        """Find the pair and open the headers item, the first authenticated step.
+
+        Cached keys that fail are re-read from the store once: the pair may
+        have been replaced (same id, new keys) through another replica.
+        """
+        cache = self.proxy.keys
+        pair_id = self.header.pair_id
+        keys = cache.peek(self.client, pair_id)
+        from_cache = keys is not None
+        if keys is None:
+            keys = await cache.fetch(self.client, pair_id)
+            if keys is None:
+                raise StateNotFound("unknown or expired pair")
+        try:
+            return keys, self._open_headers(keys)
+        except DecodeFailed:
+            if not from_cache:
+                raise
+        fresh = await cache.fetch(self.client, pair_id)
+        if fresh is None:
+            raise StateNotFound("unknown or expired pair")
+        if fresh is keys:
+            raise DecodeFailed("headers item failed authentication")
+        return fresh, self._open_headers(fresh)
+
+    def _open_headers(self, keys: PairKeys) -> dict[str, list[str]]:
+        request = self.request
+        cipher = MessageCipher(keys, self.header, Direction.C2S)
+        return cipher.open_request_headers(self.token, request.method, request.uri,
+                                           has_body=has_body(request.requestHeaders))
+
+    async def _accept(self) -> None:
+        verdict = await self.proxy.store.accept(self.client, self.header.pair_id, self.header.seq)
+        if verdict is Verdict.ACCEPTED:
+            return
+        if verdict in (Verdict.REPLAYED, Verdict.TOO_OLD):
+            raise DecodeFailed(f"sequence number {verdict.value.replace('_', ' ')}")
+        if verdict is Verdict.EXHAUSTED:
+            self.proxy.keys.forget(self.client, self.header.pair_id)
+            raise RepairRequired("pair reached its maximum age or message count")
+        self.proxy.keys.forget(self.client, self.header.pair_id)
+        raise StateNotFound("unknown or expired pair")
+
+    def _target(self, cipher: MessageCipher) -> bytes:
+        uri = self.request.uri
+        if self.header.url_enc:
+            target = cipher.open_url(uri[1:]).encode("ascii")
+        else:
+            target = uri
+        path = target.split(b"?", 1)[0]
+        problem = path_problem(path)
+        if problem:
+            raise _Refused(400, "Bad request", problem)
+        routes = self.proxy.mte_routes
+        if routes is not None and not matches_any(routes, path.decode("latin-1")):
+            raise _Refused(404, "Not found", "route is not in MTE_ROUTES")
+        return target
+
+    async def _body(self, cipher: MessageCipher) -> IBodyProducer | None:
+        if not self.header.body_enc:
+            return None
+        request = self.request
+        opener = cipher.body_opener()
+        if self.header.mode == MODE_MTE:
+            sealed = await read_body(request, self.proxy.mte_body_limit)
+            return BytesProducer(opener.feed(sealed) + opener.finish())
+        source = request_body(request)
+        if source is None:  # bodyEnc=1 with no body at all: the final chunk is missing
+            raise DecodeFailed("body truncated")
+        length = declared_length(request.requestHeaders)
+        plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
+        return OpeningProducer(source, opener, plain)
+
+    async def _exchange(self) -> None:
+        keys, sealed_headers = await self._keys()
+        await self._accept()
+        cipher = MessageCipher(keys, self.header, Direction.C2S)
+        target = self._target(cipher)
+        body = await self._body(cipher)
+        request = self.request
+        clear = request.requestHeaders
+        self.selection = response_selection(clear, sealed_headers)
+        merged = upstream_request_headers(clear, sealed_headers, self.header.body_enc)
+        forwarder = self.proxy.forwarder
+        outgoing = forwarder.outgoing_headers(merged, forwarded_for(request))
+        self.upstream = forwarder.forward(request.method, target, outgoing, body)
+        try:
+            response = await self.upstream
+        except UpstreamError:
+            if isinstance(body, OpeningProducer) and body.failure is not None:
+                raise body.failure from None
+            raise
+        finally:
+            self.upstream = None
+        if self.gone:
+            response.deliverBody(_Discard())
+            return
+        await self._respond(keys, response)
+
+    # --------------------------------------------------------------- response
+
+    async def _respond(self, keys: PairKeys, response: IResponse) -> None:
+        request = self.request
+        status = response.code
+        no_body = (request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200)
+        mode = MODE_MKE if (self.header.streaming and not no_body) else MODE_MTE
+        reply = self.header.for_response(mode=mode, body_enc=not no_body)
+        cipher = MessageCipher(keys, reply, Direction.S2C)
+        sealed, clear = split_response_headers(response.headers, self.selection)
+        plain: bytes | None = None
+        if no_body:
+            response.deliverBody(_Discard())
+        elif mode == MODE_MTE:
+            plain = await read_limited(response, self.proxy.mte_body_limit)
+            if plain is None:
+                raise _Refused(502, "Upstream response too large",
+                               f"a response above {self.proxy.mte_body_limit} bytes needs "
+                               "streaming=1 (MKE framing)")
+        item = cipher.seal_response_headers(sealed, status)
+        if self.gone:
+            return
+        request.setResponseCode(status, response.phrase or None)
+        headers = request.responseHeaders
+        for name, value in clear:
+            headers.addRawHeader(name, value)
+        headers.setRawHeaders(RELAY_HEADER, [reply.format().encode("ascii")])
+        headers.setRawHeaders(ITEM_HEADER, [item.encode("ascii")])
+        if no_body:
+            request.finish()
+            return
+        headers.setRawHeaders(b"content-type", [SEALED_CONTENT_TYPE])
+        if plain is not None:
+            sealed_body = cipher.seal_body(plain)
+            headers.setRawHeaders(b"content-length", [b"%d" % len(sealed_body)])
+            request.write(sealed_body)
+            request.finish()
+            return
+        if isinstance(response.length, int):
+            length = sealed_length(response.length, MODE_MKE)
+            headers.setRawHeaders(b"content-length", [b"%d" % length])
+        sealer = cipher.body_sealer()
+        try:
+            await stream_body(response, SealingWriter(request, sealer))
+        except Exception as error:
+            log.info("upstream body interrupted: {why}", why=str(error))
+            if not self.gone:
+                request.loseConnection()
+            return
+        if not self.gone:
+            request.write(sealer.finish())
+            request.finish()
+
+
+class _Discard(Protocol):
+    """Reads and drops a body so the upstream connection can be reused."""
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        pass
