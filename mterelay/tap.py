@@ -173,12 +173,16 @@ class StoreService(Service):
         return self.store.stop()
 
 
-def store_for(config: Config, reactor: Any) -> IPairStore:
-    limits = StoreLimits(
+def store_limits(config: Config) -> StoreLimits:
+    return StoreLimits(
         idle_ttl=config.pair_idle_ttl,
         max_age=config.pair_max_age,
         max_messages=config.pair_max_messages,
     )
+
+
+def store_for(config: Config, reactor: Any) -> IPairStore:
+    limits = store_limits(config)
     secret = (config.state_secret or config.client_id_secret).encode("utf-8")
     return build_store(
         reactor,

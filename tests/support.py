@@ -18,6 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mterelay.config import Config, load_config
+from mterelay.store.memory import MemoryPairStore
+from mterelay.tap import store_limits
 from mterelay.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 
@@ -82,7 +84,7 @@ class MemoryRelay:
     client: StubTreq
 
     @classmethod
-    def build(cls, **overrides: str) -> "MemoryRelay":
+    def build(cls, store: Any = None, **overrides: str) -> "MemoryRelay":
         config = relay_config(**overrides)
         upstream = RecordingUpstream()
         clock = task.Clock()
@@ -94,7 +96,9 @@ class MemoryRelay:
             timeout=config.upstream_timeout,
             extra_headers=config.headers,
         )
-        root = RelayRoot(config, forwarder, clock)
+        if store is None:
+            store = MemoryPairStore(clock, store_limits(config))
+        root = RelayRoot(config, forwarder, clock, store)
         return cls(config, upstream, clock, agent, root, StubTreq(root))
 
     def flush(self) -> None:

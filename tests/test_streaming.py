@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from mterelay.store.memory import MemoryPairStore
 from mterelay.upstream import UpstreamForwarder, make_agent
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
@@ -156,7 +157,7 @@ class StreamingIntegrationTests(TestCase):
         agent = make_agent(reactor)
         self.addCleanup(agent._pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 5.0)
-        site = RelaySite(RelayRoot(config, forwarder, reactor), reactor)
+        site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor)), reactor)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(relay_port.stopListening)
         client = yield TCP4ClientEndpoint(

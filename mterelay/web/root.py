@@ -18,7 +18,6 @@ from mterelay.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
 from mterelay.store.keycache import KeyCache
-from mterelay.store.memory import MemoryPairStore
 from mterelay.web.echo import is_echo_path, render_echo
 from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
 from mterelay.web.inbound import InboundProxy
@@ -35,12 +34,12 @@ class RelayRoot(Resource):
     isLeaf = True
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
-                 store: IPairStore | None = None) -> None:
+                 store: IPairStore) -> None:
         super().__init__()
         self.config = config
         self.forwarder = forwarder
         self.clock = clock
-        self.store = store if store is not None else MemoryPairStore(clock)
+        self.store = store
         self.keys = KeyCache(self.store)
         self.secrets = config.client_id_secrets
         self.pairing = PairRoute(
