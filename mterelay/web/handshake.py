@@ -194,5 +194,6 @@ def _too_large(request: IRequest, limit: int) -> bytes:
 def _finish(request: IRequest, body: bytes) -> None:
     if getattr(request, "_disconnected", False) or request.finished:
         return
+    request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)
     request.finish()

@@ -350,6 +350,7 @@ class Exchange:
     def _send(self, body: bytes) -> None:
         if self.gone or self.request.finished:
             return
+        self.request.setHeader(b"content-length", b"%d" % len(body))
         self.request.write(body)
         self.request.finish()
 
