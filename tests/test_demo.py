@@ -21,3 +21,10 @@ class DemoTests(TestCase):
         self.assertIn('"status": "ok"', out)
         self.assertIn('"page": 2', out)
         self.assertIn("<- 569", out)
+        # The encrypted part: answers decrypted, and the wire shows no path.
+        self.assertIn('"user": "alice"', out)
+        self.assertIn('"bytes": 16384', out)
+        self.assertIn('"page": 3', out)
+        wire = [line for line in out.splitlines() if "on the wire:" in line]
+        self.assertEqual(len(wire), 3)
+        self.assertFalse([line for line in wire if "/api/" in line])
