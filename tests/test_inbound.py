@@ -438,6 +438,15 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(sent.response.code, 562)  # shorter than one tag
         self.assertEqual(self.upstream.received, [])
 
+    def test_whole_message_response_limit(self) -> None:
+        self.relay.root.inbound.mte_body_limit = 1000
+        self.upstream.body = b"r" * 2000
+        sent = self.client.send("GET", "/api/items", streaming=False)
+        self.assertEqual(sent.response.code, 502)
+        self.assertIn("streaming=1", json_of(sent.body)["reason"])
+        sent = self.client.send("GET", "/api/items")  # streamed: no limit
+        self.assertEqual(Sealer.open(sent, self.keys)[1], b"r" * 2000)
+
     def test_opened_path_is_checked(self) -> None:
         for target in ("/api/../admin", "/api/%2e%2e/admin"):
             sent = self.client.send("GET", target)

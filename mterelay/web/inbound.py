@@ -38,7 +38,7 @@ from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import KeyCache
 from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
 from mterelay.web.passthrough import BytesProducer, forwarded_for, request_body
-from mterelay.web.responses import error_body, relay_error
+from mterelay.web.responses import error_body, json_body, relay_error
 from mterelay.web.paths import path_problem
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
@@ -362,9 +362,11 @@ class Exchange:
         except _Refused as refused:
             self.answer_error(refused.status, refused.message, refused.reason, **refused.extra)
         except StoreUnavailable as error:
-            log.warn("pair store unavailable: {why}", why=str(error))
-            self.answer_error(503, "Pair store unavailable",
-                              "the relay cannot reach its pair store; retry")
+            log.warn("refused {path}: 503 pair store unavailable ({why})",
+                     path=self.request.path.decode("latin-1")[:200], why=str(error))
+            self._send(json_body(self.request, 503, {
+                "error": "Pair store unavailable", "code": 503,
+                "reason": "the relay cannot reach its pair store; retry"}))
         except BodyTooLarge:
             self.answer_error(413, "Payload too large",
                               f"an MTE body may be at most {self.proxy.mte_body_limit} sealed "
@@ -372,7 +374,8 @@ class Exchange:
         except UpstreamError as error:
             log.warn("upstream failed for an encrypted request: {why}", why=str(error))
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
-            self.answer_error(error.status, message)
+            self._send(json_body(self.request, error.status,
+                                 {"error": message, "code": error.status}))
         except (ClientGone, CancelledError):
             pass
 
@@ -496,7 +499,10 @@ class Exchange:
         if no_body:
             response.deliverBody(_Discard())
         elif mode == MODE_MTE:
-            plain = await read_limited(response, self.proxy.mte_body_limit)
+            try:
+                plain = await read_limited(response, self.proxy.mte_body_limit)
+            except Exception as error:  # the upstream connection broke mid-body
+                raise UpstreamError(f"upstream body interrupted: {error}") from None
             if plain is None:
                 raise _Refused(502, "Upstream response too large",
                                f"a response above {self.proxy.mte_body_limit} bytes needs "
