@@ -1,0 +1,282 @@
+"""Sealing one request and opening its response: protocol.md section 8.1.
+
+Pure and reactor-free: headers in, wire headers and ciphers out.  The I/O
+layer (:mod:`mterelay.client.relay`) feeds bodies through the ciphers this
+module returns.  Every check the spec asks of a client when it opens a
+response lives here, so it can be tested without a network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import attrs
+from twisted.web.http_headers import Headers
+
+from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
+from mterelay.protocol.header import MODE_MKE, MODE_MTE, MODES, RelayHeader
+from mterelay.protocol.keys import PairKeys
+from mterelay.protocol.sealing import Direction, MessageCipher
+from mterelay.upstream import HOP_BY_HOP
+
+__all__ = [
+    "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
+    "HeaderList", "HeadersInput", "SealOptions", "OutgoingRequest", "OpenedResponse",
+    "normalize_headers", "end_to_end", "seal_request", "open_response", "relay_error",
+]
+
+RELAY_HEADER = "x-mte-relay"
+ITEM_HEADER = "x-mte-relay-eh"
+RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
+SEALED_CONTENT_TYPE = "application/octet-stream"
+CONTENT_TYPE = "content-type"
+
+#: Never sent by the caller's choice: they describe one hop (the agent sets
+#: Host and the framing itself), and ``x-mte-*`` is the protocol's namespace.
+_HOP = frozenset(name.decode("ascii") for name in HOP_BY_HOP)
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
+
+#: ``[(lowercase name, value), ...]`` in field-line order.
+HeaderList = list[tuple[str, str]]
+HeaderValue = Union[str, bytes, Sequence[Union[str, bytes]]]
+#: twisted ``Headers``, or a mapping of str/bytes names to values (like treq).
+HeadersInput = Union[Headers, Mapping[Any, HeaderValue], None]
+
+
+def _text(value: str | bytes) -> str:
+    """A header value as item text: UTF-8 when it is, else Latin-1 (lossless)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(value).decode("latin-1")
+
+
+def _name(name: str | bytes) -> str:
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return name.strip().lower()
+
+
+def normalize_headers(headers: HeadersInput) -> HeaderList:
+    """The caller's headers as ``(lowercase name, text)`` pairs, order kept.
+
+    Accepts twisted ``Headers`` or a mapping of name to a str/bytes value or
+    a list of them, like treq.
+    """
+    if headers is None:
+        return []
+    if isinstance(headers, Headers):
+        items: Iterable[tuple[Any, Any]] = headers.getAllRawHeaders()
+    elif isinstance(headers, Mapping):
+        items = headers.items()
+    else:
+        raise TypeError("headers must be a dict or twisted.web.http_headers.Headers")
+    result: HeaderList = []
+    for name, values in items:
+        if isinstance(values, (str, bytes)):
+            values = [values]
+        for value in values:
+            result.append((_name(name), _text(value)))
+    return result
+
+
+def end_to_end(headers: HeaderList) -> HeaderList:
+    """Drop hop-by-hop (also those a Connection header names), framing and x-mte-*.
+
+    ``x-mte-*`` headers are the protocol's; the relay would drop them anyway
+    (spec 8.3), so the client does not send what the caller cannot mean.
+    """
+    drop = set(_HOP) | _FRAMING
+    for name, value in headers:
+        if name == "connection":
+            drop.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return [(n, v) for n, v in headers if n not in drop and not n.startswith("x-mte-")]
+
+
+def _group(headers: HeaderList) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in headers:
+        grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+def _check_names(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{what} must be a list of header names")
+    names = tuple(_name(name) for name in value)
+    if not all(names):
+        raise ValueError(f"{what}: empty header name")
+    return names
+
+
+@attrs.frozen
+class SealOptions:
+    """What a client seals; the defaults seal everything (the seed's outbound options).
+
+    * ``seal_url``: the path and query travel sealed (the wire path is a token).
+    * ``seal_headers``: ``"all"`` end-to-end headers sealed, ``"none"`` (only
+      ``content-type`` sealed, ``headersEnc=0``) or a list of names sealed (plus
+      ``content-type``), the others in clear.
+    * ``framing``: ``"MKE"`` (chunked, streamed, unlimited) or ``"MTE"`` (one
+      item, at most 2**30 bytes, buffered whole on both sides).
+    * ``response_headers``: ``"*"`` (the relay seals every response header) or
+      the names to seal (``content-type`` always is); the rest come back in clear.
+    """
+
+    seal_url: bool = True
+    seal_headers: str | tuple[str, ...] = "all"
+    framing: str = MODE_MKE
+    response_headers: str | tuple[str, ...] = "*"
+
+    @classmethod
+    def build(cls, *, seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
+              framing: str = MODE_MKE, response_headers: str | Iterable[str] = "*"
+              ) -> "SealOptions":
+        """Validate and normalize user-facing option values."""
+        if not isinstance(seal_url, bool):
+            raise ValueError("seal_url must be a bool")
+        if seal_headers not in ("all", "none"):
+            seal_headers = _check_names(seal_headers, "seal_headers")
+        if framing not in MODES:
+            raise ValueError("framing must be 'MKE' or 'MTE'")
+        if response_headers != "*":
+            response_headers = _check_names(response_headers, "response_headers")
+        return cls(seal_url, seal_headers, framing, response_headers)  # type: ignore[arg-type]
+
+    @property
+    def headers_enc(self) -> bool:
+        return self.seal_headers != "none"
+
+    def sealed_names(self, headers: HeaderList) -> frozenset[str]:
+        """Which of these header names go into the headers item."""
+        if self.seal_headers == "all":
+            return frozenset(name for name, _ in headers)
+        if self.seal_headers == "none":
+            return frozenset({CONTENT_TYPE})
+        return frozenset(self.seal_headers) | {CONTENT_TYPE}
+
+
+@attrs.frozen
+class OutgoingRequest:
+    """One sealed request, ready for the agent (the body is sealed by ``cipher``)."""
+
+    header: RelayHeader
+    cipher: MessageCipher
+    target: str
+    headers: HeaderList
+    has_body: bool
+
+    def wire_headers(self) -> Headers:
+        """The clear headers as twisted ``Headers`` (values UTF-8)."""
+        wire = Headers()
+        for name, value in self.headers:
+            wire.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        return wire
+
+
+def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: str,
+                 headers: HeaderList, *, has_body: bool, options: SealOptions
+                 ) -> OutgoingRequest:
+    """Build the ``x-mte-relay`` header, seal the url and headers items.
+
+    ``target`` is the origin-form path+query; ``headers`` should already be
+    :func:`end_to_end`.  ``has_body`` says a sealed body follows (bodyEnc=1,
+    Content-Length or chunked); the caller then seals it with
+    ``result.cipher.body_sealer()``.  Raises 561 for a target or header the
+    item formats cannot carry.
+    """
+    header = RelayHeader(
+        client_id=client_id, pair_id=keys.pair_id,
+        # With no body the mode frames nothing; the spec says send MTE.
+        mode=options.framing if has_body else MODE_MTE,
+        url_enc=options.seal_url, headers_enc=options.headers_enc,
+        body_enc=has_body, streaming=True, seq=seq)
+    cipher = MessageCipher(keys, header, Direction.C2S)
+    wire_target = "/" + cipher.seal_url(target) if options.seal_url else target
+    sealed_names = options.sealed_names(headers)
+    sealed = [(n, v) for n, v in headers if n in sealed_names]
+    clear = [(n, v) for n, v in headers if n not in sealed_names]
+    if options.response_headers != "*":
+        control = (RESPONSE_HEADERS_CONTROL, ",".join(options.response_headers))
+        (sealed if options.headers_enc else clear).append(control)
+    token = cipher.seal_request_headers(_group(sealed), method, wire_target, has_body=has_body)
+    wire: HeaderList = [(RELAY_HEADER, header.format()), (ITEM_HEADER, token)]
+    if has_body:
+        wire.append((CONTENT_TYPE, SEALED_CONTENT_TYPE))
+    wire.extend(clear)
+    return OutgoingRequest(header, cipher, wire_target, wire, has_body)
+
+
+@attrs.frozen
+class OpenedResponse:
+    """A response whose header checked out and whose headers item opened."""
+
+    header: RelayHeader
+    cipher: MessageCipher
+    headers: HeaderList
+
+    @property
+    def body_enc(self) -> bool:
+        return self.header.body_enc
+
+
+def _single(headers: HeaderList, name: str) -> str:
+    values = [v for n, v in headers if n == name]
+    if len(values) != 1:
+        raise DecodeFailed(f"response must carry exactly one {name} header")
+    return values[0]
+
+
+def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: HeaderList
+                  ) -> OpenedResponse:
+    """Check the response's ``x-mte-relay`` against our own request, open its headers.
+
+    The response header must repeat our client id, pair id, seq and streaming
+    flag, with urlEnc=0, headersEnc=1 and MKE only if we asked for streaming;
+    the items are opened under the header built from *our* request (spec 5),
+    so an old response cannot be replayed as the answer to a new request.
+    Every failure is 562 (:class:`DecodeFailed`).  The returned headers are
+    the clear end-to-end ones with the sealed ones merged over them (a sealed
+    name replaces a clear one), minus the relay's own and the wire framing.
+    """
+    value = _single(wire, RELAY_HEADER)
+    try:
+        received = RelayHeader.parse(value)
+    except RelayError as error:
+        raise DecodeFailed(f"response x-mte-relay: {error.info}") from None
+    try:
+        expected = request.for_response(mode=received.mode, body_enc=received.body_enc)
+    except ValueError:
+        raise DecodeFailed("MKE response to a request without streaming") from None
+    if received != expected:
+        raise DecodeFailed("response x-mte-relay does not answer this request")
+    cipher = MessageCipher(keys, expected, Direction.S2C)
+    sealed = cipher.open_response_headers(_single(wire, ITEM_HEADER), status)
+    drop = {RELAY_HEADER, ITEM_HEADER, CONTENT_TYPE, "content-length", *_HOP}
+    merged = [(n, v) for n, v in wire if n not in drop and n not in sealed]
+    for name, values in sealed.items():
+        merged.extend((name, v) for v in values)
+    return OpenedResponse(expected, cipher, merged)
+
+
+def relay_error(status: int, body: bytes) -> RelayError:
+    """The typed error of a relay-made 55x answer (clear JSON, unauthenticated).
+
+    The JSON's ``info`` or ``reason`` becomes the error's info; a body that
+    is not the expected JSON still yields the error of the status code.
+    """
+    info = None
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if isinstance(payload, dict):
+        for key in ("info", "reason"):
+            if isinstance(payload.get(key), str):
+                info = payload[key][:300]
+                break
+    return error_for_code(status, info)

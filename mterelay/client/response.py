@@ -1,0 +1,91 @@
+"""The response a :class:`~mterelay.client.RelayClient` hands back: an IResponse.
+
+It looks like any twisted.web response, so ``treq.content``, ``treq.json_content``
+and ``treq.collect`` work on it unchanged; ``sealed`` tells an authentic,
+decrypted upstream answer (True) from a relay-made clear error (False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IClientRequest, IResponse
+from zope.interface import implementer
+
+__all__ = ["RelayResponse", "PlainRequest", "deliver_bytes"]
+
+
+@implementer(IClientRequest)
+@attrs.define
+class PlainRequest:
+    """What the caller asked for, in clear (not what went over the wire)."""
+
+    method: bytes
+    absoluteURI: bytes
+    headers: Headers
+
+
+@implementer(IResponse)
+class RelayResponse:
+    """A decrypted response (``sealed=True``) or a relay's clear error (``sealed=False``).
+
+    ``length`` is the plaintext length when the wire length told it, else
+    UNKNOWN_LENGTH.  The body can be delivered once, like any IResponse.
+    """
+
+    version = (b"HTTP", 1, 1)
+    previousResponse = None
+
+    def __init__(self, code: int, phrase: bytes, headers: Headers, length: int | object,
+                 request: IClientRequest, deliver: Callable[[Any], None], *,
+                 sealed: bool) -> None:
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+        self.request = request
+        self.sealed = sealed
+        self._deliver: Callable[[Any], None] | None = deliver
+
+    def deliverBody(self, protocol: Any) -> None:
+        """Stream the (decrypted) body into ``protocol``; only once."""
+        deliver, self._deliver = self._deliver, None
+        if deliver is None:
+            raise RuntimeError("the response body was already delivered")
+        deliver(protocol)
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        self.previousResponse = response  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        kind = "sealed" if self.sealed else "clear"
+        return f"<RelayResponse {self.code} {kind}>"
+
+
+class _NoTransport:
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def deliver_bytes(data: bytes) -> Callable[[Any], None]:
+    """A body already read and opened (empty bodies, bodyEnc=0 answers)."""
+
+    def deliver(protocol: Any) -> None:
+        protocol.makeConnection(_NoTransport())
+        if data:
+            protocol.dataReceived(data)
+        protocol.connectionLost(Failure(ResponseDone("no more body")))
+
+    return deliver
+
