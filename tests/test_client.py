@@ -8,37 +8,17 @@ import os
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH
 
+from mterelay.bodies import BytesProducer
 from mterelay.client import NotARelay, RelayClient
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, StateNotFound,
                                       UnsupportedVersion)
 from tests.clientsupport import RELAY, ClientHarness, SilentAgent
-
-
-@implementer(IBodyProducer)
-class OnceProducer:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class RoundTripTests(SynchronousTestCase):
@@ -133,7 +113,7 @@ class RoundTripTests(SynchronousTestCase):
         data = os.urandom(200_000)
         self.h.call(self.client, "POST", "/upload", data=io.BytesIO(data))
         self.assertEqual(self.h.upstream.received[-1].body, data)
-        self.h.call(self.client, "POST", "/upload", data=OnceProducer(b"produced"))
+        self.h.call(self.client, "POST", "/upload", data=BytesProducer(b"produced"))
         self.assertEqual(self.h.upstream.received[-1].body, b"produced")
 
     def test_large_response_is_streamed_and_opened(self) -> None:
@@ -219,7 +199,7 @@ class RecoveryTests(SynchronousTestCase):
         self.assertRaises(UnsupportedVersion, self.h.call, self.client, "GET", "/v")
         self.h.restart()
         self.assertRaises(StateNotFound, self.h.call, self.client, "POST", "/p",
-                          data=OnceProducer(b"once"))
+                          data=BytesProducer(b"once"))
         self.assertEqual(self.h.upstream.received, [])
         self.assertEqual(len(self.h.switch.encrypted()), 1 + 2)
 
@@ -297,7 +277,7 @@ class ErrorTests(SynchronousTestCase):
 
     def test_mte_over_limit_refused_before_sending(self) -> None:
         h = ClientHarness.build()
-        producer = OnceProducer(b"")
+        producer = BytesProducer(b"")
         producer.length = 2**30 + 1
         self.assertRaises(EncodeFailed, h.wait,
                           h.client(framing="MTE").post(RELAY + "/x", data=producer))

@@ -15,15 +15,16 @@ import io
 from collections.abc import Callable
 from typing import Any, Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from mterelay.bodies import BytesProducer, discard, read_limited
 from mterelay.protocol.errors import DecodeFailed, RelayError
 from mterelay.protocol.sealing import BodyOpener, BodySealer
 
@@ -320,28 +321,6 @@ class SealingProducer:
     abandon = stopProducing
 
 
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A small in-memory body (the pairing request)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def _truncated(reason: Failure) -> Failure:
     """ResponseFailed([DecodeFailed, *what the transport said])."""
     reasons = list(getattr(reason.value, "reasons", None) or [reason])
@@ -400,50 +379,3 @@ class OpeningProtocol(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
         self._inner.connectionLost(failure)
-
-
-class _Collector(Protocol):
-    """Reads a body up to ``limit`` bytes; past it, drops the connection."""
-
-    def __init__(self, limit: int, done: "Deferred[tuple[bytes, bool]]") -> None:
-        self.limit = limit
-        self.done = done
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self.parts.append(data)
-        self.size += len(data)
-        if self.size > self.limit:
-            self.done.callback((b"".join(self.parts)[:self.limit], True))
-            self.transport.stopProducing()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback((b"".join(self.parts), False))
-        else:
-            self.done.errback(reason)
-
-
-def read_limited(response: IResponse, limit: int) -> "Deferred[tuple[bytes, bool]]":
-    """``(body, too_long)``: at most ``limit`` bytes of a (small) response body."""
-    done: Deferred[tuple[bytes, bool]] = Deferred()
-    response.deliverBody(_Collector(limit, done))
-    return done
-
-
-class _Dropper(Protocol):
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        pass
-
-
-def discard(response: IResponse) -> None:
-    """Drop a response we will not read (its connection is closed, not reused)."""
-    response.deliverBody(_Dropper())

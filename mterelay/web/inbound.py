@@ -15,16 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from mterelay.bodies import BytesProducer, discard, drain, read_limited
 from mterelay.config import RoutePattern, matches_any
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
@@ -37,7 +35,7 @@ from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, Messag
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import KeyCache
 from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
-from mterelay.web.passthrough import BytesProducer, forwarded_for, request_body
+from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import error_body, json_body, relay_error
 from mterelay.web.paths import path_problem
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
@@ -227,42 +225,6 @@ class SealingWriter:
         sealed = self.sealer.feed(data)
         if sealed:
             self.request.write(sealed)
-
-
-class _Collector(Protocol):
-    """Reads a whole upstream body, stopping the transfer past ``limit`` bytes."""
-
-    def __init__(self, limit: int, done: "Deferred[bytes | None]") -> None:
-        self.limit = limit
-        self.done = done
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.parts = []
-            self.done.callback(None)
-            self.transport.stopProducing()
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-def read_limited(response: IResponse, limit: int) -> "Deferred[bytes | None]":
-    """The whole body, or None when it is longer than ``limit``."""
-    done: Deferred[bytes | None] = Deferred()
-    response.deliverBody(_Collector(limit, done))
-    return done
 
 
 class InboundProxy:
@@ -481,7 +443,7 @@ class Exchange:
         finally:
             self.upstream = None
         if self.gone:
-            response.deliverBody(_Discard())
+            discard(response)
             return
         await self._respond(keys, response)
 
@@ -497,13 +459,13 @@ class Exchange:
         sealed, clear = split_response_headers(response.headers, self.selection)
         plain: bytes | None = None
         if no_body:
-            response.deliverBody(_Discard())
+            drain(response)
         elif mode == MODE_MTE:
             try:
-                plain = await read_limited(response, self.proxy.mte_body_limit)
+                plain, too_long = await read_limited(response, self.proxy.mte_body_limit)
             except Exception as error:  # the upstream connection broke mid-body
                 raise UpstreamError(f"upstream body interrupted: {error}") from None
-            if plain is None:
+            if too_long:
                 raise _Refused(502, "Upstream response too large",
                                f"a response above {self.proxy.mte_body_limit} bytes needs "
                                "streaming=1 (MKE framing)")
@@ -540,10 +502,3 @@ class Exchange:
         if not self.gone:
             request.write(sealer.finish())
             request.finish()
-
-
-class _Discard(Protocol):
-    """Reads and drops a body so the upstream connection can be reused."""
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        pass

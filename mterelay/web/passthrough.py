@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, succeed
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
+from mterelay.bodies import BytesProducer
 from mterelay.upstream import (
     ForwardedFor,
     UpstreamError,
@@ -25,28 +25,6 @@ from mterelay.web.streaming import BodyPipe
 log = Logger(namespace="mterelay.passthrough")
 
 SMALL_BODY = 256 * 1024
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A body already in memory, written in one go (no cooperator, no reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Any:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def request_body(request: IRequest) -> IBodyProducer | None:

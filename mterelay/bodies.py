@@ -1,0 +1,101 @@
+"""Small body helpers shared by the relay and the client (no reactor needed).
+
+Both sides need the same three things around ``IResponse``/``IBodyProducer``:
+send a body already in memory, read a small body with a hard cap (relay
+errors, whole-message bodies), and get rid of a body nobody will read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+__all__ = ["BytesProducer", "read_limited", "drain", "discard"]
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A body already in memory, written in one go (no cooperator, no reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Collector(Protocol):
+    """Reads a body up to ``limit`` bytes; past it, drops the connection."""
+
+    def __init__(self, limit: int, done: "Deferred[tuple[bytes, bool]]") -> None:
+        self.limit = limit
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            head = b"".join(self.parts)[:self.limit]
+            self.parts = []
+            self.done.callback((head, True))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback((b"".join(self.parts), False))
+        else:
+            self.done.errback(reason)
+
+
+def read_limited(response: IResponse, limit: int) -> "Deferred[tuple[bytes, bool]]":
+    """``(body, too_long)``: at most ``limit`` bytes; a longer body is cut off unread."""
+    done: Deferred[tuple[bytes, bool]] = Deferred()
+    response.deliverBody(_Collector(limit, done))
+    return done
+
+
+class _Drainer(Protocol):
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        pass
+
+
+def drain(response: IResponse) -> None:
+    """Read and drop a (short or empty) body so its connection can be reused."""
+    response.deliverBody(_Drainer())
+
+
+class _Dropper(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        pass
+
+
+def discard(response: IResponse) -> None:
+    """Drop a body we will not read: its connection is closed, not reused."""
+    response.deliverBody(_Dropper())
