@@ -28,6 +28,17 @@ class SecretSealerTests(SynchronousTestCase):
         blob = SecretSealer(SECRET).seal(b"keys", KEY)
         self.assertRaises(AtRestError, SecretSealer(b"t" * 32).open, blob, KEY)
 
+    def test_previous_secrets_only_open(self):
+        old_blob = SecretSealer(b"o" * 32).seal(b"old keys", KEY)
+        rotating = SecretSealer(SECRET, [b"o" * 32])
+        self.assertEqual(rotating.open(old_blob, KEY), b"old keys")
+        new_blob = rotating.seal(b"new keys", KEY)
+        self.assertRaises(AtRestError, SecretSealer(b"o" * 32).open, new_blob, KEY)
+        self.assertEqual(SecretSealer(SECRET).open(new_blob, KEY), b"new keys")
+        self.assertRaises(AtRestError, rotating.open, SecretSealer(b"x" * 32).seal(b"k", KEY),
+                          KEY)
+        self.assertRaises(ValueError, SecretSealer, SECRET, [b"short"])
+
     def test_tampering_and_garbage(self):
         sealer = SecretSealer(SECRET)
         blob = sealer.seal(b"keys", KEY)

@@ -18,6 +18,7 @@ limit).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -41,20 +42,16 @@ class SecretSealer:
     """Seals and opens pair secrets under a key derived from the relay secret.
 
     The derived key is held only by this object; it is never logged and its
-    repr says nothing about it.
+    repr says nothing about it.  ``previous`` secrets only open: during a
+    rotation, replicas still sealing under the old secret and replicas
+    already on the new one can read each other's pairs.
     """
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_readers")
 
-    def __init__(self, secret: bytes) -> None:
-        if not isinstance(secret, bytes):
-            raise TypeError("the state secret must be bytes")
-        if len(secret) < _MIN_SECRET_LEN:
-            raise ValueError(
-                f"the state secret must be at least {_MIN_SECRET_LEN} bytes")
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT,
-                   info=HKDF_INFO).derive(secret)
-        self._aead = AESGCM(key)
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._aead = _derive(secret)
+        self._readers = (self._aead, *(_derive(old) for old in previous if old != secret))
 
     def seal(self, secrets: bytes, key_name: bytes) -> bytes:
         """Encrypt ``secrets`` bound to ``key_name``."""
@@ -66,10 +63,22 @@ class SecretSealer:
         if len(blob) < 1 + _NONCE_LEN + 16 or blob[:1] != _VERSION:
             raise AtRestError("malformed sealed pair secrets")
         nonce = blob[1:1 + _NONCE_LEN]
-        try:
-            return self._aead.decrypt(nonce, blob[1 + _NONCE_LEN:], key_name)
-        except InvalidTag:
-            raise AtRestError("sealed pair secrets failed to open") from None
+        for aead in self._readers:
+            try:
+                return aead.decrypt(nonce, blob[1 + _NONCE_LEN:], key_name)
+            except InvalidTag:
+                continue
+        raise AtRestError("sealed pair secrets failed to open")
 
     def __repr__(self) -> str:
         return "<SecretSealer>"
+
+
+def _derive(secret: bytes) -> AESGCM:
+    if not isinstance(secret, bytes):
+        raise TypeError("the state secret must be bytes")
+    if len(secret) < _MIN_SECRET_LEN:
+        raise ValueError(f"the state secret must be at least {_MIN_SECRET_LEN} bytes")
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT,
+               info=HKDF_INFO).derive(secret)
+    return AESGCM(key)

@@ -8,6 +8,8 @@ reactor at import time, which must not happen before twistd picks one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.interfaces import IReactorTime
 
 from mterelay.store.interface import IPairStore, StoreLimits
@@ -24,11 +26,13 @@ def build_store(
     limits: StoreLimits = StoreLimits(),
     key_prefix: str = "mterelay:",
     max_pairs: int = 100_000,
+    previous_state_secrets: Sequence[bytes] = (),
 ) -> IPairStore:
     """The memory store when ``redis_url`` is None, else the Redis store.
 
     ``state_secret`` (STATE_SECRET, else CLIENT_ID_SECRET, as bytes) seals
-    pair secrets at rest and is required with Redis.
+    pair secrets at rest and is required with Redis; ``previous_state_secrets``
+    still open pairs sealed before a rotation.
     """
     if redis_url is None:
         return MemoryPairStore(reactor, limits, max_pairs=max_pairs)
@@ -36,4 +40,5 @@ def build_store(
         raise ValueError("a state secret is required to keep pairs in Redis")
     from mterelay.store.redis import RedisPairStore
 
-    return RedisPairStore(reactor, redis_url, state_secret, limits, key_prefix)
+    return RedisPairStore(reactor, redis_url, state_secret, limits, key_prefix,
+                          previous_state_secrets=previous_state_secrets)

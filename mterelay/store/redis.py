@@ -28,6 +28,7 @@ itself with a short capped backoff.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from twisted.internet import ssl
@@ -228,6 +229,7 @@ class RedisPairStore:
         connect_timeout: float = 5.0,
         reconnect_max_delay: float = 2.0,
         clock: IReactorTime | None = None,
+        previous_state_secrets: Sequence[bytes] = (),
     ) -> None:
         if not isinstance(key_prefix, str) or any(c.isspace() for c in key_prefix):
             raise ValueError("the Redis key prefix must be a string without spaces")
@@ -236,7 +238,7 @@ class RedisPairStore:
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
         self.address = parse_redis_url(url)
-        self._sealer = SecretSealer(state_secret)
+        self._sealer = SecretSealer(state_secret, previous_state_secrets)
         self.limits = limits
         self.key_prefix = key_prefix
         self._pool_size = pool_size
