@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from mterelay.outboundrules import OriginPattern
 from mterelay.store.redisurl import parse_redis_url
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
@@ -74,6 +75,8 @@ class Config:
     client_id_secret: str = attrs.field(repr=False)
     client_id_secret_previous: str | None = attrs.field(default=None, repr=False)
     outbound_token: str | None = attrs.field(default=None, repr=False)
+    #: Remote relays an outbound request may name; empty: any (logged at start-up).
+    outbound_upstreams: tuple[OriginPattern, ...] = ()
     aws_region: str | None = None
     redis_url: str | None = attrs.field(default=None, repr=False)
     port: int = 8080
@@ -279,6 +282,13 @@ def _origins(value: Any) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _origin_patterns(value: Any) -> tuple[OriginPattern, ...]:
+    patterns = tuple(OriginPattern.compile(item) for item in _list(value))
+    if not patterns:
+        raise ValueError("must list at least one origin (leave it unset to allow any)")
+    return patterns
+
+
 def _methods(value: Any) -> tuple[str, ...]:
     methods = []
     for item in _list(value):
@@ -344,6 +354,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Previous CLIENT_ID_SECRET, still accepted during a rotation window."),
     Setting("outbound_token", "OUTBOUND_TOKEN", "outboundToken", _token, "outbound-token",
             "Token applications send in x-mte-outbound-token."),
+    Setting("outbound_upstreams", "OUTBOUND_UPSTREAMS", "outboundUpstreams", _origin_patterns,
+            "outbound-upstreams",
+            "Comma-separated remote relay origins outbound requests may name (* wildcards);"
+            " default: any."),
     Setting("aws_region", "AWS_REGION", "awsRegion", _region, "aws-region",
             "AWS region the relay runs in."),
     Setting("redis_url", "REDIS_URL", "redisURL", _redis_url, "redis-url",

@@ -1,12 +1,14 @@
-"""``make demo``: the relay in front of a sample API, on the embedded defaults.
+"""``make demo``: the relays in front of a sample API, on the embedded defaults.
 
 Everything runs in this one process on loopback ports chosen by the kernel:
-the sample API, and a relay in front of it with the in-memory store.  It sends
-a few requests in clear (echo, pass-through), then the same kind of traffic
-through ``RelayClient``, end-to-end encrypted, showing both what the
-application sees and what actually travelled.  Then it keeps serving until
-Ctrl-C so you can try it with curl or ``mterelay-client``.  ``--once`` exits
-after the scripted requests.
+the sample API, relay B in front of it, and relay A (the outbound relay)
+in front of B, with a wire tap between A and B recording what travels there
+- all with the in-memory store.  It sends a few requests in clear to B (echo,
+pass-through), then the same kind of traffic through ``RelayClient``, then
+the headline deployment: plain HTTP requests from an "application" to relay
+A, which encrypts them for relay B, showing the answers and an excerpt of the
+bytes between A and B.  Then it keeps serving until Ctrl-C so you can try it
+with curl or ``mterelay-client``.  ``--once`` exits after the scripted requests.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import argparse
 import json
 import secrets
 import sys
+import tempfile
 from typing import Any
 
 import treq
 from twisted.internet import defer, endpoints, task
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -29,7 +32,12 @@ from mterelay.client import RelayClient
 from mterelay.config import load_config
 from mterelay.logs import make_observer
 from mterelay.sampleapi import SampleAPI
-from mterelay.tap import build_service
+from mterelay.tap import RelayService, build_service
+from mterelay.wiretap import WireTap, hexdump
+
+#: What the demo application sends to relay A; none of it may appear between A and B.
+PLAINTEXT = (b"/api/login", b"/api/upload", b"/api/items", b"carol", b"s3cret-pw", b"page=5",
+             b"x-mte-outbound-token")
 
 
 def _show(title: str, method: str, url: str, status: int, body: bytes) -> None:
@@ -82,6 +90,86 @@ async def encrypted(reactor: Any, relay_url: str) -> None:
             print(f"    (decrypted Set-Cookie: {cookies[0].decode()[:40]}...)")
 
 
+def _sealed_request(sent: bytes, method: bytes) -> bytes:
+    """The encrypted request among what A sent to B (not the validation or pairing)."""
+    start = -1
+    for index in _find_all(sent, method + b" /"):
+        if not sent.startswith(b"/api/mte-", index + len(method) + 1):
+            start = index
+    return sent[start:] if start >= 0 else sent
+
+
+def _find_all(data: bytes, needle: bytes) -> list[int]:
+    found, index = [], data.find(needle)
+    while index >= 0:
+        found.append(index)
+        index = data.find(needle, index + 1)
+    return found
+
+
+def _show_wire(tap: WireTap, method: str) -> None:
+    wire = _sealed_request(tap.sent(), method.encode())
+    head, _, body = wire.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    verb, target = lines[0].decode("latin-1").split(" ")[:2]
+    print(f"    between A and B: {verb} {target[:40]}... HTTP/1.1  ({len(wire)} bytes)")
+    if not body:  # no body: show the sealed headers item instead
+        body = next((line for line in lines if line.lower().startswith(b"x-mte-relay-eh:")),
+                    head)
+        print("    (its x-mte-relay-eh header, the sealed request headers:)")
+    else:
+        print("    (its body, sealed:)")
+    for row in hexdump(body, lines=3):
+        print("      " + row)
+    seen = tap.sent() + tap.received()
+    leaked = [word.decode() for word in PLAINTEXT if word in seen]
+    print(f"    plaintext seen between A and B: {', '.join(leaked) or 'none'}")
+
+
+async def server_to_server(reactor: Any, api_url: str, relay_b_port: int) -> RelayService:
+    """Relay A (outbound) → wire tap → relay B; an application's plain requests through A."""
+    tap = WireTap([relay_b_port], reactor)
+    await tap.listen()
+    token = secrets.token_urlsafe(16)
+    config = load_config({
+        "UPSTREAM": api_url,  # A's own upstream; outbound requests name theirs
+        "CLIENT_ID_SECRET": secrets.token_urlsafe(32),
+        "OUTBOUND_TOKEN": token,
+        "OUTBOUND_UPSTREAMS": tap.url,
+        "LISTEN": "tcp:0:interface=127.0.0.1",
+        "LOG_LEVEL": "warning",
+    })
+    relay_a = build_service(config, reactor, make_observer("warning", "text", sys.stdout))
+    relay_a.startService()
+    assert relay_a.listener is not None
+    port = await relay_a.listener.when_listening()
+    a_url = f"http://127.0.0.1:{port.getHost().port}"
+    print("\n=== server to server: application -> relay A -> (wire tap) -> relay B -> sample API"
+          f" ===\nrelay A    : {a_url}  (OUTBOUND_TOKEN set, OUTBOUND_UPSTREAMS={tap.url})"
+          f"\nwire tap   : {tap.url}  (records the bytes between A and B)"
+          "\nThe application sends plain HTTP to relay A with two extra headers:"
+          f"\n    x-mte-outbound-token: <token>\n    x-mte-upstream: {tap.url}")
+    upload = tempfile.TemporaryFile()
+    upload.write(bytes(range(256)) * 40)
+    upload.seek(0)
+    calls = [
+        ("JSON login through relay A", "POST", "/api/login",
+         {"content-type": ["application/json"]}, b'{"user": "carol", "password": "s3cret-pw"}'),
+        ("file upload through relay A", "POST", "/api/upload",
+         {"content-type": ["application/octet-stream"]}, FileBodyProducer(upload)),
+        ("GET with a query string through relay A", "GET", "/api/items?page=5", {}, None),
+    ]
+    outbound = {"x-mte-outbound-token": [token], "x-mte-upstream": [tap.url]}
+    for title, method, path, headers, data in calls:
+        tap.clear()
+        response = await treq.request(method, a_url + path, headers={**headers, **outbound},
+                                      data=data, reactor=reactor)
+        _show(title, method, path, response.code, await treq.content(response))
+        _show_wire(tap, method)
+    upload.close()
+    return relay_a
+
+
 async def run(reactor: Any, once: bool) -> None:
     api_port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         Site(SampleAPI())
@@ -101,7 +189,7 @@ async def run(reactor: Any, once: bool) -> None:
     assert relay.listener is not None
     port = await relay.listener.when_listening()
     relay_url = f"http://127.0.0.1:{port.getHost().port}"
-    print(f"sample API : {api_url}\nrelay      : {relay_url}  (store: in-memory)")
+    print(f"sample API : {api_url}\nrelay B    : {relay_url}  (store: in-memory)")
 
     calls = [
         ("echo (liveness, no pairing)", "GET", "/api/mte-echo/hello", None),
@@ -118,12 +206,15 @@ async def run(reactor: Any, once: bool) -> None:
     print("\n=== through mterelay.client.RelayClient: end-to-end encrypted ===")
     await encrypted(reactor, relay_url)
 
+    relay_a = await server_to_server(reactor, api_url, port.getHost().port)
+
     if once:
+        await relay_a.stopService()
         await relay.stopService()
         await api_port.stopListening()
         return
-    print(f"\nThe relay keeps running: try  curl {relay_url}/api/mte-echo/test\n"
-          f"or  .venv/bin/mterelay-client -i {relay_url}/api/items?page=2\nCtrl-C stops it.")
+    print(f"\nThe relays keep running: try  curl {relay_url}/api/mte-echo/test\n"
+          f"or  .venv/bin/mterelay-client -i {relay_url}/api/items?page=2\nCtrl-C stops them.")
     await defer.Deferred()  # until Ctrl-C
 
 

@@ -225,6 +225,11 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         log_level_name=config.log_level,
         region=f", AWS region {config.aws_region}" if config.aws_region else "",
     )
+    if config.outbound_token and not config.outbound_upstreams:
+        log.warn(
+            "OUTBOUND_TOKEN is set but OUTBOUND_UPSTREAMS is not: outbound requests may name "
+            "any remote relay in x-mte-upstream; set OUTBOUND_UPSTREAMS to restrict them"
+        )
     return top
 
 

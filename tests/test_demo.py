@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -28,3 +32,39 @@ class DemoTests(TestCase):
         wire = [line for line in out.splitlines() if "on the wire:" in line]
         self.assertEqual(len(wire), 3)
         self.assertFalse([line for line in wire if "/api/" in line])
+        # Server to server: plain requests to relay A, answered through relay B.
+        s2s = out.split("=== server to server", 1)[1]
+        self.assertIn("relay A    : http://127.0.0.1:", s2s)
+        self.assertIn('"user": "carol"', s2s)
+        self.assertIn('"bytes": 10240', s2s)
+        self.assertIn('"page": 5', s2s)
+        self.assertEqual(s2s.count("<- 20"), 3)
+        between = [line for line in s2s.splitlines() if line.startswith("    between A and B:")]
+        self.assertEqual(len(between), 3)
+        self.assertFalse([line for line in between if "/api/" in line])
+        self.assertEqual(s2s.count("plaintext seen between A and B: none"), 3)
+        self.assertEqual(len([line for line in s2s.splitlines()
+                              if line.startswith("      00000000  ")]), 3)
+
+    def test_ctrl_c_stops_cleanly(self) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mterelay.demo"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # A shell without job control starts background jobs with SIGINT ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        assert process.stdout is not None
+        out, deadline = b"", time.monotonic() + 60
+        while b"Ctrl-C stops" not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertIn(b"Ctrl-C stops", out)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=20)
+        self.assertEqual(process.returncode, 0, (out + rest).decode())
+        self.assertNotIn(b"Traceback", out + rest)

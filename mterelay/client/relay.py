@@ -263,7 +263,8 @@ class RelayClient:
     # ------------------------------------------------------------ requests
 
     def request(self, method: str | bytes, url: str | bytes, headers: HeadersInput = None,
-                data: Any = None) -> "Deferred[IResponse]":
+                data: Any = None, *, options: SealOptions | None = None
+                ) -> "Deferred[IResponse]":
         """Send one request through the relay; fires with a :class:`RelayResponse`.
 
         ``data`` is bytes, a binary file (streamed; a seekable one from its
@@ -282,9 +283,14 @@ class RelayClient:
         answer does not authenticate), :class:`NotARelay`,
         :class:`PairingFailed`, or the agent's own errors (ConnectError,
         ResponseFailed, ...).
+
+        ``options`` (a :class:`SealOptions`) replaces the client's own for this
+        request only, so one client - one pool of pairs - can serve callers
+        that each choose what is sealed (the outbound relay's control headers).
         """
         method_text = (method.decode("ascii") if isinstance(method, bytes) else method).upper()
-        done = ensureDeferred(self._request(method_text, url, headers, data))
+        done = ensureDeferred(self._request(method_text, url, headers, data,
+                                            options or self.options))
         if self.timeout is not None:
             done = with_timeout(done, self.timeout, self.reactor, "request")
         return done
@@ -308,7 +314,7 @@ class RelayClient:
         return self.request("DELETE", url, **kwargs)
 
     async def _request(self, method: str, url: str | bytes, headers: HeadersInput,
-                       data: Any) -> IResponse:
+                       data: Any, options: SealOptions) -> IResponse:
         origin, target = split_url(url)
         state = self._origin(origin)
         plain_headers = end_to_end(normalize_headers(headers))
@@ -316,7 +322,7 @@ class RelayClient:
         if body is not None and body.length == 0 and method not in _BODY_METHODS:
             body = None
         if (body is not None and body.length is not None
-                and self.options.framing == MODE_MTE and body.length > MAX_MTE_BODY):
+                and options.framing == MODE_MTE and body.length > MAX_MTE_BODY):
             raise EncodeFailed("an MTE body is at most 2**30 bytes; use MKE framing")
         request_headers = Headers()
         for name, value in plain_headers:
@@ -334,7 +340,7 @@ class RelayClient:
                 retried, after = True, 0
                 continue
             outcome = await self._attempt(origin, method, target, plain_headers, body, lease,
-                                          plain_request)
+                                          plain_request, options)
             if not isinstance(outcome, RelayError):
                 return outcome
             code = outcome.code
@@ -352,11 +358,11 @@ class RelayClient:
             retried = True
 
     async def _attempt(self, origin: str, method: str, target: str, headers: HeaderList,
-                       body: BodyData | None, lease: Lease, plain_request: PlainRequest
-                       ) -> IResponse | RelayError:
+                       body: BodyData | None, lease: Lease, plain_request: PlainRequest,
+                       options: SealOptions) -> IResponse | RelayError:
         """Send once; a relay-made 55x comes back as a value, for the retry logic."""
         outgoing = seal_request(lease.keys, lease.client_id, lease.seq, method, target,
-                                headers, has_body=body is not None, options=self.options)
+                                headers, has_body=body is not None, options=options)
         producer = None
         if body is not None:
             length = None if body.length is None else sealed_length(body.length,

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import IRequest
+from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
 from mterelay.config import Config, matches_any
+from mterelay.outboundrules import TOKEN_HEADER
 from mterelay.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
@@ -21,6 +22,7 @@ from mterelay.store.keycache import KeyCache
 from mterelay.web.echo import is_echo_path, render_echo
 from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
 from mterelay.web.inbound import InboundProxy
+from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import error_body
@@ -34,7 +36,7 @@ class RelayRoot(Resource):
     isLeaf = True
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
-                 store: IPairStore) -> None:
+                 store: IPairStore, outbound_agent: IAgent | None = None) -> None:
         super().__init__()
         self.config = config
         self.forwarder = forwarder
@@ -48,6 +50,7 @@ class RelayRoot(Resource):
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
                                     mte_routes=config.mte_routes)
+        self.outbound = OutboundProxy(clock, config, agent=outbound_agent)
         self.cors = CorsPolicy(config.cors_origins, config.cors_methods)
         self.extra_headers = [
             (name.encode("ascii"), value.encode("latin-1")) for name, value in config.headers
@@ -62,6 +65,9 @@ class RelayRoot(Resource):
                 return error_body(request, 403, "CORS preflight refused", reason)
             return b""
         self.cors.decorate(request)
+        if request.requestHeaders.hasHeader(TOKEN_HEADER):
+            # The application's own request, to be sent encrypted to a remote relay.
+            return self.outbound.render(request)
 
         path = request.path
         problem = path_problem(path)

@@ -1,0 +1,229 @@
+"""The outbound role's rules, kept pure: token, remote relay origin, allow-list, options.
+
+An application asks its local relay to encrypt a request for a remote relay
+with a few ``x-mte-*`` headers.  Every check of those headers lives here,
+reactor-free, so each rule is unit-testable and the request handler
+(:mod:`mterelay.web.outbound`) only maps a :class:`Refused` to its answer.
+``mterelay.config`` uses :class:`OriginPattern` to validate OUTBOUND_UPSTREAMS
+at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from urllib.parse import urlsplit
+
+from typing import Any
+
+import attrs
+from twisted.web.http_headers import Headers
+
+__all__ = [
+    "TOKEN_HEADER", "UPSTREAM_HEADER", "ENCODE_TYPE_HEADER", "ENCODE_HEADERS_HEADER",
+    "ENCODE_URL_HEADER", "Refused", "Origin", "OriginPattern", "token_matches",
+    "parse_origin", "upstream_origin", "allowed", "seal_choices",
+]
+
+TOKEN_HEADER = b"x-mte-outbound-token"
+UPSTREAM_HEADER = b"x-mte-upstream"
+ENCODE_TYPE_HEADER = b"x-mte-encode-type"
+ENCODE_HEADERS_HEADER = b"x-mte-encode-headers"
+ENCODE_URL_HEADER = b"x-mte-encode-url"
+
+#: The seed's encode types, as framings: MTE seals the body as one item
+#: (buffered whole, at most 64 MiB at an mterelay), MKE in streamed chunks.
+ENCODE_TYPES = {"MTE": "MTE", "MKE": "MKE"}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_PATTERN = re.compile(
+    r"^(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9*.-]+)(?::(?P<port>\*|\d{1,5}))?/?$"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Refused(Exception):
+    """An outbound request refused before anything is sent: status, message, reason."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.message, self.reason = status, message, reason
+
+
+def token_matches(given: list[bytes], expected: str | None) -> bool:
+    """True when exactly one ``x-mte-outbound-token`` was sent and it is OUTBOUND_TOKEN.
+
+    Both sides are hashed first and the digests compared with
+    ``hmac.compare_digest``, so the time taken reveals neither the token nor
+    its length; an unset OUTBOUND_TOKEN goes through the same work and fails.
+    """
+    candidate = given[0].strip() if len(given) == 1 else b""
+    reference = (expected or "").encode("utf-8")
+    same = hmac.compare_digest(hashlib.sha256(candidate).digest(),
+                               hashlib.sha256(reference).digest())
+    return same and bool(expected) and bool(candidate)
+
+
+@attrs.frozen
+class Origin:
+    """A remote relay origin; ``url`` always names the port (RelayClient's form)."""
+
+    scheme: str
+    host: str  # lowercase; an IPv6 address without brackets
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_origin(value: str) -> Origin:
+    """``https://relay-b.example.com[:port][/]`` → :class:`Origin`; ValueError otherwise.
+
+    Only an origin is accepted: a path, query, fragment or credentials would
+    be silently dropped or leak, so they are refused.
+    """
+    text = value.strip()
+    if not text.isascii() or any(ch.isspace() or ch == "\\" for ch in text):
+        raise ValueError("must be an http(s) origin like https://relay.example.com")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or not parts.netloc:
+        raise ValueError("must be an http(s) origin like https://relay.example.com")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ValueError("must be an origin only (no path, query or fragment)")
+    if port == 0:
+        raise ValueError("has an invalid port")
+    return Origin(scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme])
+
+
+@attrs.frozen
+class OriginPattern:
+    """An OUTBOUND_UPSTREAMS entry: ``https://relay.example``, ``https://*.partner.example``,
+    ``http://127.0.0.1:*``.
+
+    ``*`` in the host stands for one DNS label or part of one: it never
+    crosses a dot, so ``*.partner.example`` matches ``eu.partner.example``
+    but neither ``partner.example`` nor ``a.b.partner.example``.  A port
+    ``*`` allows any port; no port means the scheme's default port.
+    """
+
+    pattern: str
+    scheme: str = attrs.field(eq=False, repr=False)
+    host: re.Pattern[str] = attrs.field(eq=False, repr=False)
+    port: int | None = attrs.field(eq=False, repr=False)  # None: any port
+
+    @classmethod
+    def compile(cls, pattern: str) -> "OriginPattern":
+        text = pattern.strip().lower()
+        match = _PATTERN.match(text)
+        if match is None:
+            raise ValueError(f"entry {pattern!r} must be an origin like https://relay.example.com"
+                             " (* wildcards allowed in the host and port)")
+        scheme, host, port = match.group("scheme", "host", "port")
+        if host.startswith("["):
+            host = host[1:-1]
+        elif any(label == "" for label in host.split(".")):
+            raise ValueError(f"entry {pattern!r} has an empty host label")
+        if port is None:
+            number: int | None = _DEFAULT_PORTS[scheme]
+        elif port == "*":
+            number = None
+        else:
+            number = int(port)
+            if not 1 <= number <= 65535:
+                raise ValueError(f"entry {pattern!r} has an invalid port")
+        body = "[^.]+".join(re.escape(part) for part in host.split("*"))
+        return cls(text.rstrip("/"), scheme, re.compile(body + r"\Z"), number)
+
+    def matches(self, origin: Origin) -> bool:
+        return (origin.scheme == self.scheme
+                and (self.port is None or origin.port == self.port)
+                and self.host.match(origin.host) is not None)
+
+
+def allowed(patterns: tuple[OriginPattern, ...], origin: Origin) -> bool:
+    """No allow-list means any origin (the seed's behaviour, warned about at start-up)."""
+    return not patterns or any(pattern.matches(origin) for pattern in patterns)
+
+
+def _single(headers: Headers, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Refused(400, "Bad request", f"{name.decode()} sent more than once")
+    return values[0].decode("latin-1").strip()
+
+
+def upstream_origin(headers: Headers, patterns: tuple[OriginPattern, ...]) -> Origin:
+    """The remote relay named by ``x-mte-upstream``: 400 when missing or not an
+    http(s) origin, 403 when OUTBOUND_UPSTREAMS does not allow it."""
+    value = _single(headers, UPSTREAM_HEADER)
+    if not value:
+        raise Refused(400, "Bad request", "x-mte-upstream header is required")
+    try:
+        origin = parse_origin(value)
+    except ValueError as error:
+        raise Refused(400, "Bad request", f"x-mte-upstream {error}") from None
+    if not allowed(patterns, origin):
+        raise Refused(403, "Forbidden",
+                      f"x-mte-upstream {origin.url[:200]} is not in OUTBOUND_UPSTREAMS")
+    return origin
+
+
+def _flag(headers: Headers, name: bytes) -> bool | None:
+    value = _single(headers, name)
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise Refused(400, "Bad request", f"{name.decode()} must be true or false")
+    return lowered == "true"
+
+
+def seal_choices(headers: Headers) -> dict[str, Any]:
+    """What to seal, from the optional control headers; everything by default.
+
+    Returns the keyword arguments of ``SealOptions.build`` (the client's own
+    option names), so this module needs nothing of the client.
+
+    * ``x-mte-encode-type``: ``MKE`` (default; the body sealed in streamed
+      chunks) or ``MTE`` (one sealed item, buffered whole on both relays);
+    * ``x-mte-encode-headers``: ``true`` (default, every header sealed),
+      ``false`` (only ``content-type`` sealed) or a comma list of names
+      sealed (plus ``content-type``), the others sent in clear;
+    * ``x-mte-encode-url``: ``true`` (default) or ``false`` (path and query
+      in clear).
+    """
+    encode_type = _single(headers, ENCODE_TYPE_HEADER)
+    framing = "MKE"
+    if encode_type is not None:
+        framing = ENCODE_TYPES.get(encode_type.upper(), "")
+        if not framing:
+            raise Refused(400, "Bad request", "x-mte-encode-type must be MTE or MKE")
+    seal_url = _flag(headers, ENCODE_URL_HEADER)
+    seal_headers: str | tuple[str, ...] = "all"
+    values = headers.getRawHeaders(ENCODE_HEADERS_HEADER, [])
+    if values:
+        text = ",".join(value.decode("latin-1") for value in values).strip()
+        if text.lower() == "true":
+            seal_headers = "all"
+        elif text.lower() == "false":
+            seal_headers = "none"
+        else:
+            names = tuple(name.strip().lower() for name in text.split(","))
+            if not names or not all(_TOKEN.match(name) for name in names):
+                raise Refused(400, "Bad request",
+                              "x-mte-encode-headers must be true, false or a comma list of "
+                              "header names")
+            seal_headers = names
+    return {"seal_url": True if seal_url is None else seal_url,
+            "seal_headers": seal_headers, "framing": framing}

@@ -1,0 +1,266 @@
+"""The outbound entry: an application's plain request, sent encrypted to a remote relay.
+
+A request carrying ``x-mte-outbound-token`` is the local application asking
+this relay to act as its encrypting client (README, "Server-to-server").
+Nothing is sent anywhere unless the token is right and the control headers
+make sense (:mod:`mterelay.outboundrules`).  Then one shared
+:class:`~mterelay.client.RelayClient` - one pool of MAX_POOL_SIZE pairs per
+remote origin, re-paired and re-validated by itself after a remote restart
+or secret change - seals the request, and the decrypted answer is streamed
+back to the application as if it had called the remote API directly.
+
+Bodies: up to :data:`REPLAYABLE_BODY` bytes (by Content-Length) are read
+first and sent as bytes, so the client's one automatic retry after a 55x
+(a remote relay that restarted and lost its pairs) works.  Larger and
+chunked bodies are streamed through with back-pressure and cannot be sent
+twice: a 55x then reaches the application as a 502 naming the relay error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (Agent, HTTPConnectionPool, RequestGenerationFailed,
+                                RequestNotSent, RequestTransmissionFailed, ResponseFailed,
+                                ResponseNeverReceived)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IRequest, IResponse
+from twisted.web.server import NOT_DONE_YET
+
+from mterelay.bodies import discard
+from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
+from mterelay.config import Config
+from mterelay.outboundrules import (TOKEN_HEADER, Origin, Refused, seal_choices, token_matches,
+                                    upstream_origin)
+from mterelay.protocol.errors import RelayError
+from mterelay.upstream import copy_end_to_end, stream_body
+from mterelay.web.inbound import declared_length
+from mterelay.web.paths import path_problem
+from mterelay.web.responses import error_body, json_body
+from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+
+__all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS"]
+
+log = Logger(namespace="mterelay.outbound")
+
+#: Bodies up to this size are buffered so they can be sent again on a retry.
+REPLAYABLE_BODY = 1024 * 1024
+#: A RelayClient keeps at most 64 pairs per origin (one pairing request).
+MAX_PAIRS = 64
+#: Idle connections to a remote relay are closed by us before the load
+#: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
+#: connection the other side is closing (not retried for POST: a 502).
+IDLE_CONNECTION_TIMEOUT = 50
+#: Request headers not sent on: this hop's (the relay answered Expect itself).
+_NOT_FORWARDED = (b"host", b"content-length", b"expect")
+#: Failures of the connection to the remote relay: 502, "unreachable".
+_UNREACHABLE = (ConnectError, ConnectingCancelledError, DNSLookupError, ResponseNeverReceived,
+                ResponseFailed, RequestTransmissionFailed, RequestNotSent,
+                RequestGenerationFailed)
+
+
+class OutboundProxy:
+    """Everything the outbound entry needs, shared by all requests.
+
+    :param clock: the reactor (time for timeouts, and the network when no
+        ``agent`` is given).
+    :param agent: how to reach remote relays; by default a persistent-pool
+        ``Agent`` of its own (no cookies, no redirects), made on first use.
+    """
+
+    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None) -> None:
+        self.clock = clock
+        self.token = config.outbound_token
+        self.patterns = config.outbound_upstreams
+        self.extra_headers = [(name.encode("ascii"), value.encode("latin-1"))
+                              for name, value in config.headers]
+        self.pairs = min(config.max_pool_size, MAX_PAIRS)
+        self.timeout = config.upstream_timeout
+        self._agent = agent
+        self._client: RelayClient | None = None
+
+    @property
+    def client(self) -> RelayClient:
+        """The one RelayClient (pairs per remote origin), made when first needed."""
+        if self._client is None:
+            agent = self._agent if self._agent is not None else remote_agent(self.clock)
+            self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
+                                       timeout=self.timeout)
+        return self._client
+
+    def render(self, request: IRequest) -> Any:
+        """Refuse at once (401/400/403) or start the exchange with the remote relay."""
+        headers = request.requestHeaders
+        if not token_matches(headers.getRawHeaders(TOKEN_HEADER, []), self.token):
+            return error_body(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
+        try:
+            origin = upstream_origin(headers, self.patterns)
+            options = SealOptions.build(**seal_choices(headers))
+        except Refused as refused:
+            return error_body(request, refused.status, refused.message, refused.reason)
+        problem = path_problem(request.path)
+        if problem is None and not (request.uri.startswith(b"/") and request.uri.isascii()):
+            problem = "the request target must be an ASCII path (percent-encoded) and query"
+        if problem:
+            return error_body(request, 400, "Bad request", problem)
+        _Exchange(self, request, origin, options).start()
+        return NOT_DONE_YET
+
+    def outgoing_headers(self, incoming: Headers) -> Headers:
+        """The application's end-to-end headers, minus x-mte-*, plus HEADERS.
+
+        Host and Content-Length describe this hop; the client sets both.
+        """
+        headers = Headers()
+        copy_end_to_end(incoming, headers, drop=_NOT_FORWARDED, drop_prefixes=(b"x-mte-",))
+        for name, value in self.extra_headers:
+            headers.setRawHeaders(name, [value])
+        return headers
+
+
+def remote_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.0) -> IAgent:
+    """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = pool_size
+    pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+    return Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+
+
+class _Exchange:
+    """One outbound request, from reading its body to the decrypted answer."""
+
+    def __init__(self, proxy: OutboundProxy, request: IRequest, origin: Origin,
+                 options: SealOptions) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.origin = origin
+        self.options = options
+        self.gone = False
+        self.pending: Deferred[IResponse] | None = None
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._client_gone)
+        ensureDeferred(self.run()).addErrback(self._crashed)
+
+    def _client_gone(self, _: Failure) -> None:
+        self.gone = True
+        if self.pending is not None:
+            self.pending.cancel()
+
+    def _crashed(self, failure: Failure) -> None:
+        log.failure("outbound request failed", failure)
+        self._answer(502, {"error": "Bad gateway", "code": 502,
+                           "reason": "the relay failed to handle this request"})
+
+    def _answer(self, status: int, payload: dict[str, Any]) -> None:
+        if self.gone or self.request.finished or self.request.startedWriting:
+            return
+        body = json_body(self.request, status, payload)
+        self.request.setHeader(b"content-length", b"%d" % len(body))
+        self.request.write(body)
+        self.request.finish()
+
+    def _failed(self, status: int, message: str, reason: str) -> None:
+        """A failure on the way to the remote relay: logged once, answered as JSON."""
+        log.warn("outbound {method} to {origin} failed: {status} {message} ({reason})",
+                 method=self.request.method.decode("latin-1"), origin=self.origin.url,
+                 status=status, message=message, reason=reason)
+        self._answer(status, {"error": message, "code": status, "reason": reason})
+
+    async def _body(self) -> Any:
+        """None, bytes (replayable) or the streaming BodyPipe / buffered file."""
+        request = self.request
+        headers = request.requestHeaders
+        if not headers.hasHeader(b"content-length") and not headers.hasHeader(
+                b"transfer-encoding"):
+            return None
+        pipe = getattr(request, "body", None)
+        if isinstance(pipe, BodyPipe):
+            length = declared_length(headers)
+            if length is not None and length <= REPLAYABLE_BODY:
+                return await read_body(request, REPLAYABLE_BODY)
+            return pipe
+        content = request.content  # buffered by twisted.web: seekable, so replayable
+        content.seek(0)
+        return content
+
+    async def run(self) -> None:
+        request = self.request
+        try:
+            data = await self._body()
+        except (ClientGone, BodyTooLarge):
+            return  # the application went away (or lied about its length)
+        if self.gone:
+            return
+        url = self.origin.url + request.uri.decode("ascii")
+        headers = self.proxy.outgoing_headers(request.requestHeaders)
+        self.pending = self.proxy.client.request(request.method, url, headers, data,
+                                                 options=self.options)
+        try:
+            response = await self.pending
+        except CancelledError:
+            return
+        except DeferredTimeout:
+            self._failed(504, "Remote relay timed out",
+                         f"no answer from {self.origin.url} within {self.proxy.timeout:g} s")
+            return
+        except RelayError as error:
+            reason = f"{error.code} {error.message}" + (f" ({error.info})" if error.info else "")
+            self._failed(502, "Remote relay error", reason)
+            return
+        except (NotARelay, PairingFailed) as error:
+            self._failed(502, "Remote relay error", str(error)[:300])
+            return
+        except _UNREACHABLE as error:
+            self._failed(502, "Remote relay unreachable", _describe(error))
+            return
+        finally:
+            self.pending = None
+        if self.gone:
+            discard(response)
+            return
+        await self._respond(response)
+
+    async def _respond(self, response: IResponse) -> None:
+        """Status, end-to-end headers and the body streamed with back-pressure.
+
+        A decrypted answer and a remote relay's own clear error (``sealed``
+        False, e.g. its 502 when its upstream is down) are passed on alike.
+        """
+        request = self.request
+        request.setResponseCode(response.code, response.phrase or None)
+        for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
+            if response.headers.hasHeader(own):
+                request.responseHeaders.removeHeader(own)
+        copy_end_to_end(response.headers, request.responseHeaders, drop=(b"content-length",),
+                        drop_prefixes=(b"x-mte-", b"access-control-"))
+        if (isinstance(response.length, int) and request.method != b"HEAD"
+                and response.code not in (204, 304)):
+            request.setHeader(b"content-length", b"%d" % response.length)
+        try:
+            await stream_body(response, request)
+        except Exception as error:
+            # The remote relay's connection broke, or a chunk did not
+            # authenticate: the application must not take a cut body as whole.
+            log.warn("outbound answer from {origin} interrupted: {why}",
+                     origin=self.origin.url, why=_describe(error))
+            if not self.gone:
+                request.loseConnection()
+            return
+        if not self.gone:
+            request.finish()
+
+
+def _describe(error: BaseException) -> str:
+    """A short reason naming the underlying failure (never request data)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = reasons[0].value
+        return f"{type(inner).__name__}: {inner}"[:300]
+    return f"{type(error).__name__}: {error}"[:300]
