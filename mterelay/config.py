@@ -75,6 +75,7 @@ class Config:
     client_id_secret: str = attrs.field(repr=False)
     client_id_secret_previous: str | None = attrs.field(default=None, repr=False)
     outbound_token: str | None = attrs.field(default=None, repr=False)
+    outbound_token_previous: str | None = attrs.field(default=None, repr=False)
     #: Remote relays an outbound request may name; empty: any (logged at start-up).
     outbound_upstreams: tuple[OriginPattern, ...] = ()
     aws_region: str | None = None
@@ -91,6 +92,7 @@ class Config:
     max_pool_size: int = 25
     upstream_timeout: float = 30.0
     state_secret: str | None = attrs.field(default=None, repr=False)
+    state_secret_previous: str | None = attrs.field(default=None, repr=False)
     redis_key_prefix: str = "mterelay:"
     pair_idle_ttl: float = 1800.0
     pair_max_age: float = 86400.0
@@ -111,6 +113,31 @@ class Config:
         current = self.client_id_secret.encode("utf-8")
         previous = self.client_id_secret_previous
         if previous is None or previous == self.client_id_secret:
+            return (current,)
+        return (current, previous.encode("utf-8"))
+
+    @property
+    def outbound_tokens(self) -> tuple[str, ...]:
+        """Tokens an application may send; OUTBOUND_TOKEN_PREVIOUS only while rotating."""
+        if not self.outbound_token:
+            return ()
+        if self.outbound_token_previous in (None, self.outbound_token):
+            return (self.outbound_token,)
+        return (self.outbound_token, self.outbound_token_previous)
+
+    @property
+    def state_secrets(self) -> tuple[bytes, ...]:
+        """Secrets for pair state at rest: the first seals, the others only open.
+
+        Without STATE_SECRET the client-id secrets serve, so rotating
+        CLIENT_ID_SECRET with CLIENT_ID_SECRET_PREVIOUS keeps stored pairs
+        readable on both sides of a rolling update.
+        """
+        if self.state_secret is None:
+            return self.client_id_secrets
+        current = self.state_secret.encode("utf-8")
+        previous = self.state_secret_previous
+        if previous is None or previous == self.state_secret:
             return (current,)
         return (current, previous.encode("utf-8"))
 
@@ -354,6 +381,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Previous CLIENT_ID_SECRET, still accepted during a rotation window."),
     Setting("outbound_token", "OUTBOUND_TOKEN", "outboundToken", _token, "outbound-token",
             "Token applications send in x-mte-outbound-token."),
+    Setting("outbound_token_previous", "OUTBOUND_TOKEN_PREVIOUS", "outboundTokenPrevious",
+            _token, "outbound-token-previous",
+            "Previous OUTBOUND_TOKEN, still accepted during a rotation window."),
     Setting("outbound_upstreams", "OUTBOUND_UPSTREAMS", "outboundUpstreams", _origin_patterns,
             "outbound-upstreams",
             "Comma-separated remote relay origins outbound requests may name (* wildcards);"
@@ -386,6 +416,9 @@ SETTINGS: tuple[Setting, ...] = (
             "upstream-timeout", "Seconds to wait for the upstream (default 30)."),
     Setting("state_secret", "STATE_SECRET", "stateSecret", _secret, "state-secret",
             "Secret (32+ chars) sealing pair state in Redis (default: CLIENT_ID_SECRET)."),
+    Setting("state_secret_previous", "STATE_SECRET_PREVIOUS", "stateSecretPrevious", _secret,
+            "state-secret-previous",
+            "Previous STATE_SECRET: still opens stored pairs during a rotation window."),
     Setting("redis_key_prefix", "REDIS_KEY_PREFIX", "redisKeyPrefix", _key_prefix,
             "redis-key-prefix", "Prefix of every Redis key (default mterelay:)."),
     Setting("pair_idle_ttl", "PAIR_IDLE_TTL", "pairIdleTtl", _positive_seconds,

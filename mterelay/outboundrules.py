@@ -15,6 +15,7 @@ import hmac
 import re
 from urllib.parse import urlsplit
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -50,18 +51,23 @@ class Refused(Exception):
         self.status, self.message, self.reason = status, message, reason
 
 
-def token_matches(given: list[bytes], expected: str | None) -> bool:
-    """True when exactly one ``x-mte-outbound-token`` was sent and it is OUTBOUND_TOKEN.
+def token_matches(given: list[bytes], expected: str | Sequence[str] | None) -> bool:
+    """True when exactly one ``x-mte-outbound-token`` was sent and it is an accepted token.
 
-    Both sides are hashed first and the digests compared with
-    ``hmac.compare_digest``, so the time taken reveals neither the token nor
-    its length; an unset OUTBOUND_TOKEN goes through the same work and fails.
+    ``expected`` is OUTBOUND_TOKEN, or (during a rotation) OUTBOUND_TOKEN and
+    OUTBOUND_TOKEN_PREVIOUS.  Both sides are hashed first and every digest is
+    compared with ``hmac.compare_digest`` without an early exit, so the time
+    taken reveals neither a token, nor its length, nor which one matched; an
+    unset OUTBOUND_TOKEN goes through the same work and fails.
     """
+    tokens = [expected] if isinstance(expected, str) or expected is None else list(expected)
     candidate = given[0].strip() if len(given) == 1 else b""
-    reference = (expected or "").encode("utf-8")
-    same = hmac.compare_digest(hashlib.sha256(candidate).digest(),
-                               hashlib.sha256(reference).digest())
-    return same and bool(expected) and bool(candidate)
+    digest = hashlib.sha256(candidate).digest()
+    same = False
+    for token in tokens or [None]:
+        reference = (token or "").encode("utf-8")
+        same |= hmac.compare_digest(digest, hashlib.sha256(reference).digest()) and bool(token)
+    return same and bool(candidate)
 
 
 @attrs.frozen

@@ -183,11 +183,12 @@ def store_limits(config: Config) -> StoreLimits:
 
 def store_for(config: Config, reactor: Any) -> IPairStore:
     limits = store_limits(config)
-    secret = (config.state_secret or config.client_id_secret).encode("utf-8")
+    secret, *previous = config.state_secrets
     return build_store(
         reactor,
         redis_url=config.redis_url,
         state_secret=secret,
+        previous_state_secrets=previous,
         limits=limits,
         key_prefix=config.redis_key_prefix,
     )

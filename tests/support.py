@@ -17,7 +17,7 @@ from twisted.internet import task
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.config import Config, load_config
+from mterelay.config import SETTINGS, Config, load_config
 from mterelay.store.memory import MemoryPairStore
 from mterelay.tap import store_limits
 from mterelay.upstream import UpstreamForwarder
@@ -203,9 +203,5 @@ class RelayProcess:
             raise
 
 
-_RELAY_ENV = {
-    "UPSTREAM", "CLIENT_ID_SECRET", "OUTBOUND_TOKEN", "AWS_REGION", "REDIS_URL", "PORT",
-    "LISTEN", "LOG_LEVEL", "LOG_FORMAT", "DEBUG", "PASS_THROUGH_ROUTES", "MTE_ROUTES",
-    "CORS_ORIGINS", "CORS_METHODS", "HEADERS", "MAX_POOL_SIZE", "UPSTREAM_TIMEOUT",
-    "STATE_SECRET", "REDIS_KEY_PREFIX", "CONFIG_FILE",
-}
+# Every variable the relay reads, so a developer's shell never leaks into a test relay.
+_RELAY_ENV = {setting.env for setting in SETTINGS} | {"CONFIG_FILE", "DEBUG"}

@@ -76,7 +76,7 @@ class OutboundProxy:
 
     def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None) -> None:
         self.clock = clock
-        self.token = config.outbound_token
+        self.token = config.outbound_tokens
         self.patterns = config.outbound_upstreams
         self.extra_headers = [(name.encode("ascii"), value.encode("latin-1"))
                               for name, value in config.headers]
