@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -205,3 +206,27 @@ class RelayProcess:
 
 # Every variable the relay reads, so a developer's shell never leaks into a test relay.
 _RELAY_ENV = {setting.env for setting in SETTINGS} | {"CONFIG_FILE", "DEBUG"}
+
+
+def write_random_file(path: str, size: int, block_size: int = 1024 * 1024) -> str:
+    """Write ``size`` bytes (one random block repeated) to ``path``; return their SHA-256."""
+    digest = hashlib.sha256()
+    block = os.urandom(block_size)
+    with open(path, "wb") as handle:
+        for _ in range(size // block_size):
+            handle.write(block)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def collect_digest(response: Any) -> Any:
+    """Stream a response body through SHA-256; fires ``(size, hexdigest)``, holding nothing."""
+    import treq
+
+    digest, sizes = hashlib.sha256(), []
+
+    def chunk(data: bytes) -> None:
+        digest.update(data)
+        sizes.append(len(data))
+
+    return treq.collect(response, chunk).addCallback(lambda _: (sum(sizes), digest.hexdigest()))

@@ -27,7 +27,7 @@ from mterelay.protocol.header import RelayHeader
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import Direction, MessageCipher
 from tests.redisserver import RedisServer, SkipRedis
-from tests.support import SECRET, RelayProcess, free_port
+from tests.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.test_passthrough_integration import _Pattern, pattern_digest
 from tests.wiretap import WireTap
 
@@ -392,27 +392,16 @@ class LargeBodyTests(EncryptedProxyCase):
         yield client.get(relay.url + "/warmup").addCallback(treq.content)
         before = relay.rss_peak_kib()
         path = self.mktemp()
-        digest = hashlib.sha256()
-        with open(path, "wb") as handle:
-            block = os.urandom(MB)
-            for _ in range(HUGE // MB):
-                handle.write(block)
-                digest.update(block)
+        uploaded = write_random_file(path, HUGE)
         with open(path, "rb") as handle:
             response = yield client.post(relay.url + "/upload", data=handle)
             answer = yield treq.json_content(response)
         self.assertEqual(answer["size"], HUGE)
-        self.assertEqual(self.upstream.seen[-1]["sha256"], digest.hexdigest())
+        self.assertEqual(self.upstream.seen[-1]["sha256"], uploaded)
         os.unlink(path)
         response = yield client.get(relay.url + f"/download?size={HUGE}")
-        received, sizes = hashlib.sha256(), []
-
-        def chunk(data: bytes) -> None:
-            received.update(data)
-            sizes.append(len(data))
-
-        yield treq.collect(response, chunk)
-        self.assertEqual(sum(sizes), HUGE)
-        self.assertEqual(received.hexdigest(), pattern_digest(HUGE))
+        size, downloaded = yield collect_digest(response)
+        self.assertEqual(size, HUGE)
+        self.assertEqual(downloaded, pattern_digest(HUGE))
         growth = relay.rss_peak_kib() - before
         self.assertLess(growth, MAX_GROWTH_KIB, f"relay memory grew by {growth} KiB")

@@ -29,7 +29,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.redisserver import RedisServer, SkipRedis
-from tests.support import SECRET, RelayProcess, free_port
+from tests.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.test_inbound_integration import RecordingUpstream, send_raw
 from tests.test_passthrough_integration import pattern_digest
 from tests.wiretap import WireTap
@@ -191,35 +191,24 @@ class ChainTests(OutboundCase):
         response, _ = yield self.send(a, tap.url, "GET", "/warmup")
         before = {"A": a.rss_peak_kib(), "B": b.rss_peak_kib()}
         path = self.mktemp()
-        digest = hashlib.sha256()
-        with open(path, "wb") as handle:
-            block = os.urandom(MB)
-            for _ in range(HUGE // MB):
-                handle.write(block)
-                digest.update(block)
+        uploaded = write_random_file(path, HUGE)
         started = reactor.seconds()
         with open(path, "rb") as handle:
             response, body = yield self.send(a, tap.url, "POST", "/upload", data=FileBodyProducer(
                 handle))
         os.unlink(path)
         self.assertEqual((response.code, json.loads(body)["size"]), (200, HUGE))
-        self.assertEqual(self.upstream.seen[-1]["sha256"], digest.hexdigest())
+        self.assertEqual(self.upstream.seen[-1]["sha256"], uploaded)
         response = yield self.agent.request(
             b"GET", f"{a.url}/download?size={HUGE}".encode(),
             Headers({b"x-mte-outbound-token": [TOKEN.encode()],
                      b"x-mte-upstream": [tap.url.encode()]}))
         self.assertEqual(response.length, HUGE)
-        received, sizes = hashlib.sha256(), []
-
-        def chunk(data: bytes) -> None:
-            received.update(data)
-            sizes.append(len(data))
-
-        yield treq.collect(response, chunk)
-        self.assertEqual(sum(sizes), HUGE)
-        self.assertEqual(received.hexdigest(), pattern_digest(HUGE))
+        size, downloaded = yield collect_digest(response)
+        self.assertEqual(size, HUGE)
+        self.assertEqual(downloaded, pattern_digest(HUGE))
         # A chunked upload (length unknown) streams too.
-        chunked = FileBodyProducer(io.BytesIO(block * 3))
+        chunked = FileBodyProducer(io.BytesIO(os.urandom(3 * MB)))
         chunked.length = UNKNOWN_LENGTH
         response, body = yield self.send(a, tap.url, "PUT", "/chunked", data=chunked)
         self.assertEqual(json.loads(body)["size"], 3 * MB)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from typing import Any
 
 import treq
@@ -16,7 +14,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.support import SECRET, RelayProcess, free_port
+from tests.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 
 MB = 1024 * 1024
 BIG = 50 * MB
@@ -134,18 +132,13 @@ class PassThroughIntegrationTests(TestCase):
         yield self.http.get(relay.url + "/pt/echo").addCallback(treq.content)
         before = relay.rss_peak_kib()
         path = self.mktemp()
-        digest = hashlib.sha256()
-        with open(path, "wb") as handle:
-            block = os.urandom(MB)
-            for _ in range(BIG // MB):
-                handle.write(block)
-                digest.update(block)
+        uploaded = write_random_file(path, BIG)
         with open(path, "rb") as handle:
             response = yield self.http.post(relay.url + "/pt/upload", data=FileBodyProducer(handle))
             body = yield treq.content(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(body, b"%d" % BIG)
-        self.assertEqual(self.upstream.uploads, [(BIG, digest.hexdigest())])
+        self.assertEqual(self.upstream.uploads, [(BIG, uploaded)])
         growth = relay.rss_peak_kib() - before
         self.assertLess(growth, MAX_GROWTH_KIB, f"relay memory grew by {growth} KiB")
 
@@ -155,16 +148,10 @@ class PassThroughIntegrationTests(TestCase):
         yield self.http.get(relay.url + "/pt/echo").addCallback(treq.content)
         before = relay.rss_peak_kib()
         response = yield self.http.get(relay.url + f"/pt/download?size={BIG}", unbuffered=True)
-        digest, sizes = hashlib.sha256(), []
-
-        def chunk(data: bytes) -> None:
-            digest.update(data)
-            sizes.append(len(data))
-
-        yield treq.collect(response, chunk)
+        size, downloaded = yield collect_digest(response)
         self.assertEqual(response.code, 200)
-        self.assertEqual(sum(sizes), BIG)
-        self.assertEqual(digest.hexdigest(), pattern_digest(BIG))
+        self.assertEqual(size, BIG)
+        self.assertEqual(downloaded, pattern_digest(BIG))
         growth = relay.rss_peak_kib() - before
         self.assertLess(growth, MAX_GROWTH_KIB, f"relay memory grew by {growth} KiB")
 
