@@ -97,6 +97,23 @@ class Config:
     pair_idle_ttl: float = 1800.0
     pair_max_age: float = 86400.0
     pair_max_messages: int = 1_000_000
+    metrics_port: int | None = None
+    metrics_listen: str | None = None
+    metrics_format: str = "prometheus"
+    metrics_interval: float = 60.0
+    shutdown_grace: float = 25.0
+    workers: int = 1
+    #: DEBUG=true: also echo x-request-id on responses.
+    debug: bool = False
+
+    @property
+    def metrics_endpoint(self) -> str | None:
+        """The metrics listener's endpoint description; None: no metrics listener."""
+        if self.metrics_listen:
+            return self.metrics_listen
+        if self.metrics_port is not None:
+            return f"tcp:{self.metrics_port}"
+        return None
 
     @property
     def listen_endpoint(self) -> str:
@@ -260,6 +277,25 @@ def _log_format(value: Any) -> str:
     if text not in ("text", "json"):
         raise ValueError("must be text or json")
     return text
+
+
+def _metrics_format(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in ("prometheus", "emf"):
+        raise ValueError("must be prometheus or emf")
+    return text
+
+
+def _grace_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    try:
+        number = float(_text(value))
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 <= number <= 3600:
+        raise ValueError("must be between 0 and 3600 seconds")
+    return number
 
 
 def _bool(value: Any) -> bool:
@@ -428,6 +464,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pair_max_messages", "PAIR_MAX_MESSAGES", "pairMaxMessages",
             _int_between(1, 2**40), "pair-max-messages",
             "Messages a pair carries at most (default 1000000)."),
+    Setting("metrics_port", "METRICS_PORT", "metricsPort", _int_between(1, 65535),
+            "metrics-port", "Port of the metrics/health listener (default: off)."),
+    Setting("metrics_listen", "METRICS_LISTEN", "metricsListen", _required_text,
+            "metrics-listen", "Twisted endpoint of the metrics/health listener (overrides"
+            " metrics-port)."),
+    Setting("metrics_format", "METRICS_FORMAT", "metricsFormat", _metrics_format,
+            "metrics-format", "prometheus, or emf to also write CloudWatch EMF lines to stdout."),
+    Setting("metrics_interval", "METRICS_INTERVAL", "metricsInterval", _positive_seconds,
+            "metrics-interval", "Seconds between EMF lines (default 60)."),
+    Setting("shutdown_grace", "SHUTDOWN_GRACE", "shutdownGrace", _grace_seconds,
+            "shutdown-grace", "Seconds in-flight requests may take to finish after SIGTERM"
+            " (default 25)."),
+    Setting("workers", "WORKERS", "workers", _int_between(1, 64), "workers",
+            "Processes sharing the listening port (default 1; more than 1 needs REDIS_URL)."),
 )
 
 _DEBUG = Setting("debug", "DEBUG", "debug", _bool, None, "")
@@ -486,7 +536,26 @@ def load_config(
             env = next(s.env for s in SETTINGS if s.field == required)
             raise ConfigError(env, "is required")
 
-    if values.pop("debug", False):
+    if values.get("debug", False):
         if LOG_LEVELS.index(values.get("log_level", "info")) > LOG_LEVELS.index("debug"):
             values["log_level"] = "debug"
+    _check_combinations(values)
     return Config(**values)
+
+
+def _check_combinations(values: Mapping[str, Any]) -> None:
+    """Settings that are valid alone but not together."""
+    if values.get("workers", 1) > 1 and not values.get("redis_url"):
+        raise ConfigError(
+            "WORKERS",
+            "needs REDIS_URL: with the in-memory store each worker process would hold its "
+            "own pairs, and a client's next request would land on a worker that never saw "
+            "its pairing",
+        )
+    metrics_port = values.get("metrics_port")
+    if metrics_port is not None and not values.get("metrics_listen"):
+        if metrics_port == values.get("port", 8080) and not values.get("listen"):
+            raise ConfigError(
+                "METRICS_PORT", "must differ from PORT: metrics are never served on the "
+                "public port"
+            )

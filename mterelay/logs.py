@@ -72,11 +72,33 @@ class JsonLineObserver:
         self.stream.flush()
 
 
+@implementer(ILogObserver)
+class RequestIdText:
+    """Text lines end with ``[request_id=...]`` when the event belongs to a request.
+
+    JSON lines carry it as a field; in text it is appended so that grepping
+    one id finds every line of that request.
+    """
+
+    def __init__(self, inner: ILogObserver) -> None:
+        self.inner = inner
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        request_id = event.get("request_id")
+        if request_id is not None and "log_format" in event:
+            event = dict(event)
+            event["log_format"] = (event["log_format"] or "") + " [request_id={request_id}]"
+        self.inner(event)
+
+
 def make_observer(level: str, log_format: str, stream: IO[str]) -> ILogObserver:
     """The observer for a LOG_LEVEL / LOG_FORMAT pair."""
     if level == "off":
         return DiscardObserver()
-    inner = JsonLineObserver(stream) if log_format == "json" else textFileLogObserver(stream)
+    if log_format == "json":
+        inner: ILogObserver = JsonLineObserver(stream)
+    else:
+        inner = RequestIdText(textFileLogObserver(stream))
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     # The connection pool announces every new upstream connection at info.
     if level in ("info", "warning"):

@@ -14,21 +14,38 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.web.server import Site
 
 from mterelay import __version__
 from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
+from mterelay.emf import EmfReporter, emf_dimensions, line_writer
 from mterelay.logs import make_observer
+from mterelay.metrics import RelayMetrics
+from mterelay.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
+from mterelay.store.metered import MeteredStore
 from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.web.health import OperationsResource, Readiness
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
+from mterelay.workers import (
+    WORKER_PORT_ENV,
+    ReusePortEndpoint,
+    WorkerSupervisor,
+    die_with_parent,
+    share_metrics,
+    tcp_address,
+    worker_argv,
+    worker_index,
+)
 
 log = Logger(namespace="mterelay")
 
@@ -91,6 +108,11 @@ class RelayService(MultiService):
         self.handle_sigterm = False
         self.store: IPairStore | None = None
         self.listener: ListenerService | None = None
+        self.metrics_listener: ListenerService | None = None
+        self.metrics: RelayMetrics | None = None
+        self.readiness: Readiness | None = None
+        self.drainer: Drainer | None = None
+        self.supervisor: WorkerSupervisor | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -98,15 +120,31 @@ class RelayService(MultiService):
             self.reactor.callWhenRunning(self._install_sigterm)
 
     def _install_sigterm(self) -> None:
-        # twistd re-raises the stopping signal after shutdown, so a relay
-        # stopped by SIGTERM would exit with status -15.  SIGTERM is how every
-        # orchestrator asks for a clean stop, so it stops the reactor itself
-        # and the process exits 0.
+        # twistd would stop at once and re-raise SIGTERM after shutdown (exit
+        # status -15).  SIGTERM is how every orchestrator asks for a clean
+        # stop, so the relay drains and then exits 0.
         def on_sigterm(signum: int, frame: Any) -> None:
-            log.info("Received SIGTERM, shutting down.")
-            self.reactor.callFromThread(self.reactor.stop)
+            self.reactor.callFromThread(self.terminate)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+    def terminate(self) -> Deferred[None]:
+        """Drain (SHUTDOWN_GRACE at most), then stop the reactor; a second call stops now."""
+        assert self.drainer is not None
+        if self.drainer.draining:
+            log.warn("Received SIGTERM again while draining: stopping now")
+            self._stop_reactor()
+            return succeed(None)
+        log.info("Received SIGTERM, draining")
+        if self.supervisor is not None:
+            self.supervisor.begin_stop()
+        drained = self.drainer.drain()
+        drained.addBoth(lambda _: self._stop_reactor())
+        return drained
+
+    def _stop_reactor(self) -> None:
+        if self.reactor is not None and self.reactor.running:
+            self.reactor.stop()
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd uses an ILogObserver component of the application when it
@@ -117,13 +155,16 @@ class RelayService(MultiService):
 
 
 class ListenerService(StreamServerEndpointService):
-    """The main listener; logs where it listens once the port is bound."""
+    """A listener that logs where it listens and can stop accepting before the relay stops."""
 
-    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+    def __init__(self, endpoint: Any, factory: Any, description: str,
+                 label: str = "Server") -> None:
         super().__init__(endpoint, factory)
         # Fail twistd's start-up (exit != 0) when the port cannot be bound.
         self._raiseSynchronously = True
         self.description = description
+        self.label = label
+        self._stopped: Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -135,14 +176,27 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(lambda port: (waiting.callback(port), port)[1])
         return waiting
 
+    def stop_accepting(self) -> Deferred[None]:
+        """Close the listening port (once); connections already open carry on."""
+        if self._stopped is None:
+            self._stopped = super().stopService()
+        result: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda outcome: (result.callback(None), outcome)[1])
+        return result
+
+    def stopService(self) -> Deferred[None]:
+        return self.stop_accepting()
+
     def _listening(self, port: Any) -> Any:
         address = port.getHost()
         host = getattr(address, "host", None)
         if host is not None:
             scheme = "https" if self.description.startswith("ssl:") else "http"
-            log.info("Server listening at {url}", url=f"{scheme}://{host}:{address.port}")
+            log.info("{label} listening at {url}", label=self.label,
+                     url=f"{scheme}://{host}:{address.port}")
         else:
-            log.info("Server listening on {endpoint}", endpoint=self.description)
+            log.info("{label} listening on {endpoint}", label=self.label,
+                     endpoint=self.description)
         return port
 
 
@@ -194,13 +248,25 @@ def store_for(config: Config, reactor: Any) -> IPairStore:
     )
 
 
-def build_service(config: Config, reactor: Any, observer: ILogObserver | None = None) -> RelayService:
-    """Assemble the relay; everything stateful gets ``reactor`` explicitly."""
+def build_service(config: Config, reactor: Any, observer: ILogObserver | None = None,
+                  environ: Mapping[str, str] | None = None,
+                  worker_command: list[str] | None = None) -> RelayService:
+    """Assemble the relay; everything stateful gets ``reactor`` explicitly.
+
+    ``environ`` tells a worker started by WORKERS apart from the first
+    process; ``worker_command`` is how the first process starts the others.
+    """
+    environ = os.environ if environ is None else environ
     if observer is None:
         observer = make_observer(config.log_level, config.log_format, sys.stdout)
+    index = worker_index(environ) if config.workers > 1 else 0
     top = RelayService(config, observer, reactor)
+    metrics_dir = share_metrics(environ, index) if config.workers > 1 else None
+    top.metrics = metrics = RelayMetrics()
+    if metrics_dir and index == 0:
+        metrics.use_multiprocess(metrics_dir)
     store_name = config.redis_url_redacted if config.redis_url else "memory (in-process)"
-    top.store = store_for(config, reactor)
+    top.store = MeteredStore(store_for(config, reactor), metrics, reactor)
     StoreService(top.store, store_name).setServiceParent(top)
     forwarder = UpstreamForwarder(
         clock=reactor,
@@ -209,24 +275,55 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
     )
-    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store), reactor)
-    try:
-        endpoint = serverFromString(reactor, config.listen_endpoint)
-    except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
+    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store, metrics=metrics),
+                     reactor, metrics, echo_request_id=config.debug)
+    endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)
     top.listener.setServiceParent(top)
+
+    top.readiness = readiness = Readiness(top.store, reactor, metrics)
+
+    def on_draining() -> None:
+        readiness.draining = True  # also sets the mterelay_draining gauge
+
+    top.drainer = Drainer(reactor, site, config.shutdown_grace, top.listener.stop_accepting,
+                          on_draining)
+    if config.metrics_endpoint and index == 0:
+        try:
+            metrics_endpoint = serverFromString(reactor, config.metrics_endpoint)
+        except (ValueError, TypeError, KeyError) as error:
+            setting = "METRICS_LISTEN" if config.metrics_listen else "METRICS_PORT"
+            raise ConfigError(setting, f"is not a valid endpoint description: {error}") from None
+        operations = Site(OperationsResource(metrics, readiness))
+        operations.noisy = False
+        top.metrics_listener = ListenerService(metrics_endpoint, operations,
+                                               config.metrics_endpoint, label="Metrics")
+        top.metrics_listener.setServiceParent(top)
+    if config.metrics_format == "emf":
+        # Bound to the real stdout now: twistd later turns sys.stdout into a
+        # log stream, and an EMF line wrapped in a log record is not EMF.
+        role = "outbound" if config.outbound_token else "inbound"
+        EmfReporter(metrics, reactor, line_writer(sys.stdout), config.metrics_interval,
+                    emf_dimensions(role, config.aws_region)).setServiceParent(top)
+    if config.workers > 1 and index == 0:
+        top.supervisor = WorkerSupervisor(
+            reactor, config.workers, worker_command or [], environ,
+            top.listener.when_listening, stop_timeout=config.shutdown_grace + 5,
+            metrics_dir=metrics_dir,
+        )
+        top.supervisor.setServiceParent(top)
     log.info(
         "mterelay {version} ready: upstream {upstream}, store {store}, log level {log_level_name}"
-        "{region}",
+        "{region}{worker}",
         version=__version__,
         upstream=config.upstream,
         store=config.store_kind
         + (f" ({config.redis_url_redacted})" if config.redis_url else " (in-process)"),
         log_level_name=config.log_level,
         region=f", AWS region {config.aws_region}" if config.aws_region else "",
+        worker=f", worker {index + 1} of {config.workers}" if config.workers > 1 else "",
     )
-    if config.outbound_token and not config.outbound_upstreams:
+    if config.outbound_token and not config.outbound_upstreams and index == 0:
         log.warn(
             "OUTBOUND_TOKEN is set but OUTBOUND_UPSTREAMS is not: outbound requests may name "
             "any remote relay in x-mte-upstream; set OUTBOUND_UPSTREAMS to restrict them"
@@ -234,12 +331,31 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
     return top
 
 
+def _main_endpoint(config: Config, reactor: Any, environ: Mapping[str, str], index: int) -> Any:
+    setting = "LISTEN" if config.listen else "PORT"
+    if config.workers > 1:
+        try:
+            address = tcp_address(config.listen_endpoint)
+        except ValueError as error:
+            raise ConfigError("WORKERS", f"{error} ({setting} is {config.listen_endpoint})") from None
+        if index:
+            address = attrs.evolve(address, port=int(environ[WORKER_PORT_ENV]))
+        return ReusePortEndpoint(reactor, address)
+    try:
+        return serverFromString(reactor, config.listen_endpoint)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
+
+
 def makeService(options: Options) -> RelayService:
     from twisted.internet import reactor
 
     assert options.config is not None
+    if worker_index(os.environ):
+        die_with_parent(os.environ)
+    command = worker_argv(options, [setting.cli for setting in SETTINGS if setting.cli])
     try:
-        service = build_service(options.config, reactor)
+        service = build_service(options.config, reactor, worker_command=command)
         service.handle_sigterm = True
         return service
     except ConfigError as error:

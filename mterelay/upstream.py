@@ -102,6 +102,8 @@ class UpstreamForwarder:
     upstream: str
     timeout: float = 30.0
     extra_headers: tuple[tuple[str, str], ...] = ()
+    #: A RelayMetrics: upstream answer times by role (None: not measured).
+    metrics: Any = None
     _base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -114,7 +116,8 @@ class UpstreamForwarder:
             path_and_query = b"/" + path_and_query
         return self._base.encode("ascii") + path_and_query
 
-    def outgoing_headers(self, incoming: Headers, forwarded: ForwardedFor) -> Headers:
+    def outgoing_headers(self, incoming: Headers, forwarded: ForwardedFor,
+                         request_id: str | None = None) -> Headers:
         """End-to-end request headers plus X-Forwarded-* and the configured HEADERS.
 
         Host and Content-Length are dropped: the agent sets both from the URL
@@ -129,6 +132,8 @@ class UpstreamForwarder:
         headers.setRawHeaders(b"x-forwarded-proto", [forwarded.proto.encode("ascii")])
         if forwarded.host:
             headers.setRawHeaders(b"x-forwarded-host", [forwarded.host])
+        if request_id is not None:
+            headers.setRawHeaders(b"x-request-id", [request_id.encode("ascii")])
         for name, value in self.extra_headers:
             headers.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
         return headers
@@ -139,6 +144,7 @@ class UpstreamForwarder:
         path_and_query: bytes,
         headers: Headers,
         body: IBodyProducer | None,
+        role: str = "passthrough",
     ) -> "Deferred[IResponse]":
         """Start the upstream request; fails with UpstreamError / UpstreamTimeout.
 
@@ -146,6 +152,7 @@ class UpstreamForwarder:
         its upstream request).
         """
         timed_out = []
+        started = self.clock.seconds()
         requested = self.agent.request(method, self.url_for(path_and_query), headers, body)
 
         def on_timeout() -> None:
@@ -157,6 +164,8 @@ class UpstreamForwarder:
         def done(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
+            if self.metrics is not None:
+                self.metrics.observe_upstream(role, self.clock.seconds() - started)
             if isinstance(result, Failure):
                 if timed_out:
                     raise UpstreamTimeout(f"no answer within {self.timeout:g} s")

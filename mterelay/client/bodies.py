@@ -27,6 +27,7 @@ from zope.interface import implementer
 from mterelay.bodies import BytesProducer, discard, read_limited
 from mterelay.protocol.errors import DecodeFailed, RelayError
 from mterelay.protocol.sealing import BodyOpener, BodySealer
+from mterelay.timing import Stopwatch
 
 __all__ = ["READ_SIZE", "BodyData", "body_data", "SealingProducer", "BytesProducer",
            "OpeningProtocol", "read_limited", "discard"]
@@ -259,9 +260,11 @@ class SealingProducer:
     sealing failure (561: MTE body over 2**30) fails the request.
     """
 
-    def __init__(self, source: _Source, sealer: BodySealer, length: int | None) -> None:
+    def __init__(self, source: _Source, sealer: BodySealer, length: int | None,
+                 stopwatch: Stopwatch | None = None) -> None:
         self._source = source
         self._sealer = sealer
+        self._stopwatch = stopwatch if stopwatch is not None else Stopwatch(None)
         self.length: int | object = UNKNOWN_LENGTH if length is None else length
         self._consumer: Any = None
         self._finished: Deferred[None] = Deferred()
@@ -277,7 +280,7 @@ class SealingProducer:
         if self._over:
             return
         try:
-            sealed = self._sealer.feed(data)
+            sealed = self._stopwatch.time(self._sealer.feed, data)
         except RelayError:
             self._source.stop()
             self.fail(Failure())
@@ -289,10 +292,11 @@ class SealingProducer:
         if self._over:
             return
         try:
-            tail = self._sealer.finish()
+            tail = self._stopwatch.time(self._sealer.finish)
         except RelayError:
             self.fail(Failure())
             return
+        self._stopwatch.report()
         self._over = True
         self._consumer.write(tail)
         self._finished.callback(None)
@@ -336,9 +340,10 @@ class OpeningProtocol(Protocol):
     Plaintext delivered before that is authentic but possibly incomplete.
     """
 
-    def __init__(self, opener: BodyOpener, inner: Any) -> None:
+    def __init__(self, opener: BodyOpener, inner: Any, stopwatch: Stopwatch | None = None) -> None:
         self._opener = opener
         self._inner = inner
+        self._stopwatch = stopwatch if stopwatch is not None else Stopwatch(None)
         self._over = False
 
     def makeConnection(self, transport: Any) -> None:
@@ -349,7 +354,7 @@ class OpeningProtocol(Protocol):
         if self._over:
             return
         try:
-            plain = self._opener.feed(data)
+            plain = self._stopwatch.time(self._opener.feed, data)
         except DecodeFailed as error:
             self._fail(Failure(ResponseFailed([Failure(error)])))
             return
@@ -364,11 +369,12 @@ class OpeningProtocol(Protocol):
             self._inner.connectionLost(_truncated(reason))
             return
         try:
-            tail = self._opener.finish()
+            tail = self._stopwatch.time(self._opener.finish)
         except DecodeFailed as error:
             self._over = True
             self._inner.connectionLost(Failure(ResponseFailed([Failure(error)])))
             return
+        self._stopwatch.report()
         self._over = True
         if tail:
             self._inner.dataReceived(tail)

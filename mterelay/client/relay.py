@@ -46,6 +46,7 @@ from mterelay.protocol.header import MODE_MTE
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
+from mterelay.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
 
@@ -192,6 +193,8 @@ class _Origin:
             except MalformedPairResponse as error:
                 raise error.with_prefix(f"[{index}]") from None
         log.info("paired {count} pair(s) with {origin}", count=count, origin=self.origin)
+        if self.client.metrics is not None:
+            self.client.metrics.pair_created("outbound", count)
         return keys
 
 
@@ -226,7 +229,7 @@ class RelayClient:
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
                  framing: str = "MKE", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, metrics: Any = None) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
         if timeout is not None and timeout <= 0:
@@ -236,6 +239,8 @@ class RelayClient:
         self.options = SealOptions.build(seal_url=seal_url, seal_headers=seal_headers,
                                          framing=framing, response_headers=response_headers)
         self.timeout = timeout
+        #: A RelayMetrics (the outbound relay's): crypto times, pairs made.
+        self.metrics = metrics
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -361,14 +366,17 @@ class RelayClient:
                        body: BodyData | None, lease: Lease, plain_request: PlainRequest,
                        options: SealOptions) -> IResponse | RelayError:
         """Send once; a relay-made 55x comes back as a value, for the retry logic."""
-        outgoing = seal_request(lease.keys, lease.client_id, lease.seq, method, target,
-                                headers, has_body=body is not None, options=options)
+        encoding = crypto_stopwatch(self.metrics, "request_encode")
+        outgoing = encoding.time(seal_request, lease.keys, lease.client_id, lease.seq, method,
+                                 target, headers, has_body=body is not None, options=options)
         producer = None
         if body is not None:
             length = None if body.length is None else sealed_length(body.length,
                                                                      outgoing.header.mode)
             producer = SealingProducer(body.open(self.reactor),
-                                       outgoing.cipher.body_sealer(), length)
+                                       outgoing.cipher.body_sealer(), length, encoding)
+        else:
+            encoding.report()
         try:
             wire = await self.agent.request(method.encode("ascii"),
                                             (origin + outgoing.target).encode("ascii"),
@@ -398,8 +406,10 @@ class RelayClient:
                     plain_request: PlainRequest) -> IResponse:
         """Check and open a sealed answer; the body is opened as it is read."""
         wire_headers = normalize_headers(wire.headers)
+        decoding = crypto_stopwatch(self.metrics, "response_decode")
         try:
-            opened = open_response(lease.keys, outgoing.header, wire.code, wire_headers)
+            opened = decoding.time(open_response, lease.keys, outgoing.header, wire.code,
+                                   wire_headers)
             length: int | object = UNKNOWN_LENGTH
             if opened.body_enc and isinstance(wire.length, int):
                 length = plain_length(wire.length, opened.header.mode)
@@ -419,15 +429,18 @@ class RelayClient:
             extra, _ = await read_limited(wire, 0)
             if extra:
                 raise DecodeFailed("body bytes with bodyEnc=0")
+            decoding.report()
             return response(0, deliver_bytes(b""))
         if length == 0:
             # Authenticate the empty body now: treq never reads a 0-length body.
             sealed, too_long = await read_limited(wire, 16)
             if too_long:
                 raise DecodeFailed("body longer than its Content-Length")
-            return response(0, deliver_bytes(opened.cipher.open_body(sealed)))
+            plain = decoding.time(opened.cipher.open_body, sealed)
+            decoding.report()
+            return response(0, deliver_bytes(plain))
 
         def deliver(protocol: Any) -> None:
-            wire.deliverBody(OpeningProtocol(opened.cipher.body_opener(), protocol))
+            wire.deliverBody(OpeningProtocol(opened.cipher.body_opener(), protocol, decoding))
 
         return response(length, deliver)

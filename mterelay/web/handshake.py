@@ -25,7 +25,7 @@ from mterelay.protocol.errors import (InvalidClientId, MalformedPairRequest, Mis
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST, respond_all
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import KeyCache
-from mterelay.web.responses import error_body, json_body, relay_error
+from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.pairing")
@@ -111,7 +111,8 @@ class PairRoute:
     """``POST /api/mte-pair``: validate everything, derive, store, answer."""
 
     def __init__(self, store: IPairStore, keys: KeyCache, secrets: tuple[bytes, ...],
-                 max_entries: int, limiter: PairingLimiter) -> None:
+                 max_entries: int, limiter: PairingLimiter, metrics: Any = None) -> None:
+        self.metrics = metrics
         self.store = store
         self.keys = keys
         self.secrets = secrets
@@ -170,19 +171,21 @@ class PairRoute:
         except Exception as error:  # FirstError wrapping the store's failure
             cause = getattr(error, "subFailure", None)
             why = cause.getErrorMessage() if cause is not None else str(error)
-            log.warn("pairing not stored: {why}", why=why)
+            log.warn("pairing not stored: {why}", why=why, request_id=request_id(request))
             if cause is not None and not cause.check(StoreUnavailable):
-                log.failure("pair store failed", cause)
+                log.failure("pair store failed", cause, request_id=request_id(request))
             _finish(request, error_body(request, 503, "Pair store unavailable",
                                         "the relay cannot store pairs right now; retry"))
             return
         for keys, blob in zip(pair_keys, blobs):
             self.keys.remember(keys, blob)
-        log.info("paired {count} pair(s)", count=len(pair_keys))
+        log.info("paired {count} pair(s)", count=len(pair_keys), request_id=request_id(request))
+        if self.metrics is not None:
+            self.metrics.pair_created("inbound", len(pair_keys))
         _finish(request, json_body(request, 200, entries))
 
     def _crashed(self, failure: Failure, request: IRequest) -> None:
-        log.failure("pairing failed", failure)
+        log.failure("pairing failed", failure, request_id=request_id(request))
         _finish(request, error_body(request, 500, "Internal error", "pairing failed"))
 
 

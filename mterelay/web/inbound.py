@@ -34,10 +34,12 @@ from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, Messag
                                        plain_length, sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import KeyCache
+from mterelay.timing import Stopwatch, crypto_stopwatch
 from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
 from mterelay.web.passthrough import forwarded_for, request_body
-from mterelay.web.responses import error_body, json_body, relay_error
+from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.paths import path_problem
+from mterelay.web.site import REQUEST_ID_HEADER, request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.inbound")
@@ -151,10 +153,12 @@ class OpeningProducer:
     sees an incomplete request rather than a complete, truncated one.
     """
 
-    def __init__(self, source: IBodyProducer, opener: BodyOpener, length: int | object) -> None:
+    def __init__(self, source: IBodyProducer, opener: BodyOpener, length: int | object,
+                 stopwatch: Stopwatch | None = None) -> None:
         self.source = source
         self.opener = opener
         self.length = length
+        self.stopwatch = stopwatch if stopwatch is not None else Stopwatch(None)
         self.failure: DecodeFailed | None = None
         self._consumer: Any = None
         self._result: Deferred[None] = Deferred()
@@ -168,7 +172,7 @@ class OpeningProducer:
         if self.failure is not None or self._result.called:
             return
         try:
-            plain = self.opener.feed(data)
+            plain = self.stopwatch.time(self.opener.feed, data)
         except DecodeFailed as error:
             self._fail(error)
             return
@@ -179,10 +183,11 @@ class OpeningProducer:
         if self.failure is not None or self._result.called:
             return
         try:
-            tail = self.opener.finish()
+            tail = self.stopwatch.time(self.opener.finish)
         except DecodeFailed as error:
             self._fail(error)
             return
+        self.stopwatch.report()
         if tail:
             self._consumer.write(tail)
         self._result.callback(None)
@@ -211,9 +216,10 @@ class OpeningProducer:
 class SealingWriter:
     """Consumer that seals an upstream body on its way to the client (MKE)."""
 
-    def __init__(self, request: IRequest, sealer: BodySealer) -> None:
+    def __init__(self, request: IRequest, sealer: BodySealer, stopwatch: Stopwatch) -> None:
         self.request = request
         self.sealer = sealer
+        self.stopwatch = stopwatch
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.request.registerProducer(producer, streaming)
@@ -222,9 +228,25 @@ class SealingWriter:
         self.request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        sealed = self.sealer.feed(data)
+        sealed = self.stopwatch.time(self.sealer.feed, data)
         if sealed:
             self.request.write(sealed)
+
+
+def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
+    """Take the request id from the sealed headers, where an outbound relay puts it.
+
+    It is authenticated there, and it is what the application's logs carry,
+    so the upstream and this relay's later log lines use the same id.
+    """
+    if not sealed or not hasattr(request, "request_id"):
+        return
+    chosen = request_id_for(sealed[0].encode("latin-1", "replace"))
+    if chosen != sealed[0]:
+        return  # not a usable id; keep ours
+    request.request_id = chosen
+    if request.responseHeaders.hasHeader(REQUEST_ID_HEADER):
+        request.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [chosen.encode("ascii")])
 
 
 class InboundProxy:
@@ -233,7 +255,8 @@ class InboundProxy:
     def __init__(self, store: IPairStore, keys: KeyCache, forwarder: UpstreamForwarder,
                  secrets: tuple[bytes, ...],
                  mte_routes: tuple[RoutePattern, ...] | None = None,
-                 mte_body_limit: int = MTE_BODY_LIMIT) -> None:
+                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Any = None) -> None:
+        self.metrics = metrics
         self.store = store
         self.keys = keys
         self.forwarder = forwarder
@@ -294,6 +317,8 @@ class Exchange:
         self.gone = False
         self.upstream: Deferred[IResponse] | None = None
         self.selection: frozenset[str] | None = None
+        self.decoding = crypto_stopwatch(proxy.metrics, "request_decode")
+        self.encoding = crypto_stopwatch(proxy.metrics, "response_encode")
 
     def start(self) -> None:
         self.request.notifyFinish().addErrback(self._client_gone)
@@ -325,7 +350,8 @@ class Exchange:
             self.answer_error(refused.status, refused.message, refused.reason, **refused.extra)
         except StoreUnavailable as error:
             log.warn("refused {path}: 503 pair store unavailable ({why})",
-                     path=self.request.path.decode("latin-1")[:200], why=str(error))
+                     path=self.request.path.decode("latin-1")[:200], why=str(error),
+                     request_id=request_id(self.request))
             self._send(json_body(self.request, 503, {
                 "error": "Pair store unavailable", "code": 503,
                 "reason": "the relay cannot reach its pair store; retry"}))
@@ -334,7 +360,8 @@ class Exchange:
                               f"an MTE body may be at most {self.proxy.mte_body_limit} sealed "
                               "bytes; use MKE framing for larger bodies")
         except UpstreamError as error:
-            log.warn("upstream failed for an encrypted request: {why}", why=str(error))
+            log.warn("upstream failed for an encrypted request: {why}", why=str(error),
+                     request_id=request_id(self.request))
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
             self._send(json_body(self.request, error.status,
                                  {"error": message, "code": error.status}))
@@ -342,7 +369,7 @@ class Exchange:
             pass
 
     def _crashed(self, failure: Failure) -> None:
-        log.failure("encrypted request failed", failure)
+        log.failure("encrypted request failed", failure, request_id=request_id(self.request))
         self.answer_error(500, "Internal error", "the relay failed to handle this request")
 
     # ---------------------------------------------------------------- request
@@ -376,8 +403,8 @@ class Exchange:
     def _open_headers(self, keys: PairKeys) -> dict[str, list[str]]:
         request = self.request
         cipher = MessageCipher(keys, self.header, Direction.C2S)
-        return cipher.open_request_headers(self.token, request.method, request.uri,
-                                           has_body=has_body(request.requestHeaders))
+        return self.decoding.time(cipher.open_request_headers, self.token, request.method,
+                                  request.uri, has_body=has_body(request.requestHeaders))
 
     async def _accept(self) -> None:
         verdict = await self.proxy.store.accept(self.client, self.header.pair_id, self.header.seq)
@@ -394,7 +421,7 @@ class Exchange:
     def _target(self, cipher: MessageCipher) -> bytes:
         uri = self.request.uri
         if self.header.url_enc:
-            target = cipher.open_url(uri[1:]).encode("ascii")
+            target = self.decoding.time(cipher.open_url, uri[1:]).encode("ascii")
         else:
             target = uri
         path = target.split(b"?", 1)[0]
@@ -413,27 +440,34 @@ class Exchange:
         opener = cipher.body_opener()
         if self.header.mode == MODE_MTE:
             sealed = await read_body(request, self.proxy.mte_body_limit)
-            return BytesProducer(opener.feed(sealed) + opener.finish())
+            plain = self.decoding.time(lambda: opener.feed(sealed) + opener.finish())
+            self.decoding.report()
+            return BytesProducer(plain)
         source = request_body(request)
         if source is None:  # bodyEnc=1 with no body at all: the final chunk is missing
             raise DecodeFailed("body truncated")
         length = declared_length(request.requestHeaders)
         plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
-        return OpeningProducer(source, opener, plain)
+        return OpeningProducer(source, opener, plain, self.decoding)
 
     async def _exchange(self) -> None:
         keys, sealed_headers = await self._keys()
+        adopt_request_id(self.request, sealed_headers.get("x-request-id"))
         await self._accept()
         cipher = MessageCipher(keys, self.header, Direction.C2S)
         target = self._target(cipher)
         body = await self._body(cipher)
+        if body is None:
+            self.decoding.report()
         request = self.request
         clear = request.requestHeaders
         self.selection = response_selection(clear, sealed_headers)
         merged = upstream_request_headers(clear, sealed_headers, self.header.body_enc)
         forwarder = self.proxy.forwarder
-        outgoing = forwarder.outgoing_headers(merged, forwarded_for(request))
-        self.upstream = forwarder.forward(request.method, target, outgoing, body)
+        outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),
+                                              request_id=request_id(request))
+        self.upstream = forwarder.forward(request.method, target, outgoing, body,
+                                          role="inbound")
         try:
             response = await self.upstream
         except UpstreamError:
@@ -469,7 +503,7 @@ class Exchange:
                 raise _Refused(502, "Upstream response too large",
                                f"a response above {self.proxy.mte_body_limit} bytes needs "
                                "streaming=1 (MKE framing)")
-        item = cipher.seal_response_headers(sealed, status)
+        item = self.encoding.time(cipher.seal_response_headers, sealed, status)
         if self.gone:
             return
         request.setResponseCode(status, response.phrase or None)
@@ -479,11 +513,13 @@ class Exchange:
         headers.setRawHeaders(RELAY_HEADER, [reply.format().encode("ascii")])
         headers.setRawHeaders(ITEM_HEADER, [item.encode("ascii")])
         if no_body:
+            self.encoding.report()
             request.finish()
             return
         headers.setRawHeaders(b"content-type", [SEALED_CONTENT_TYPE])
         if plain is not None:
-            sealed_body = cipher.seal_body(plain)
+            sealed_body = self.encoding.time(cipher.seal_body, plain)
+            self.encoding.report()
             headers.setRawHeaders(b"content-length", [b"%d" % len(sealed_body)])
             request.write(sealed_body)
             request.finish()
@@ -493,12 +529,15 @@ class Exchange:
             headers.setRawHeaders(b"content-length", [b"%d" % length])
         sealer = cipher.body_sealer()
         try:
-            await stream_body(response, SealingWriter(request, sealer))
+            await stream_body(response, SealingWriter(request, sealer, self.encoding))
         except Exception as error:
-            log.info("upstream body interrupted: {why}", why=str(error))
+            log.info("upstream body interrupted: {why}", why=str(error),
+                     request_id=request_id(request))
             if not self.gone:
                 request.loseConnection()
             return
         if not self.gone:
-            request.write(sealer.finish())
+            tail = self.encoding.time(sealer.finish)
+            self.encoding.report()
+            request.write(tail)
             request.finish()

@@ -42,7 +42,7 @@ from mterelay.protocol.errors import RelayError
 from mterelay.upstream import copy_end_to_end, stream_body
 from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
-from mterelay.web.responses import error_body, json_body
+from mterelay.web.responses import error_body, json_body, request_id
 from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
 
 __all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS"]
@@ -74,8 +74,10 @@ class OutboundProxy:
         ``Agent`` of its own (no cookies, no redirects), made on first use.
     """
 
-    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None) -> None:
+    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None,
+                 metrics: Any = None) -> None:
         self.clock = clock
+        self.metrics = metrics
         self.token = config.outbound_tokens
         self.patterns = config.outbound_upstreams
         self.extra_headers = [(name.encode("ascii"), value.encode("latin-1"))
@@ -91,7 +93,7 @@ class OutboundProxy:
         if self._client is None:
             agent = self._agent if self._agent is not None else remote_agent(self.clock)
             self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
-                                       timeout=self.timeout)
+                                       timeout=self.timeout, metrics=self.metrics)
         return self._client
 
     def render(self, request: IRequest) -> Any:
@@ -112,13 +114,17 @@ class OutboundProxy:
         _Exchange(self, request, origin, options).start()
         return NOT_DONE_YET
 
-    def outgoing_headers(self, incoming: Headers) -> Headers:
+    def outgoing_headers(self, incoming: Headers, request_id: str | None = None) -> Headers:
         """The application's end-to-end headers, minus x-mte-*, plus HEADERS.
 
-        Host and Content-Length describe this hop; the client sets both.
+        Host and Content-Length describe this hop; the client sets both.  The
+        request id goes to the remote relay and on to its upstream, so one id
+        follows the request through every log.
         """
         headers = Headers()
         copy_end_to_end(incoming, headers, drop=_NOT_FORWARDED, drop_prefixes=(b"x-mte-",))
+        if request_id is not None:
+            headers.setRawHeaders(b"x-request-id", [request_id.encode("ascii")])
         for name, value in self.extra_headers:
             headers.setRawHeaders(name, [value])
         return headers
@@ -154,7 +160,7 @@ class _Exchange:
             self.pending.cancel()
 
     def _crashed(self, failure: Failure) -> None:
-        log.failure("outbound request failed", failure)
+        log.failure("outbound request failed", failure, request_id=request_id(self.request))
         self._answer(502, {"error": "Bad gateway", "code": 502,
                            "reason": "the relay failed to handle this request"})
 
@@ -170,7 +176,8 @@ class _Exchange:
         """A failure on the way to the remote relay: logged once, answered as JSON."""
         log.warn("outbound {method} to {origin} failed: {status} {message} ({reason})",
                  method=self.request.method.decode("latin-1"), origin=self.origin.url,
-                 status=status, message=message, reason=reason)
+                 status=status, message=message, reason=reason,
+                 request_id=request_id(self.request))
         self._answer(status, {"error": message, "code": status, "reason": reason})
 
     async def _body(self) -> Any:
@@ -199,11 +206,14 @@ class _Exchange:
         if self.gone:
             return
         url = self.origin.url + request.uri.decode("ascii")
-        headers = self.proxy.outgoing_headers(request.requestHeaders)
+        headers = self.proxy.outgoing_headers(request.requestHeaders, request_id(request))
         self.pending = self.proxy.client.request(request.method, url, headers, data,
                                                  options=self.options)
+        clock, started = self.proxy.clock, self.proxy.clock.seconds()
         try:
             response = await self.pending
+            if self.proxy.metrics is not None:
+                self.proxy.metrics.observe_outbound(clock.seconds() - started)
         except CancelledError:
             return
         except DeferredTimeout:
@@ -249,7 +259,8 @@ class _Exchange:
             # The remote relay's connection broke, or a chunk did not
             # authenticate: the application must not take a cut body as whole.
             log.warn("outbound answer from {origin} interrupted: {why}",
-                     origin=self.origin.url, why=_describe(error))
+                     origin=self.origin.url, why=_describe(error),
+                     request_id=request_id(request))
             if not self.gone:
                 request.loseConnection()
             return

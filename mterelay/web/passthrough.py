@@ -19,7 +19,7 @@ from mterelay.upstream import (
     copy_end_to_end,
     stream_body,
 )
-from mterelay.web.responses import error_body
+from mterelay.web.responses import error_body, request_id
 from mterelay.web.streaming import BodyPipe
 
 log = Logger(namespace="mterelay.passthrough")
@@ -81,7 +81,8 @@ def render_passthrough(request: IRequest, forwarder: UpstreamForwarder) -> Any:
     started = forwarder.forward(
         request.method,
         request.uri,
-        forwarder.outgoing_headers(request.requestHeaders, forwarded_for(request)),
+        forwarder.outgoing_headers(request.requestHeaders, forwarded_for(request),
+                                   request_id=request_id(request)),
         request_body(request),
     )
 
@@ -94,7 +95,8 @@ def render_passthrough(request: IRequest, forwarder: UpstreamForwarder) -> Any:
     def finishing(streamed: Any) -> Any:
         def done(result: Any) -> None:
             if isinstance(result, Failure):
-                log.info("upstream body interrupted: {why}", why=result.getErrorMessage())
+                log.info("upstream body interrupted: {why}", why=result.getErrorMessage(),
+                         request_id=request_id(request))
                 if not gone:
                     request.loseConnection()
                 return
@@ -112,12 +114,13 @@ def render_passthrough(request: IRequest, forwarder: UpstreamForwarder) -> Any:
                 "upstream failed for {path}: {why}",
                 path=request.path.decode("latin-1")[:200],
                 why=str(error),
+                request_id=request_id(request),
             )
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
             request.write(error_body(request, error.status, message))
             request.finish()
             return
-        log.failure("pass-through failed", failure)
+        log.failure("pass-through failed", failure, request_id=request_id(request))
         request.write(error_body(request, 502, "Bad gateway"))
         request.finish()
 

@@ -52,7 +52,14 @@ def error_body(
     return json_body(request, status, payload)
 
 
+def request_id(request: IRequest) -> str | None:
+    """The id :class:`~mterelay.web.site.RelaySite` gave the request (None outside a site)."""
+    return getattr(request, "request_id", None)
+
+
 def _log_refusal(request: IRequest, status: int, message: str, reason: str | None) -> None:
+    # The site counts refusals by code and message once the answer is sent.
+    request.mterelay_refusal = message  # type: ignore[attr-defined]
     log.info(
         "refused {method} {path}: {status} {message}{detail}",
         method=request.method.decode("latin-1"),
@@ -60,6 +67,7 @@ def _log_refusal(request: IRequest, status: int, message: str, reason: str | Non
         status=status,
         message=message,
         detail=f" ({reason})" if reason else "",
+        request_id=request_id(request),
     )
 
 

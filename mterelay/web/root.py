@@ -14,6 +14,7 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
 from mterelay.config import Config, matches_any
+from mterelay.metrics import RelayMetrics
 from mterelay.outboundrules import TOKEN_HEADER
 from mterelay.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
@@ -36,8 +37,12 @@ class RelayRoot(Resource):
     isLeaf = True
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
-                 store: IPairStore, outbound_agent: IAgent | None = None) -> None:
+                 store: IPairStore, outbound_agent: IAgent | None = None,
+                 metrics: RelayMetrics | None = None) -> None:
         super().__init__()
+        self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
+        if forwarder.metrics is None:
+            forwarder.metrics = metrics
         self.config = config
         self.forwarder = forwarder
         self.clock = clock
@@ -47,10 +52,11 @@ class RelayRoot(Resource):
         self.pairing = PairRoute(
             self.store, self.keys, self.secrets, config.max_pool_size,
             PairingLimiter(clock, rate=config.max_pool_size, burst=4 * config.max_pool_size),
+            metrics=metrics,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
-                                    mte_routes=config.mte_routes)
-        self.outbound = OutboundProxy(clock, config, agent=outbound_agent)
+                                    mte_routes=config.mte_routes, metrics=metrics)
+        self.outbound = OutboundProxy(clock, config, agent=outbound_agent, metrics=metrics)
         self.cors = CorsPolicy(config.cors_origins, config.cors_methods)
         self.extra_headers = [
             (name.encode("ascii"), value.encode("latin-1")) for name, value in config.headers
@@ -67,6 +73,7 @@ class RelayRoot(Resource):
         self.cors.decorate(request)
         if request.requestHeaders.hasHeader(TOKEN_HEADER):
             # The application's own request, to be sent encrypted to a remote relay.
+            request.mterelay_role = "outbound"
             return self.outbound.render(request)
 
         path = request.path
@@ -84,13 +91,16 @@ class RelayRoot(Resource):
             if request.method != b"POST":
                 request.setHeader(b"allow", b"POST")
                 return error_body(request, 405, "Method not allowed", "use POST /api/mte-pair")
+            request.mterelay_role = "pairing"
             return self.pairing.render(request)
         path_text = path.decode("latin-1")
         if matches_any(self.config.pass_through_routes, path_text):
+            request.mterelay_role = "passthrough"
             return render_passthrough(request, self.forwarder)
         if request.getHeader(RELAY_HEADER) is not None:
             # With urlEnc=1 the real path is sealed, so MTE_ROUTES is checked
             # by the proxy once the url item is open.
+            request.mterelay_role = "inbound"
             return self.inbound.render(request)
         if self.config.mte_routes is not None and not matches_any(
             self.config.mte_routes, path_text

@@ -1,17 +1,38 @@
-"""The Site: one access-log line per request, through twisted.logger."""
+"""The Site: request ids, the access log, request metrics and draining.
+
+Everything that concerns a request as a whole, whatever route it takes,
+lives here: the request id every log line of the request carries, one
+access-log line, the request counter and timer, and the bookkeeping that
+lets a stopping relay close idle connections and wait for busy ones.
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from mterelay.metrics import RelayMetrics
 from mterelay.web.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# Visible ASCII only: the id is copied into log lines and upstream headers.
+_GOOD_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
+
+
+def request_id_for(incoming: bytes | None) -> str:
+    """Honour a caller's id when it is safe to log and forward, else mint one."""
+    if incoming is not None and _GOOD_REQUEST_ID.match(incoming):
+        return incoming.decode("ascii")
+    return uuid.uuid4().hex
 
 
 class RelaySite(Site):
@@ -20,25 +41,120 @@ class RelaySite(Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, clock: IReactorTime, **kwargs: Any) -> None:
+    def __init__(self, resource: IResource, clock: IReactorTime,
+                 metrics: RelayMetrics | None = None, *, echo_request_id: bool = False,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("requestFactory", StreamingRequest)
         super().__init__(resource, **kwargs)
         self.clock = clock
+        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.echo_request_id = echo_request_id
+        self.active: set[Any] = set()
+        self.channels: set[Any] = set()
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # --- connections
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is None:
+            return None
+        channels = self.channels
+        channels.add(channel)
+        lost = channel.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            channels.discard(channel)
+            lost(reason)
+
+        channel.connectionLost = connection_lost
+        if self.draining:
+            # A connection accepted just before the port closed: one answer, then close.
+            _http11(channel).persistent = False
+        return channel
+
+    # --- requests
 
     def getResourceFor(self, request: Any) -> IResource:
         request.mterelay_started = self.clock.seconds()
+        request.mterelay_role = "other"
+        request_id = request_id_for(request.requestHeaders.getRawHeaders(REQUEST_ID_HEADER, [None])[0])
+        request.request_id = request_id
+        if self.echo_request_id:
+            request.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode("ascii")])
+        if self.draining:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            _http11(request.channel).persistent = False
+        self.active.add(request)
+        self.metrics.request_started()
+        request.notifyFinish().addBoth(self._request_done, request)
         return super().getResourceFor(request)
 
-    def log(self, request: Any) -> None:
+    def _request_done(self, result: Any, request: Any) -> None:
+        self.active.discard(request)
+        if not getattr(request, "mterelay_logged", False):
+            # The client went away before the answer was complete: no access
+            # line was written, but the request still counts (as 499, nginx's
+            # "client closed request").
+            self._observe(request, 499)
+        if not self.active and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _observe(self, request: Any, status: int) -> float:
         started = getattr(request, "mterelay_started", None)
-        duration = (self.clock.seconds() - started) * 1000 if started is not None else 0.0
+        seconds = self.clock.seconds() - started if started is not None else 0.0
+        self.metrics.request_finished(getattr(request, "mterelay_role", "other"), status, seconds)
+        refusal = getattr(request, "mterelay_refusal", None)
+        if refusal is not None:
+            self.metrics.relay_error(status, refusal)
+        return seconds
+
+    def log(self, request: Any) -> None:
+        request.mterelay_logged = True
+        seconds = self._observe(request, request.code)
         peer = request.getClientAddress()
         log.info(
             "{method} {path} {status} {duration_ms:.1f}ms",
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1")[:300],
             status=request.code,
-            duration_ms=round(duration, 3),
+            duration_ms=round(seconds * 1000, 3),
             bytes=request.sentLength,
             client=getattr(peer, "host", None),
+            request_id=getattr(request, "request_id", None),
         )
+
+    # --- draining
+
+    def start_draining(self) -> int:
+        """Close idle connections, make busy ones close after their answer.
+
+        Returns how many requests are still in flight.
+        """
+        self.draining = True
+        for channel in list(self.channels):
+            inner = _http11(channel)
+            inner.persistent = False
+            if not getattr(inner, "requests", None):
+                inner.loseConnection()
+        for request in self.active:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return len(self.active)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no request is in flight (at once when none is)."""
+        waiter: Deferred[None] = Deferred()
+        if not self.active:
+            waiter.callback(None)
+        else:
+            self._idle_waiters.append(waiter)
+        return waiter
+
+
+def _http11(channel: Any) -> Any:
+    """The HTTP/1.1 channel inside twisted.web's protocol-negotiating wrapper."""
+    return getattr(channel, "_channel", channel)
