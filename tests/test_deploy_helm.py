@@ -258,7 +258,7 @@ class ChartCase:
 
     values: tuple[dict[str, Any] | str, ...] = ()
     expect_redis = False
-    expect_metrics = False
+    expect_metrics = True  # metrics.enabled is the chart's default
     rendered: dict[str, Any]
 
     def setUp(self) -> None:
@@ -471,7 +471,8 @@ class RefusalTests(SynchronousTestCase):
                            "terminationGracePeriodSeconds must exceed")
 
     def test_service_monitor_needs_metrics(self) -> None:
-        self.assertRefused({"serviceMonitor": {"enabled": True}}, "needs metrics.enabled")
+        self.assertRefused({"serviceMonitor": {"enabled": True}, "metrics": {"enabled": False}},
+                           "needs metrics.enabled")
 
 
 class ChartMetadataTests(SynchronousTestCase):
