@@ -20,10 +20,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+
+from mterelay.nodelay import pooled_agent
 
 # RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset(
@@ -81,7 +83,7 @@ def make_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.0)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = pool_size
     pool.cachedConnectionTimeout = 90
-    return Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+    return pooled_agent(reactor, pool, connect_timeout)
 
 
 @attrs.define

@@ -353,3 +353,31 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(seal_choices(headers),
                          {"seal_url": False, "framing": "MTE",
                           "seal_headers": ("authorization", "x-api-key", "cookie")})
+
+
+class AbandonedRequestTests(SynchronousTestCase):
+    """The application hanging up cancels the exchange; that is not a relay failure."""
+
+    def test_failure_after_the_application_left_is_not_logged_or_answered(self) -> None:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from mterelay.client import SealOptions
+        from mterelay.outboundrules import parse_origin
+        from mterelay.web.outbound import _Exchange
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        request = DummyRequest([b"x"])
+        request.startedWriting = False
+        o = Outbound()
+        exchange = _Exchange(o.root.outbound, request, parse_origin(REMOTE), SealOptions.build())
+        exchange.gone = True
+        exchange._failed(502, "Remote relay unreachable", "CancelledError: ")
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+        self.assertEqual(request.written, [])
+        exchange.gone = False
+        exchange._failed(502, "Remote relay unreachable", "ConnectionRefusedError")
+        self.assertEqual(len([e for e in events if e.get("log_level") == LogLevel.warn]), 1)

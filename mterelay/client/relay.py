@@ -27,7 +27,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, RequestGenerationFailed
+from twisted.web.client import HTTPConnectionPool, RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 
@@ -46,6 +46,7 @@ from mterelay.protocol.header import MODE_MTE
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
+from mterelay.nodelay import pooled_agent
 from mterelay.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
@@ -245,7 +246,7 @@ class RelayClient:
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = pool_size
-            agent = Agent(reactor, pool=self._pool, connectTimeout=connect_timeout)
+            agent = pooled_agent(reactor, self._pool, connect_timeout)
         self.agent: IAgent = agent
         self._origins: dict[str, _Origin] = {}
 

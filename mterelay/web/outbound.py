@@ -26,7 +26,7 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLo
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (Agent, HTTPConnectionPool, RequestGenerationFailed,
+from twisted.web.client import (HTTPConnectionPool, RequestGenerationFailed,
                                 RequestNotSent, RequestTransmissionFailed, ResponseFailed,
                                 ResponseNeverReceived)
 from twisted.web.http_headers import Headers
@@ -36,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET
 from mterelay.bodies import discard
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.config import Config
+from mterelay.nodelay import pooled_agent
 from mterelay.outboundrules import (TOKEN_HEADER, Origin, Refused, seal_choices, token_matches,
                                     upstream_origin)
 from mterelay.protocol.errors import RelayError
@@ -135,7 +136,7 @@ def remote_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = pool_size
     pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-    return Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+    return pooled_agent(reactor, pool, connect_timeout)
 
 
 class _Exchange:
@@ -174,6 +175,12 @@ class _Exchange:
 
     def _failed(self, status: int, message: str, reason: str) -> None:
         """A failure on the way to the remote relay: logged once, answered as JSON."""
+        if self.gone:
+            # The application hung up and its request was cancelled: not a
+            # relay failure, and there is nobody to answer.
+            log.debug("outbound request abandoned by the application",
+                      request_id=request_id(self.request))
+            return
         log.warn("outbound {method} to {origin} failed: {status} {message} ({reason})",
                  method=self.request.method.decode("latin-1"), origin=self.origin.url,
                  status=status, message=message, reason=reason,

@@ -19,6 +19,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from mterelay.metrics import RelayMetrics
+from mterelay.nodelay import set_no_delay
 from mterelay.web.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
@@ -78,6 +79,11 @@ class RelaySite(Site):
 
     def getResourceFor(self, request: Any) -> IResource:
         request.mterelay_started = self.clock.seconds()
+        channel = request.channel
+        if not getattr(channel, "mterelay_no_delay", False):
+            # Once per connection: Nagle off for the answers (see mterelay.nodelay).
+            set_no_delay(channel.transport)
+            channel.mterelay_no_delay = True
         request.mterelay_role = "other"
         request_id = request_id_for(request.requestHeaders.getRawHeaders(REQUEST_ID_HEADER, [None])[0])
         request.request_id = request_id

@@ -1,0 +1,60 @@
+"""TCP_NODELAY on the relay's own connections (mterelay.nodelay), over real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+
+from mterelay.nodelay import NoDelayEndpoint, pooled_agent
+from mterelay.web.site import RelaySite
+
+
+def no_delay(transport: Any) -> bool:
+    return bool(transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class Reporting(Resource):
+    """Answers whether the server side of this request's connection has Nagle off."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return b"1" if no_delay(request.channel.transport) else b"0"
+
+
+class NoDelayTests(TestCase):
+    @defer.inlineCallbacks
+    def test_client_endpoint_turns_nagle_off(self) -> Any:
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol))
+        self.addCleanup(port.stopListening)
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol = yield NoDelayEndpoint(plain).connect(Factory.forProtocol(Protocol))
+        self.addCleanup(protocol.transport.loseConnection)
+        self.assertTrue(no_delay(protocol.transport))
+        other = yield plain.connect(Factory.forProtocol(Protocol))
+        self.addCleanup(other.transport.loseConnection)
+        self.assertFalse(no_delay(other.transport))  # Twisted's default, for contrast
+
+    @defer.inlineCallbacks
+    def test_relay_site_and_agent_connections(self) -> Any:
+        site = RelaySite(Reporting(), reactor)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        agent = pooled_agent(reactor, pool, connect_timeout=5)
+        url = f"http://127.0.0.1:{port.getHost().port}/".encode()
+        for _ in range(2):  # the second request reuses the pooled connection
+            response = yield agent.request(b"GET", url)
+            self.assertEqual((yield treq.content(response)), b"1")
+        [connections] = pool._connections.values()
+        self.assertTrue(no_delay(connections[0].transport))
