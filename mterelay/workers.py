@@ -25,7 +25,8 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -134,9 +135,7 @@ class ReusePortEndpoint:
             sock.setblocking(False)
             port = self.reactor.adoptStreamPort(sock.fileno(), self.address.family, factory)
         except OSError as error:
-            from twisted.internet.error import CannotListenError
-
-            raise CannotListenError(self.address.interface, self.address.port, error) from None
+            return fail(CannotListenError(self.address.interface, self.address.port, error))
         finally:
             sock.close()  # the port holds its own duplicate of the descriptor
         return succeed(port)
@@ -174,6 +173,7 @@ class _WorkerProtocol(ProcessProtocol):
         self.supervisor = supervisor
         self.index = index
         self.pid: int | None = None
+        self.started = 0.0
         self.ended: Deferred[None] = Deferred()
 
     def processEnded(self, reason: Any) -> None:
@@ -230,6 +230,7 @@ class WorkerSupervisor(Service):
         process = self.reactor.spawnProcess(protocol, self.argv[0], self.argv, env=env,
                                             childFDs={0: "w", 1: 1, 2: 2})
         protocol.pid = process.pid
+        protocol.started = self.reactor.seconds()
         self.workers[index] = protocol
 
     def _ended(self, protocol: _WorkerProtocol, reason: Any) -> None:
@@ -241,6 +242,8 @@ class WorkerSupervisor(Service):
             mark_process_dead(protocol.pid, self.metrics_dir)  # its live gauges go
         if self.stopping:
             return
+        if self.reactor.seconds() - protocol.started > self.max_restart_delay:
+            self._delays.pop(protocol.index, None)  # it ran a while: not a crash loop
         delay = self._delays.get(protocol.index, self.restart_delay)
         self._delays[protocol.index] = min(delay * 2, self.max_restart_delay)
         log.warn("Worker {index} exited ({why}); restarting it in {delay}s",

@@ -149,7 +149,9 @@ class RelayProcess:
     def start(cls, environ: dict[str, str], log_path: str, port: int | None = None) -> "RelayProcess":
         port = port or free_port()
         env = {k: v for k, v in os.environ.items() if k not in _RELAY_ENV}
-        env.update({"LISTEN": f"tcp:{port}:interface=127.0.0.1"})
+        # A short drain: stop() must not outwait requests whose other end is
+        # this test's own (blocked) reactor.
+        env.update({"LISTEN": f"tcp:{port}:interface=127.0.0.1", "SHUTDOWN_GRACE": "3"})
         env.update(environ)
         log = open(log_path, "wb")
         process = subprocess.Popen(

@@ -73,3 +73,83 @@ class ObserverTests(SynchronousTestCase):
         observer = make_observer("debug", "text", stream)
         Logger(namespace="twisted.web.client._HTTP11ClientFactory", observer=observer).info("Starting factory")
         self.assertIn("Starting factory", stream.getvalue())
+
+
+class RequestIdLineTests(SynchronousTestCase):
+    """Text lines of a request end with its id; JSON lines carry it as a field."""
+
+    def text(self, level: str = "info") -> tuple[Logger, io.StringIO]:
+        stream = io.StringIO()
+        return Logger(namespace="t", observer=make_observer(level, "text", stream)), stream
+
+    def test_text_line_ends_with_the_id(self) -> None:
+        log, stream = self.text()
+        log.info("GET {path} {status}", path="/x", status=200, request_id="rid-1")
+        [line] = stream.getvalue().splitlines()
+        self.assertTrue(line.endswith("GET /x 200 [request_id=rid-1]"), line)
+
+    def test_text_line_without_id_unchanged(self) -> None:
+        log, stream = self.text()
+        log.info("started {what}", what="relay")
+        log.info("no id here", request_id=None)
+        first, second = stream.getvalue().splitlines()
+        self.assertTrue(first.endswith("started relay"), first)
+        self.assertTrue(second.endswith("no id here"), second)
+        self.assertNotIn("request_id", stream.getvalue())
+
+    def test_id_is_not_a_format_string(self) -> None:
+        log, stream = self.text()
+        log.info("answered {status}", status=200, request_id="{status}{0}{")
+        [line] = stream.getvalue().splitlines()
+        self.assertTrue(line.endswith("answered 200 [request_id={status}{0}{]"), line)
+
+    def test_failure_line_carries_the_id(self) -> None:
+        log, stream = self.text()
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("request {n} failed", Failure(), n=3, request_id="rid-2")
+        output = stream.getvalue()
+        self.assertIn("request 3 failed [request_id=rid-2]", output)
+        self.assertIn("ZeroDivisionError", output)
+
+    def test_filtered_levels_still_filtered(self) -> None:
+        log, stream = self.text("warning")
+        log.info("hidden", request_id="rid-3")
+        log.warn("shown", request_id="rid-3")
+        self.assertNotIn("hidden", stream.getvalue())
+        self.assertIn("shown [request_id=rid-3]", stream.getvalue())
+
+    def test_json_field_not_in_message(self) -> None:
+        stream = io.StringIO()
+        log = Logger(namespace="t", observer=make_observer("info", "json", stream))
+        log.info("GET {path}", path="/x", request_id="rid-4")
+        log.info("plain")
+        first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+        self.assertEqual(first["request_id"], "rid-4")
+        self.assertEqual(first["message"], "GET /x")
+        self.assertNotIn("request_id", second)
+
+    def test_event_shared_with_other_observers_untouched(self) -> None:
+        from mterelay.logs import RequestIdText
+
+        received: list[dict] = []
+        observer = RequestIdText(received.append)
+        event = {"log_format": "hello {who}", "who": "you", "request_id": "rid-5"}
+        observer(event)
+        self.assertEqual(event["log_format"], "hello {who}")
+        [seen] = received
+        self.assertEqual(seen["log_format"], "hello {who} [request_id={request_id}]")
+
+    def test_events_without_format_or_id_passed_as_is(self) -> None:
+        from mterelay.logs import RequestIdText
+
+        received: list[dict] = []
+        observer = RequestIdText(received.append)
+        plain = {"log_format": "hello"}
+        no_format = {"request_id": "rid-6", "message": ("legacy",)}
+        observer(plain)
+        observer(no_format)
+        self.assertIs(received[0], plain)
+        self.assertIs(received[1], no_format)
+        self.assertEqual(no_format, {"request_id": "rid-6", "message": ("legacy",)})

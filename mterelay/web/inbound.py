@@ -39,7 +39,7 @@ from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stre
 from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.paths import path_problem
-from mterelay.web.site import REQUEST_ID_HEADER, request_id_for
+from mterelay.web.site import request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.inbound")
@@ -245,8 +245,6 @@ def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
     if chosen != sealed[0]:
         return  # not a usable id; keep ours
     request.request_id = chosen
-    if request.responseHeaders.hasHeader(REQUEST_ID_HEADER):
-        request.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [chosen.encode("ascii")])
 
 
 class InboundProxy:

@@ -70,9 +70,9 @@ class RelaySite(Site):
             lost(reason)
 
         channel.connectionLost = connection_lost
-        if self.draining:
-            # A connection accepted just before the port closed: one answer, then close.
-            _http11(channel).persistent = False
+        # A connection accepted just before the port closed while draining
+        # gets one answer with Connection: close (getResourceFor); marking the
+        # channel non-persistent here would make Twisted drop its request.
         return channel
 
     # --- requests
@@ -88,7 +88,7 @@ class RelaySite(Site):
         request_id = request_id_for(request.requestHeaders.getRawHeaders(REQUEST_ID_HEADER, [None])[0])
         request.request_id = request_id
         if self.echo_request_id:
-            request.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode("ascii")])
+            request.echo_request_id = True  # StreamingRequest sets it with the headers
         if self.draining:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             _http11(request.channel).persistent = False

@@ -191,6 +191,15 @@ class StreamingRequest(Request):
 
     body: BodyPipe | None = None
     _cleanup_pending = False
+    #: DEBUG: send x-request-id back (set by RelaySite; the id is ``request_id``).
+    echo_request_id = False
+
+    def write(self, data: bytes) -> None:
+        if self.echo_request_id and not self.startedWriting:
+            # Set as the headers go out, so it replaces any the upstream sent.
+            self.responseHeaders.setRawHeaders(
+                b"x-request-id", [self.request_id.encode("ascii")])  # type: ignore[attr-defined]
+        super().write(data)
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
