@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TRIAL_JOBS ?= 2
 
-.PHONY: install test demo run clean
+.PHONY: install test demo run clean bench bench-quick
 
 install: $(STAMP)
 
@@ -23,6 +23,21 @@ demo: install
 
 run: install
 	$(BIN)/twistd -n --pidfile= mterelay
+
+# Benchmark (docs/performance.md): direct vs a plain two-hop proxy vs the relay pair,
+# with wrk; BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--profile').
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) setup.cfg
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: install $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info

@@ -1,0 +1,411 @@
+"""The results document (JSON) and the Markdown table made from it (pure).
+
+Everything printed is computed from the JSON document alone, so a saved
+``bench/results/*.json`` can be printed again (``python -m bench.report
+FILE``) and the formatter is tested on hand-made documents.  Throughput is
+*good* answers per second (status < 400): an error answer is not
+throughput, and errors get a column of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SCHEMA = "mterelay-bench/1"
+NA = "n/a"
+
+Doc = Mapping[str, Any]
+
+
+# ---------------------------------------------------------------- document
+
+
+def target_entry(name: str, label: str, available: bool, note: str = "",
+                 **extra: Any) -> dict[str, Any]:
+    """One measured thing (direct, baseline, relay, relay with workers)."""
+    return {"name": name, "label": label, "available": available, "note": note, **extra}
+
+
+def run_entry(target: str, connections: int, result: Mapping[str, Any],
+              cpu: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One wrk run in the sweep: ``result`` is ``WrkResult.to_json()``, ``cpu`` who used the CPU."""
+    return {"target": target, "connections": connections, **result, "cpu": dict(cpu or {})}
+
+
+def build_document(*, timestamp: str, started: str, finished: str, command: list[str],
+                   machine: Mapping[str, Any], settings: Mapping[str, Any],
+                   targets: Iterable[Mapping[str, Any]], runs: Iterable[Mapping[str, Any]],
+                   fixed_rate: Mapping[str, Any] | None, profile: Mapping[str, Any] | None,
+                   logs: Mapping[str, Any],
+                   teardown: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON written to ``bench/results/<timestamp>.json``: every raw number."""
+    return {
+        "schema": SCHEMA,
+        "timestamp": timestamp,
+        "started": started,
+        "finished": finished,
+        "command": list(command),
+        "machine": dict(machine),
+        "settings": dict(settings),
+        "targets": [dict(t) for t in targets],
+        "runs": [dict(r) for r in runs],
+        "fixed_rate": dict(fixed_rate) if fixed_rate is not None else None,
+        "profile": dict(profile) if profile is not None else None,
+        "logs": dict(logs),
+        "teardown": dict(teardown or {}),
+    }
+
+
+def check_document(doc: Doc) -> list[str]:
+    """Problems with a document's shape (empty list: fine); used by the tests."""
+    problems = []
+    for key in ("schema", "timestamp", "machine", "settings", "targets", "runs", "logs"):
+        if key not in doc:
+            problems.append(f"missing {key}")
+    if doc.get("schema") != SCHEMA:
+        problems.append(f"schema is {doc.get('schema')!r}")
+    names = {t.get("name") for t in doc.get("targets", [])}
+    for run in doc.get("runs", []):
+        if run.get("target") not in names:
+            problems.append(f"run for unknown target {run.get('target')!r}")
+        for key in ("connections", "requests", "duration_s", "rps", "ok_rps", "non2xx",
+                    "socket_errors", "latency_us"):
+            if key not in run:
+                problems.append(f"run {run.get('target')}@{run.get('connections')} lacks {key}")
+    return problems
+
+
+def find_run(doc: Doc, target: str, connections: int) -> Mapping[str, Any] | None:
+    for run in doc.get("runs", []):
+        if run["target"] == target and run["connections"] == connections:
+            return run
+    return None
+
+
+def levels(doc: Doc) -> list[int]:
+    return list(doc["settings"]["levels"])
+
+
+def target_map(doc: Doc) -> dict[str, Mapping[str, Any]]:
+    return {t["name"]: t for t in doc["targets"]}
+
+
+# ---------------------------------------------------------------- logs
+
+#: Level markers of twisted.logger text lines (``[mterelay.outbound#warn]``), nginx
+#: (``[error]``) and redis (``# WARNING``), tracebacks and Twisted's unhandled errors.
+#: Case-sensitive on purpose: sealed URL paths are random base64 (``.../XwARn...``).
+_PROBLEM = re.compile(r"#(?:warn|error|critical)\]|\[(?:warn|error|crit|alert|emerg)\]"
+                      r"|# WARNING|Traceback \(most recent call last\)|Unhandled Error"
+                      r"|Unhandled error")
+#: An access line of the relay (``POST /bench 502 1.2ms``) or twisted.web's combined log.
+_ACCESS_5XX = re.compile(r'\s(5\d\d)\s+[\d.]+ms\b|"\s(5\d\d)\s')
+_TIMESTAMP = re.compile(r"^\S+[T ]\S+\s+")
+
+
+def log_findings(text: str, limit: int = 20) -> dict[str, Any]:
+    """Lines of a process log that tell of trouble: warnings, errors, 5xx answers.
+
+    Returns how many there were and up to ``limit`` distinct ones (timestamps
+    stripped for the comparison), so a run's JSON shows *why* requests
+    failed.  Lines about a cancelled request (``CancelledError``) are counted
+    apart: wrk closes its connections with requests in flight when a run
+    ends, and a proxy then cancels them, which is not a failure under load.
+    """
+    count = cancelled = 0
+    seen: dict[str, str] = {}
+    cancelled_example: str | None = None
+    for line in text.splitlines():
+        if not (_PROBLEM.search(line) or _ACCESS_5XX.search(line)):
+            continue
+        if "CancelledError" in line:
+            cancelled += 1
+            cancelled_example = cancelled_example or line.strip()[:500]
+            continue
+        count += 1
+        key = _TIMESTAMP.sub("", line)
+        if key not in seen and len(seen) < limit:
+            seen[key] = line.strip()[:500]
+    return {"count": count, "lines": list(seen.values()), "cancelled": cancelled,
+            "cancelled_example": cancelled_example}
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def ms(latency_us: float | None) -> float | None:
+    return None if latency_us is None else latency_us / 1000.0
+
+
+def percentile_ms(run: Mapping[str, Any] | None, name: str) -> float | None:
+    if run is None:
+        return None
+    value = run.get("latency_us", {}).get(name)
+    return ms(value)
+
+
+def added_ms(run: Mapping[str, Any] | None, reference: Mapping[str, Any] | None,
+             name: str) -> float | None:
+    """Latency percentile ``name`` of ``run`` minus the same of ``reference``, in ms."""
+    a, b = percentile_ms(run, name), percentile_ms(reference, name)
+    return None if a is None or b is None else a - b
+
+
+def ratio_percent(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return 100.0 * numerator / denominator
+
+
+def good_rps(run: Mapping[str, Any] | None) -> float | None:
+    return None if run is None else float(run["ok_rps"])
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_rps(value: float | None) -> str:
+    if value is None:
+        return NA
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return NA if value is None else f"{value:.0f} %"
+
+
+def fmt_ms(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return NA
+    if signed:
+        return f"{value:+.2f}" if abs(value) < 100 else f"{value:+.0f}"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def fmt_errors(runs: Mapping[str, Mapping[str, Any] | None],
+               short: Mapping[str, str]) -> str:
+    """``0``, or per target: ``relay 12 (10 non-2xx, 2 socket)``."""
+    parts = []
+    for name, run in runs.items():
+        if run is None:
+            continue
+        non2xx, sock = int(run["non2xx"]), int(run["socket_errors"])
+        if non2xx or sock:
+            detail = ", ".join(x for x in (f"{non2xx} non-2xx" if non2xx else "",
+                                           f"{sock} socket" if sock else "") if x)
+            parts.append(f"{short.get(name, name)} {non2xx + sock} ({detail})")
+    return "; ".join(parts) if parts else "0"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; numbers right-aligned."""
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def title_line(doc: Doc) -> str:
+    s, m = doc["settings"], doc["machine"]
+    return (
+        f"## mterelay bench {doc['timestamp']} — upstream: {s['upstream_label']}; "
+        f"wrk -t{s['wrk_threads']}, {s['duration_s']:g} s per run after {s['warmup_s']:g} s "
+        f"warm-up, POST {s['request_body_bytes']} B → {s['response_body_bytes']} B; "
+        f"{m.get('cores', '?')} cores ({m.get('cpu_model', '?')}), everything on this machine"
+    )
+
+
+def sweep_table(doc: Doc) -> str:
+    """The main table: one row per concurrency level."""
+    targets = target_map(doc)
+    multi = next((t for t in doc["targets"] if t["name"].startswith("relay-w")), None)
+    multi_name = multi["name"] if multi else "relay-w2"
+    multi_label = multi["label"] if multi else "relay (2 workers)"
+    short = {"direct": "direct", "baseline": "baseline", "relay": "relay",
+             multi_name: multi_label}
+    header = ["c", "direct req/s", "baseline req/s", "relay req/s", f"{multi_label} req/s",
+              "relay % of baseline", "relay % of direct", "baseline +p50 ms",
+              "relay +p50 ms", "relay +p90 ms", "relay +p99 ms", "errors"]
+    rows = []
+    for level in levels(doc):
+        runs = {name: (find_run(doc, name, level) if targets.get(name, {}).get("available")
+                       else None)
+                for name in ("direct", "baseline", "relay", multi_name)}
+        direct, baseline, relay, many = (runs[n] for n in ("direct", "baseline", "relay",
+                                                            multi_name))
+        rows.append([
+            str(level),
+            fmt_rps(good_rps(direct)),
+            fmt_rps(good_rps(baseline)),
+            fmt_rps(good_rps(relay)),
+            fmt_rps(good_rps(many)),
+            fmt_pct(ratio_percent(good_rps(relay), good_rps(baseline))),
+            fmt_pct(ratio_percent(good_rps(relay), good_rps(direct))),
+            fmt_ms(added_ms(baseline, direct, "p50"), signed=True),
+            fmt_ms(added_ms(relay, direct, "p50"), signed=True),
+            fmt_ms(added_ms(relay, direct, "p90"), signed=True),
+            fmt_ms(added_ms(relay, direct, "p99"), signed=True),
+            fmt_errors(runs, short),
+        ])
+    return markdown_table(header, rows)
+
+
+def latency_table(doc: Doc) -> str:
+    """Raw p50 / p90 / p99 (ms) per target and level."""
+    shown = [t for t in doc["targets"]]
+    header = ["c"] + [f"{t['label']} p50 / p90 / p99 ms" for t in shown]
+    rows = []
+    for level in levels(doc):
+        row = [str(level)]
+        for target in shown:
+            run = find_run(doc, target["name"], level) if target["available"] else None
+            if run is None or not run.get("latency_us"):
+                row.append(NA)
+            else:
+                row.append(" / ".join(fmt_ms(percentile_ms(run, p)) for p in ("p50", "p90",
+                                                                             "p99")))
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def cpu_ms_per_answer(run: Mapping[str, Any] | None,
+                      target: Mapping[str, Any]) -> float | None:
+    """CPU time the target's own processes spent per answer, in ms.
+
+    Less sensitive to a busy machine than req/s: work per request does not
+    change much when other programs take cores away, throughput does.
+    """
+    if run is None or not run.get("requests"):
+        return None
+    cpu = run.get("cpu") or {}
+    cores = cpu.get("processes_cores") or {}
+    names = target.get("processes") or []
+    if not names or "elapsed_s" not in cpu or not any(n in cores for n in names):
+        return None
+    seconds = sum(cores.get(name, 0.0) for name in names) * cpu["elapsed_s"]
+    return 1000.0 * seconds / run["requests"]
+
+
+def cpu_table(doc: Doc) -> str:
+    """CPU ms per answer for each target and level (its processes only, wrk excluded)."""
+    shown = [t for t in doc["targets"]]
+    header = ["c"] + [f"{t['label']} CPU ms/answer" for t in shown]
+    rows = []
+    for level in levels(doc):
+        row = [str(level)]
+        for target in shown:
+            run = find_run(doc, target["name"], level) if target["available"] else None
+            row.append(fmt_ms(cpu_ms_per_answer(run, target)))
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def fixed_rate_section(doc: Doc) -> str:
+    fixed = doc.get("fixed_rate")
+    if not fixed:
+        return "### Fixed offered rate\n\nnot run."
+    if fixed.get("skipped"):
+        return f"### Fixed offered rate\n\nskipped: {fixed['skipped']}"
+    lines = [
+        f"### Fixed offered rate: {fmt_rps(fixed['target_rps'])} req/s = "
+        f"{fixed['fraction']:g} × baseline max {fmt_rps(fixed['baseline_max_rps'])} req/s "
+        f"(at c={fixed['baseline_max_at']}), {fixed['connections']} connections, "
+        f"{fixed['duration_s']:g} s",
+        "",
+    ]
+    header = ["target", "mean think time ms", "achieved req/s", "p50 ms", "p90 ms", "p99 ms",
+              "CPU ms/answer", "errors"]
+    rows = []
+    targets = target_map(doc)
+    for name in ("baseline", "relay"):
+        entry = fixed["targets"].get(name)
+        if not entry or not entry.get("result"):
+            rows.append([name, NA, NA, NA, NA, NA, NA, entry.get("note", NA) if entry else NA])
+            continue
+        run = dict(entry["result"], cpu=entry.get("cpu") or {})
+        achieved = float(run["ok_rps"])
+        mark = ""
+        if entry.get("rate_missed"):
+            off = 100.0 * (float(entry.get("steady_rps", achieved)) / fixed["target_rps"] - 1)
+            mark = f" ({off:+.0f} % off the offered rate)"
+        rows.append([
+            name, f"{entry['delay_ms']:.1f}", fmt_rps(achieved) + mark,
+            fmt_ms(percentile_ms(run, "p50")), fmt_ms(percentile_ms(run, "p90")),
+            fmt_ms(percentile_ms(run, "p99")),
+            fmt_ms(cpu_ms_per_answer(run, targets.get(name, {}))),
+            fmt_errors({name: run}, {name: name}),
+        ])
+    lines.append(markdown_table(header, rows))
+    added = fixed.get("relay_added_p50_ms")
+    goal = fixed.get("goal_ms", 2.0)
+    lines.append("")
+    if added is None:
+        lines.append("Relay added median vs baseline: n/a")
+    else:
+        verdict = "met" if added <= goal else "not met"
+        lines.append(f"Relay added median vs baseline: {fmt_ms(added, signed=True)} ms "
+                     f"(goal ≤ {goal:g} ms: {verdict}); added p90 "
+                     f"{fmt_ms(fixed.get('relay_added_p90_ms'), signed=True)} ms, added p99 "
+                     f"{fmt_ms(fixed.get('relay_added_p99_ms'), signed=True)} ms")
+    return "\n".join(lines)
+
+
+def other_load(doc: Doc) -> tuple[float, float] | None:
+    """(mean, max) cores used by processes outside the benchmark during measured runs."""
+    values = [run["cpu"]["other_cores"] for run in doc.get("runs", [])
+              if run.get("cpu", {}).get("other_cores") is not None]
+    if not values:
+        return None
+    return sum(values) / len(values), max(values)
+
+
+def notes(doc: Doc) -> list[str]:
+    out = ["req/s: answers with status < 400 per second (errors are counted apart); "
+           "+pN: that latency percentile minus direct's at the same concurrency."]
+    load = other_load(doc)
+    if load is not None:
+        mean, peak = load
+        warning = (" — the machine was busy, numbers are lower and noisier than on an "
+                   "idle machine" if peak >= 0.25 else "")
+        out.append(f"other processes on the machine used {mean:.2f} cores on average "
+                   f"(at most {peak:.2f}) during the measured runs{warning}.")
+    for target in doc["targets"]:
+        if target.get("note"):
+            state = "" if target["available"] else f"{NA}: "
+            out.append(f"{target['label']}: {state}{target['note']}")
+    return out
+
+
+def format_report(doc: Doc) -> str:
+    """Everything printed to stdout at the end of a run (Markdown)."""
+    parts = [title_line(doc), "", sweep_table(doc), ""]
+    parts += [f"* {line}" for line in notes(doc)]
+    parts += ["", "### Latency per target", "", latency_table(doc), "",
+              "### CPU per answer (the target's own processes; wrk and the upstream excluded)",
+              "", cpu_table(doc), "", fixed_rate_section(doc)]
+    profile = doc.get("profile")
+    if profile:
+        parts.append("")
+        if profile.get("skipped"):
+            parts.append(f"Profile: skipped: {profile['skipped']}")
+        else:
+            parts.append("Profile (py-spy, relay at c=50): " + ", ".join(profile.get("files", [])))
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.report FILE``: print the table of a saved results file."""
+    if len(argv) != 2:
+        print("usage: python -m bench.report bench/results/latest.json", file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8") as handle:
+        sys.stdout.write(format_report(json.load(handle)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
