@@ -513,3 +513,36 @@ class ProxyTests(SynchronousTestCase):
         sent = other.send("GET", "/api/items", keys=new_keys, seq=0)
         self.assertEqual(sent.response.code, 200)
         self.assertEqual(Sealer.open(sent, new_keys)[1], b'{"ok":true}')
+
+
+class AbandonedExchangeTests(SynchronousTestCase):
+    """A client that hung up cancels the upstream call; that is not an upstream failure."""
+
+    def run_failing(self, gone: bool) -> list[dict[str, Any]]:
+        from twisted.internet.defer import ensureDeferred
+        from twisted.logger import LogLevel, globalLogPublisher
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from mterelay.upstream import UpstreamError
+        from mterelay.web.inbound import Exchange
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        exchange = Exchange.__new__(Exchange)
+        exchange.request = DummyRequest([b"x"])
+        exchange.gone = gone
+
+        async def cancelled_connect() -> None:
+            raise UpstreamError("DNSLookupError: DNS lookup failed (cancelled)")
+
+        exchange._exchange = cancelled_connect
+        exchange._send = lambda body: None
+        self.successResultOf(ensureDeferred(exchange.run()))
+        return [e for e in events if e.get("log_level") == LogLevel.warn]
+
+    def test_gone_client_is_not_a_warning(self) -> None:
+        self.assertEqual(self.run_failing(gone=True), [])
+
+    def test_live_client_still_warned(self) -> None:
+        self.assertEqual(len(self.run_failing(gone=False)), 1)

@@ -358,6 +358,12 @@ class Exchange:
                               f"an MTE body may be at most {self.proxy.mte_body_limit} sealed "
                               "bytes; use MKE framing for larger bodies")
         except UpstreamError as error:
+            if self.gone:
+                # The client hung up and its upstream request was cancelled
+                # (a cancelled connect reads as a DNS failure): nothing failed.
+                log.debug("encrypted request abandoned by the client ({why})", why=str(error),
+                          request_id=request_id(self.request))
+                return
             log.warn("upstream failed for an encrypted request: {why}", why=str(error),
                      request_id=request_id(self.request))
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
