@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
+                                        TCP6ClientEndpoint, wrapClientTLS)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
@@ -62,8 +64,18 @@ class NoDelayEndpointFactory:
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:  # noqa: N802 (interface)
         host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self.reactor, host, uri.port, timeout=self.connect_timeout)
+        endpoint: IStreamClientEndpoint
+        # An IP address needs no lookup: HostnameEndpoint would still send
+        # it through a thread-pool getaddrinfo for every new connection.
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port,
+                                          timeout=self.connect_timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port,
+                                          timeout=self.connect_timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port,
+                                        timeout=self.connect_timeout)
         if uri.scheme == b"https":
             creator = self.tls_policy.creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)

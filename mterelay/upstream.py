@@ -78,7 +78,13 @@ def copy_end_to_end(
                 target.addRawHeader(name, value)
 
 
-def make_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.0) -> IAgent:
+#: Idle connections kept per upstream host.  Above the relay's concurrency
+#: every extra request would open and close a connection of its own.
+POOL_SIZE = 512
+
+
+def make_agent(reactor: Any, pool_size: int = POOL_SIZE,
+               connect_timeout: float = 10.0) -> IAgent:
     """The production agent: persistent connections to the upstream, reused across requests."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = pool_size

@@ -131,25 +131,28 @@ class RequestIdLineTests(SynchronousTestCase):
         self.assertNotIn("request_id", second)
 
     def test_event_shared_with_other_observers_untouched(self) -> None:
-        from mterelay.logs import RequestIdText
+        from mterelay.logs import CachedTime, classic_text
 
-        received: list[dict] = []
-        observer = RequestIdText(received.append)
-        event = {"log_format": "hello {who}", "who": "you", "request_id": "rid-5"}
-        observer(event)
+        event = {"log_format": "hello {who}", "who": "you", "request_id": "rid-5",
+                 "log_time": 0.0}
+        line = classic_text(CachedTime())(event)
+        self.assertTrue(line.endswith(" hello you [request_id=rid-5]\n"), line)
         self.assertEqual(event["log_format"], "hello {who}")
-        [seen] = received
-        self.assertEqual(seen["log_format"], "hello {who} [request_id={request_id}]")
 
-    def test_events_without_format_or_id_passed_as_is(self) -> None:
-        from mterelay.logs import RequestIdText
+    def test_events_without_format_or_id(self) -> None:
+        from mterelay.logs import CachedTime, classic_text
 
-        received: list[dict] = []
-        observer = RequestIdText(received.append)
-        plain = {"log_format": "hello"}
-        no_format = {"request_id": "rid-6", "message": ("legacy",)}
-        observer(plain)
-        observer(no_format)
-        self.assertIs(received[0], plain)
-        self.assertIs(received[1], no_format)
-        self.assertEqual(no_format, {"request_id": "rid-6", "message": ("legacy",)})
+        format_event = classic_text(CachedTime())
+        self.assertTrue(format_event({"log_format": "hello", "log_time": 0.0}).endswith(
+            " hello\n"))
+        self.assertIsNone(format_event({"request_id": "rid-6"}))  # nothing to print
+
+    def test_cached_time_follows_the_clock(self) -> None:
+        from twisted.logger import formatTime
+
+        from mterelay.logs import CachedTime
+
+        cached = CachedTime()
+        for when in (1000.2, 1000.9, 1001.0, 5000.5):
+            self.assertEqual(cached(when), formatTime(int(when)))
+        self.assertEqual(cached(None), "-")

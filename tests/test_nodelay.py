@@ -58,3 +58,31 @@ class NoDelayTests(TestCase):
             self.assertEqual((yield treq.content(response)), b"1")
         [connections] = pool._connections.values()
         self.assertTrue(no_delay(connections[0].transport))
+
+
+class EndpointChoiceTests(TestCase):
+    """IP literals connect directly; only names go through a resolver."""
+
+    def endpoint(self, url: bytes) -> Any:
+        from twisted.web.client import URI
+
+        from mterelay.nodelay import NoDelayEndpointFactory
+
+        return NoDelayEndpointFactory(reactor, 5).endpointForURI(URI.fromBytes(url)).inner
+
+    def test_ip_literals_skip_the_lookup(self) -> None:
+        from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
+                                                TCP6ClientEndpoint)
+
+        self.assertIsInstance(self.endpoint(b"http://127.0.0.1:8080/"), TCP4ClientEndpoint)
+        self.assertIsInstance(self.endpoint(b"http://[::1]:8080/"), TCP6ClientEndpoint)
+        self.assertIsInstance(self.endpoint(b"http://api.example.com/"), HostnameEndpoint)
+
+    def test_https_wraps_tls(self) -> None:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        endpoint = self.endpoint(b"https://10.0.0.1/")
+        self.assertIsInstance(endpoint._wrappedEndpoint, TCP4ClientEndpoint)
+
+    def test_other_schemes_refused(self) -> None:
+        self.assertRaises(ValueError, self.endpoint, b"ftp://10.0.0.1/")

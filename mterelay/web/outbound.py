@@ -40,7 +40,7 @@ from mterelay.nodelay import pooled_agent
 from mterelay.outboundrules import (TOKEN_HEADER, Origin, Refused, seal_choices, token_matches,
                                     upstream_origin)
 from mterelay.protocol.errors import RelayError
-from mterelay.upstream import copy_end_to_end, stream_body
+from mterelay.upstream import POOL_SIZE, copy_end_to_end, stream_body
 from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import error_body, json_body, request_id
@@ -131,7 +131,8 @@ class OutboundProxy:
         return headers
 
 
-def remote_agent(reactor: Any, pool_size: int = 64, connect_timeout: float = 10.0) -> IAgent:
+def remote_agent(reactor: Any, pool_size: int = POOL_SIZE,
+                 connect_timeout: float = 10.0) -> IAgent:
     """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = pool_size
