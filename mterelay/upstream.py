@@ -55,10 +55,13 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
-def hop_by_hop_names(headers: Headers) -> set[bytes]:
+def hop_by_hop_names(headers: Headers) -> frozenset[bytes] | set[bytes]:
     """Hop-by-hop names, including any a ``Connection`` header nominates."""
+    nominated = headers.getRawHeaders(b"connection")
+    if not nominated:
+        return HOP_BY_HOP  # the common case: no copy, no parsing
     names = set(HOP_BY_HOP)
-    for value in headers.getRawHeaders(b"connection", []):
+    for value in nominated:
         names.update(token.strip().lower() for token in value.split(b",") if token.strip())
     return names
 
@@ -70,7 +73,9 @@ def copy_end_to_end(
     drop_prefixes: tuple[bytes, ...] = (),
 ) -> None:
     """Copy every end-to-end header (repeated ones such as Set-Cookie kept apart)."""
-    skip = hop_by_hop_names(source) | {name.lower() for name in drop}
+    skip = hop_by_hop_names(source)
+    if drop:
+        skip = skip | {name.lower() for name in drop}
     for name, values in source.getAllRawHeaders():
         lower = name.lower()
         if lower not in skip and not lower.startswith(drop_prefixes):

@@ -378,7 +378,7 @@ class Exchange:
 
     # ---------------------------------------------------------------- request
 
-    async def _keys(self) -> tuple[PairKeys, dict[str, list[str]]]:
+    async def _keys(self) -> tuple[MessageCipher, dict[str, list[str]]]:
         """Find the pair and open the headers item, the first authenticated step.
 
         Cached keys that fail are re-read from the store once: the pair may
@@ -393,7 +393,7 @@ class Exchange:
             if keys is None:
                 raise StateNotFound("unknown or expired pair")
         try:
-            return keys, self._open_headers(keys)
+            return self._open_headers(keys)
         except DecodeFailed:
             if not from_cache:
                 raise
@@ -402,13 +402,15 @@ class Exchange:
             raise StateNotFound("unknown or expired pair")
         if fresh is keys:
             raise DecodeFailed("headers item failed authentication")
-        return fresh, self._open_headers(fresh)
+        return self._open_headers(fresh)
 
-    def _open_headers(self, keys: PairKeys) -> dict[str, list[str]]:
+    def _open_headers(self, keys: PairKeys) -> tuple[MessageCipher, dict[str, list[str]]]:
+        """The request's cipher (reused for url and body) and its opened headers."""
         request = self.request
         cipher = MessageCipher(keys, self.header, Direction.C2S)
-        return self.decoding.time(cipher.open_request_headers, self.token, request.method,
-                                  request.uri, has_body=has_body(request.requestHeaders))
+        return cipher, self.decoding.time(
+            cipher.open_request_headers, self.token, request.method, request.uri,
+            has_body=has_body(request.requestHeaders))
 
     async def _accept(self) -> None:
         verdict = await self.proxy.store.accept(self.client, self.header.pair_id, self.header.seq)
@@ -455,10 +457,10 @@ class Exchange:
         return OpeningProducer(source, opener, plain, self.decoding)
 
     async def _exchange(self) -> None:
-        keys, sealed_headers = await self._keys()
+        cipher, sealed_headers = await self._keys()
+        keys = cipher.keys
         adopt_request_id(self.request, sealed_headers.get("x-request-id"))
         await self._accept()
-        cipher = MessageCipher(keys, self.header, Direction.C2S)
         target = self._target(cipher)
         body = await self._body(cipher)
         if body is None:
