@@ -253,16 +253,37 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _positive_seconds(value: Any) -> float:
+def _seconds(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a number of seconds")
     try:
-        number = float(_text(value))
+        return float(_text(value))
     except ValueError:
         raise ValueError("must be a number of seconds") from None
+
+
+def _positive_seconds(value: Any) -> float:
+    number = _seconds(value)
     if not 0 < number < 10**7 or number != number:
         raise ValueError("must be a positive number of seconds")
     return number
+
+
+def _grace_seconds(value: Any) -> float:
+    number = _seconds(value)
+    if not 0 <= number <= 3600:
+        raise ValueError("must be between 0 and 3600 seconds")
+    return number
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"must be {', '.join(choices[:-1])} or {choices[-1]}")
+        return text
+
+    return parse
 
 
 def _log_level(value: Any) -> str:
@@ -272,30 +293,8 @@ def _log_level(value: Any) -> str:
     return text
 
 
-def _log_format(value: Any) -> str:
-    text = _text(value).lower()
-    if text not in ("text", "json"):
-        raise ValueError("must be text or json")
-    return text
-
-
-def _metrics_format(value: Any) -> str:
-    text = _text(value).lower()
-    if text not in ("prometheus", "emf"):
-        raise ValueError("must be prometheus or emf")
-    return text
-
-
-def _grace_seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number of seconds")
-    try:
-        number = float(_text(value))
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not 0 <= number <= 3600:
-        raise ValueError("must be between 0 and 3600 seconds")
-    return number
+_log_format = _one_of("text", "json")
+_metrics_format = _one_of("prometheus", "emf")
 
 
 def _bool(value: Any) -> bool:
