@@ -16,6 +16,14 @@ from bench.report import find_run, good_rps, levels, percentile_ms
 _STYLE = {"direct": ("black", "o"), "baseline": ("tab:blue", "s"), "relay": ("tab:red", "^")}
 
 
+def style(name: str) -> tuple[str, str, str]:
+    """(colour, marker, line style) of a target; ``relay@REV`` (--compare) is dashed."""
+    if name.startswith("relay@"):
+        return "tab:purple", "v", "--"
+    color, marker = _STYLE.get(name, ("tab:green", "D"))
+    return color, marker, "-"
+
+
 def series(doc: Mapping[str, Any], name: str, metric: str) -> tuple[list[int], list[float]]:
     """(x, y) points of one target for ``rps`` / ``p50`` / ``p99``; missing runs left out."""
     xs, ys = [], []
@@ -50,8 +58,9 @@ def write_chart(doc: Mapping[str, Any], path: Path) -> str | None:
             xs, ys = series(doc, target["name"], metric)
             if not xs:
                 continue
-            color, marker = _STYLE.get(target["name"], ("tab:green", "D"))
-            axis.plot(xs, ys, marker=marker, color=color, label=target["label"])
+            color, marker, line = style(target["name"])
+            axis.plot(xs, ys, marker=marker, color=color, linestyle=line,
+                      label=target["label"])
         axis.set_title(title)
         axis.set_xlabel("concurrent connections (wrk -c)")
         axis.set_ylabel(unit)

@@ -197,11 +197,12 @@ class ProcessStack:
     slow_to_stop: list[str] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None,
-              port: int | None = None) -> Proc:
+              port: int | None = None, cwd: Path | None = None) -> Proc:
         log_path = self.directory / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
-                argv, env=dict(env) if env is not None else None, cwd=str(REPO_DIR),
+                argv, env=dict(env) if env is not None else None,
+                cwd=str(cwd if cwd is not None else REPO_DIR),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         proc = Proc(name, popen, log_path, port)
@@ -549,11 +550,27 @@ def _workers_refusal(proc: Proc) -> str | None:
     return None
 
 
+#: twistd's arguments for a relay in the foreground, configured by its environment.
+TWISTD_ARGS = ["-n", "--pidfile=", "mterelay"]
+
+
+def relay_argv(launcher: bool = False) -> list[str]:
+    """``.venv/bin/twistd -n --pidfile= mterelay``, or the same through
+    bench/relay_launcher.py, which first logs where mterelay is imported from."""
+    if launcher:
+        return [sys.executable, str(BENCH_DIR / "relay_launcher.py"), *TWISTD_ARGS]
+    return [str(VENV_BIN / "twistd"), *TWISTD_ARGS]
+
+
 def start_relay(stack: ProcessStack, name: str, env: Mapping[str, str], port: int,
-                workers: int) -> Proc:
-    """One ``twistd -n --pidfile= mterelay`` process; checks WORKERS took effect."""
-    argv = [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "mterelay"]
-    proc = stack.start(name, argv, clean_env(env), port)
+                workers: int, launcher: bool = False, cwd: Path | None = None) -> Proc:
+    """One ``twistd -n --pidfile= mterelay`` process; checks WORKERS took effect.
+
+    ``env`` may carry PYTHONPATH (``--compare``: the relay of another
+    revision); ``cwd`` is its working directory (default: this repository).
+    """
+    argv = relay_argv(launcher)
+    proc = stack.start(name, argv, clean_env(env), port, cwd)
     try:
         try:
             wait_http(proc, "/api/mte-echo/ready", timeout=60, ready=_relay_ready)
@@ -566,7 +583,7 @@ def start_relay(stack: ProcessStack, name: str, env: Mapping[str, str], port: in
             print(f"bench: {name} was killed by signal {-proc.popen.returncode} while "
                   f"starting; starting it once more", file=sys.stderr)
             stack.stop(proc)
-            proc = stack.start(name, argv, clean_env(env), port)
+            proc = stack.start(name, argv, clean_env(env), port, cwd)
             wait_http(proc, "/api/mte-echo/ready", timeout=60, ready=_relay_ready)
     except StartupError:
         refusal = _workers_refusal(proc) if workers > 1 else None
@@ -601,12 +618,25 @@ class RelayPair:
 
 
 def start_relay_pair(stack: ProcessStack, upstream_url: str, redis_url: str,
-                     workers: int = 1, label: str = "relay") -> RelayPair:
-    """Relay B (inbound, Redis) then relay A (outbound) pointing at it."""
+                     workers: int = 1, label: str = "relay",
+                     extra_env: Mapping[str, str] | None = None, launcher: bool = False,
+                     cwd: Path | None = None) -> RelayPair:
+    """Relay B (inbound, Redis) then relay A (outbound) pointing at it.
+
+    ``extra_env`` (e.g. PYTHONPATH), ``launcher`` and ``cwd`` apply to both
+    (see :func:`start_relay`).  When A does not start, B is stopped again.
+    """
     prefix = f"bench-{label}:"
+    extra = dict(extra_env or {})
     b_port, a_port = free_port(), free_port()
-    b = start_relay(stack, f"{label}-b", relay_b_env(upstream_url, redis_url, b_port, workers,
-                                                      prefix), b_port, workers)
-    a = start_relay(stack, f"{label}-a", relay_a_env(upstream_url, redis_url, a_port, b_port,
-                                                      workers, prefix), a_port, workers)
+    b = start_relay(stack, f"{label}-b", {**relay_b_env(upstream_url, redis_url, b_port,
+                                                        workers, prefix), **extra},
+                    b_port, workers, launcher, cwd)
+    try:
+        a = start_relay(stack, f"{label}-a", {**relay_a_env(upstream_url, redis_url, a_port,
+                                                            b_port, workers, prefix), **extra},
+                        a_port, workers, launcher, cwd)
+    except Exception:
+        stack.stop(b)
+        raise
     return RelayPair(a, b, workers)

@@ -41,9 +41,16 @@ def build_document(*, timestamp: str, started: str, finished: str, command: list
                    targets: Iterable[Mapping[str, Any]], runs: Iterable[Mapping[str, Any]],
                    fixed_rate: Mapping[str, Any] | None, profile: Mapping[str, Any] | None,
                    logs: Mapping[str, Any],
-                   teardown: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON written to ``bench/results/<timestamp>.json``: every raw number."""
-    return {
+                   teardown: Mapping[str, Any] | None = None,
+                   compare: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON written to ``bench/results/<timestamp>.json``: every raw number.
+
+    ``compare`` (``--compare REV`` only; the key is absent otherwise): the
+    revision, its target's name and label, ``levels`` and ``fixed_rate``,
+    the relay vs relay@REV figures of :func:`compare_levels` and
+    :func:`compare_fixed_rate`.
+    """
+    doc = {
         "schema": SCHEMA,
         "timestamp": timestamp,
         "started": started,
@@ -58,6 +65,11 @@ def build_document(*, timestamp: str, started: str, finished: str, command: list
         "logs": dict(logs),
         "teardown": dict(teardown or {}),
     }
+    if compare is not None:
+        doc["compare"] = dict(compare)
+        doc["compare"]["levels"] = compare_levels(doc)
+        doc["compare"]["fixed_rate"] = compare_fixed_rate(doc)
+    return doc
 
 
 def check_document(doc: Doc) -> list[str]:
@@ -69,6 +81,13 @@ def check_document(doc: Doc) -> list[str]:
     if doc.get("schema") != SCHEMA:
         problems.append(f"schema is {doc.get('schema')!r}")
     names = {t.get("name") for t in doc.get("targets", [])}
+    compared = doc.get("compare")
+    if compared is not None:
+        for key in ("rev", "commit", "short", "target", "label", "levels"):
+            if key not in compared:
+                problems.append(f"compare lacks {key}")
+        if compared.get("target") not in names:
+            problems.append(f"compare target {compared.get('target')!r} is not a target")
     for run in doc.get("runs", []):
         if run.get("target") not in names:
             problems.append(f"run for unknown target {run.get('target')!r}")
@@ -92,6 +111,14 @@ def levels(doc: Doc) -> list[int]:
 
 def target_map(doc: Doc) -> dict[str, Mapping[str, Any]]:
     return {t["name"]: t for t in doc["targets"]}
+
+
+def compare_target(doc: Doc) -> Mapping[str, Any] | None:
+    """The ``--compare REV`` target (relay@<short>), None without ``--compare``."""
+    compared = doc.get("compare")
+    if not compared:
+        return None
+    return target_map(doc).get(compared.get("target", ""))
 
 
 # ---------------------------------------------------------------- logs
@@ -227,23 +254,35 @@ def sweep_table(doc: Doc) -> str:
     multi_label = multi["label"] if multi else "relay (2 workers)"
     short = {"direct": "direct", "baseline": "baseline", "relay": "relay",
              multi_name: multi_label}
-    header = ["c", "direct req/s", "baseline req/s", "relay req/s", f"{multi_label} req/s",
-              "relay % of baseline", "relay % of direct", "baseline +p50 ms",
-              "relay +p50 ms", "relay +p90 ms", "relay +p99 ms", "errors"]
+    # --compare REV: relay@REV's req/s and % of baseline, each next to the relay's.
+    other = compare_target(doc)
+    other_name = other["name"] if other else None
+    extra_rps = [f"{other['label']} req/s"] if other else []
+    extra_pct = [f"{other['label']} % of baseline"] if other else []
+    if other:
+        short[other["name"]] = other["label"]
+    header = (["c", "direct req/s", "baseline req/s", "relay req/s"] + extra_rps
+              + [f"{multi_label} req/s", "relay % of baseline"] + extra_pct
+              + ["relay % of direct", "baseline +p50 ms", "relay +p50 ms", "relay +p90 ms",
+                 "relay +p99 ms", "errors"])
+    names = ["direct", "baseline", "relay"] + ([other_name] if other_name else []) + [multi_name]
     rows = []
     for level in levels(doc):
         runs = {name: (find_run(doc, name, level) if targets.get(name, {}).get("available")
                        else None)
-                for name in ("direct", "baseline", "relay", multi_name)}
+                for name in names}
         direct, baseline, relay, many = (runs[n] for n in ("direct", "baseline", "relay",
                                                             multi_name))
+        theirs = runs.get(other_name) if other_name else None
         rows.append([
             str(level),
             fmt_rps(good_rps(direct)),
             fmt_rps(good_rps(baseline)),
             fmt_rps(good_rps(relay)),
+            *([fmt_rps(good_rps(theirs))] if other else []),
             fmt_rps(good_rps(many)),
             fmt_pct(ratio_percent(good_rps(relay), good_rps(baseline))),
+            *([fmt_pct(ratio_percent(good_rps(theirs), good_rps(baseline)))] if other else []),
             fmt_pct(ratio_percent(good_rps(relay), good_rps(direct))),
             fmt_ms(added_ms(baseline, direct, "p50"), signed=True),
             fmt_ms(added_ms(relay, direct, "p50"), signed=True),
@@ -321,10 +360,14 @@ def fixed_rate_section(doc: Doc) -> str:
               "CPU ms/answer", "errors"]
     rows = []
     targets = target_map(doc)
-    for name in ("baseline", "relay"):
+    names = ["baseline", "relay"]
+    if fixed.get("compare_target"):
+        names.append(fixed["compare_target"])
+    for name in names:
         entry = fixed["targets"].get(name)
+        shown = targets.get(name, {}).get("label", name)
         if not entry or not entry.get("result"):
-            rows.append([name, NA, NA, NA, NA, NA, NA, entry.get("note", NA) if entry else NA])
+            rows.append([shown, NA, NA, NA, NA, NA, NA, entry.get("note", NA) if entry else NA])
             continue
         run = dict(entry["result"], cpu=entry.get("cpu") or {})
         achieved = float(run["ok_rps"])
@@ -333,11 +376,11 @@ def fixed_rate_section(doc: Doc) -> str:
             off = 100.0 * (float(entry.get("steady_rps", achieved)) / fixed["target_rps"] - 1)
             mark = f" ({off:+.0f} % off the offered rate)"
         rows.append([
-            name, f"{entry['delay_ms']:.1f}", fmt_rps(achieved) + mark,
+            shown, f"{entry['delay_ms']:.1f}", fmt_rps(achieved) + mark,
             fmt_ms(percentile_ms(run, "p50")), fmt_ms(percentile_ms(run, "p90")),
             fmt_ms(percentile_ms(run, "p99")),
             fmt_ms(cpu_ms_per_answer(run, targets.get(name, {}))),
-            fmt_errors({name: run}, {name: name}),
+            fmt_errors({name: run}, {name: shown}),
         ])
     lines.append(markdown_table(header, rows))
     added = fixed.get("relay_added_p50_ms")
@@ -351,6 +394,116 @@ def fixed_rate_section(doc: Doc) -> str:
                      f"(goal ≤ {goal:g} ms: {verdict}); added p90 "
                      f"{fmt_ms(fixed.get('relay_added_p90_ms'), signed=True)} ms, added p99 "
                      f"{fmt_ms(fixed.get('relay_added_p99_ms'), signed=True)} ms")
+    if fixed.get("compare_target"):
+        name = fixed["compare_target"]
+        label = targets.get(name, {}).get("label", name)
+        added = fixed.get("compare_added_p50_ms")
+        if added is None:
+            lines.append(f"{label} added median vs baseline: n/a")
+        else:
+            verdict = "met" if added <= goal else "not met"
+            lines.append(f"{label} added median vs baseline: {fmt_ms(added, signed=True)} ms "
+                         f"(goal ≤ {goal:g} ms: {verdict}); added p90 "
+                         f"{fmt_ms(fixed.get('compare_added_p90_ms'), signed=True)} ms, "
+                         f"added p99 {fmt_ms(fixed.get('compare_added_p99_ms'), signed=True)} ms")
+    return "\n".join(lines)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def compare_levels(doc: Doc) -> list[dict[str, Any]]:
+    """relay (this tree) against relay@REV at every level: the ``--compare`` figures.
+
+    ``throughput_ratio`` is relay's good req/s over relay@REV's (> 1: this
+    tree is faster); ``*_diff_ms`` are relay minus relay@REV (< 0: this tree
+    answers sooner / spends less CPU per answer).  Empty without ``--compare``.
+    """
+    other = compare_target(doc)
+    if other is None:
+        return []
+    relay = target_map(doc).get("relay", {})
+    out = []
+    for level in levels(doc):
+        mine = find_run(doc, "relay", level) if relay.get("available") else None
+        theirs = find_run(doc, other["name"], level) if other.get("available") else None
+        mine_rps, their_rps = good_rps(mine), good_rps(theirs)
+        mine_p50, their_p50 = percentile_ms(mine, "p50"), percentile_ms(theirs, "p50")
+        mine_cpu, their_cpu = cpu_ms_per_answer(mine, relay), cpu_ms_per_answer(theirs, other)
+        out.append({
+            "connections": level,
+            "relay_ok_rps": mine_rps, "compare_ok_rps": their_rps,
+            "throughput_ratio": (mine_rps / their_rps
+                                 if mine_rps is not None and their_rps else None),
+            "relay_p50_ms": mine_p50, "compare_p50_ms": their_p50,
+            "p50_diff_ms": _diff(mine_p50, their_p50),
+            "relay_cpu_ms_per_answer": mine_cpu, "compare_cpu_ms_per_answer": their_cpu,
+            "cpu_diff_ms": _diff(mine_cpu, their_cpu),
+        })
+    return out
+
+
+def compare_fixed_rate(doc: Doc) -> dict[str, Any] | None:
+    """relay against relay@REV at the fixed offered rate (None when not run for both)."""
+    fixed = doc.get("fixed_rate") or {}
+    name = fixed.get("compare_target")
+    if not name:
+        return None
+    mine = (fixed.get("targets", {}).get("relay") or {}).get("result")
+    theirs = (fixed.get("targets", {}).get(name) or {}).get("result")
+    if not mine or not theirs:
+        return None
+    return {p: {"relay_ms": percentile_ms(mine, p), "compare_ms": percentile_ms(theirs, p),
+                "diff_ms": added_ms(mine, theirs, p)} for p in ("p50", "p90", "p99")}
+
+
+def _vs(diff: float | None, mine: float | None, theirs: float | None) -> str:
+    """``-1.31 ms (21.79 vs 23.10 ms)``, or n/a."""
+    if diff is None:
+        return NA
+    return f"{fmt_ms(diff, signed=True)} ms ({fmt_ms(mine)} vs {fmt_ms(theirs)} ms)"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return NA if value is None else f"× {value:.2f}"
+
+
+def compare_section(doc: Doc) -> str:
+    """``### relay vs relay @ <short>``: one line per level, and the fixed-rate one."""
+    compared = doc.get("compare") or {}
+    other = compare_target(doc)
+    if other is None:
+        return ""
+    label = other["label"]
+    subject = f" \"{compared['subject']}\"" if compared.get("subject") else ""
+    lines = [f"### relay vs {label}", "",
+             f"relay = this working tree; {label} = `--compare {compared.get('rev')}` = "
+             f"{str(compared.get('commit', ''))[:12]}{subject}, the same relay pair run from a "
+             f"worktree of it. Throughput × = relay req/s ÷ {label} req/s (> 1: this tree is "
+             f"faster); differences are relay − {label} (< 0: this tree is quicker or "
+             "cheaper).", ""]
+    if not other.get("available"):
+        lines.append(f"* {label}: {NA} — {other.get('note', '')}")
+        return "\n".join(lines)
+    for entry in compare_levels(doc):
+        ratio = entry["throughput_ratio"]
+        throughput = (f"{fmt_ratio(ratio)} ({fmt_rps(entry['relay_ok_rps'])} vs "
+                      f"{fmt_rps(entry['compare_ok_rps'])} req/s)" if ratio is not None else NA)
+        median = _vs(entry["p50_diff_ms"], entry["relay_p50_ms"], entry["compare_p50_ms"])
+        cpu = _vs(entry["cpu_diff_ms"], entry["relay_cpu_ms_per_answer"],
+                  entry["compare_cpu_ms_per_answer"])
+        lines.append(f"* c={entry['connections']}: relay vs {label}: throughput {throughput}, "
+                     f"median {median}, CPU per answer {cpu}")
+    fixed = compare_fixed_rate(doc)
+    if fixed is not None:
+        offered = (doc.get("fixed_rate") or {}).get("target_rps")
+        median = _vs(fixed["p50"]["diff_ms"], fixed["p50"]["relay_ms"],
+                     fixed["p50"]["compare_ms"])
+        lines.append(
+            f"* fixed rate ({fmt_rps(offered)} req/s offered): relay vs {label}: median "
+            f"{median}, p90 {fmt_ms(fixed['p90']['diff_ms'], signed=True)} ms, p99 "
+            f"{fmt_ms(fixed['p99']['diff_ms'], signed=True)} ms")
     return "\n".join(lines)
 
 
@@ -384,6 +537,9 @@ def format_report(doc: Doc) -> str:
     """Everything printed to stdout at the end of a run (Markdown)."""
     parts = [title_line(doc), "", sweep_table(doc), ""]
     parts += [f"* {line}" for line in notes(doc)]
+    compared = compare_section(doc)
+    if compared:
+        parts += ["", compared]
     parts += ["", "### Latency per target", "", latency_table(doc), "",
               "### CPU per answer (the target's own processes; wrk and the upstream excluded)",
               "", cpu_table(doc), "", fixed_rate_section(doc)]

@@ -7,16 +7,19 @@ Measured with wrk on this machine (all on 127.0.0.1):
 * ``baseline`` wrk -> P1 -> P2 -> upstream (two plain Twisted/treq proxies)
 * ``relay``    wrk -> relay A (outbound) -> relay B (inbound, Redis) -> upstream
 * ``relay-wN`` the same with ``WORKERS=N`` on A and B (n/a when unsupported)
+* ``relay@<short>`` with ``--compare REV``: the relay pair of git revision REV
+  (a temporary worktree on PYTHONPATH), right after ``relay``, so the working
+  tree's hot path is compared with REV's in the same run (bench/compare.py)
 
-at several concurrency levels, then baseline and relay at one fixed offered
-rate (half the baseline's best throughput) for the latency goal.  Progress
-goes to stderr, the Markdown table to stdout, raw numbers to
+at several concurrency levels, then baseline and relay (and relay@REV) at one
+fixed offered rate (half the baseline's best throughput) for the latency goal.
+Progress goes to stderr, the Markdown table to stdout, raw numbers to
 ``bench/results/<timestamp>.json`` (and ``latest.json``), a chart to
 ``<timestamp>.png`` (and ``latest.png``).  See docs/performance.md.
 
     python bench/run.py [--quick] [--levels 10,50] [--duration S] [--warmup S]
                         [--upstream auto|nginx|builtin] [--no-chart] [--profile]
-                        [--output DIR] [--workers-max 2]
+                        [--output DIR] [--workers-max 2] [--compare REV]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -38,7 +42,7 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import chart, machine, procs, profiling, rate, report  # noqa: E402
+from bench import chart, compare, machine, procs, profiling, rate, report  # noqa: E402
 from bench import wrk as wrkmod  # noqa: E402
 from bench.upstream_builtin import response_body  # noqa: E402
 
@@ -73,6 +77,13 @@ def parse_levels(text: str) -> list[int]:
     if not levels or any(level < 1 for level in levels):
         raise argparse.ArgumentTypeError("levels are positive integers, e.g. 10,50,100")
     return levels
+
+
+def parse_rev(text: str) -> str:
+    try:
+        return compare.check_rev(text)
+    except ValueError as why:
+        raise argparse.ArgumentTypeError(str(why)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"wrk -t (default {WRK_THREADS})")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy every process log to <output>/<timestamp>-logs/")
+    parser.add_argument("--compare", metavar="REV", type=parse_rev,
+                        help="also measure the relay of git revision REV (e.g. HEAD~3, a "
+                             "commit): a temporary detached worktree on PYTHONPATH, target "
+                             "relay@<short>, measured right after relay")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     args.duration = defaults[0] if args.duration is None else args.duration
@@ -132,6 +147,8 @@ class Target:
     procs: list[procs.Proc] = field(default_factory=list)
     available: bool = True
     note: str = ""
+    #: More fields for its JSON entry (``--compare``: the revision, import evidence).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -139,7 +156,7 @@ class Target:
 
     def entry(self) -> dict[str, Any]:
         return report.target_entry(self.name, self.label, self.available, self.note,
-                                   processes=[p.name for p in self.procs])
+                                   processes=[p.name for p in self.procs], **self.extra)
 
     def disable(self, note: str) -> None:
         self.available = False
@@ -183,6 +200,9 @@ class Bench:
         self.profile: dict[str, Any] | None = None
         self.logs: dict[str, Any] = {}
         self.stack: procs.ProcessStack | None = None
+        #: ``--compare``: the worktree of the revision (added before start()).
+        self.worktree: compare.Worktree | None = None
+        self.compare_target: Target | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -215,13 +235,29 @@ class Bench:
         self.progress(f"upstream on :{upstream.port}, redis on :{redis.port}; "
                       "starting baseline proxies and relays")
         p1, p2 = procs.start_baseline(stack, upstream.url)
-        pair = procs.start_relay_pair(stack, upstream.url, redis_url, workers=1, label="relay")
+        comparing = self.worktree is not None
+        # With --compare both relay pairs start through relay_launcher.py (alike, and
+        # each says which mterelay it runs).
+        pair = procs.start_relay_pair(stack, upstream.url, redis_url, workers=1, label="relay",
+                                      launcher=comparing)
         # Redis is part of the relay's cost (B's pair store), so it is counted with it.
+        relay = Target("relay", "relay", pair.a.port, pair.headers, [pair.a, pair.b, redis])
         self.targets = [
             Target("direct", "direct", upstream.port, procs=[upstream]),
             Target("baseline", "baseline", p1.port, procs=[p1, p2]),
-            Target("relay", "relay", pair.a.port, pair.headers, [pair.a, pair.b, redis]),
+            relay,
         ]
+        if comparing:
+            found = {p.name: compare.parse_launcher_line(p.log_text()) for p in (pair.a, pair.b)}
+            relay.extra["imported"] = found
+            relay.note = (f"this working tree ({procs.REPO_DIR}, uncommitted changes "
+                          f"included); relay A reports {compare.evidence(found[pair.a.name])}")
+            self.progress(f"relay: {relay.note}")
+            strange = compare.import_problem(found[pair.a.name], procs.REPO_DIR)
+            if strange:
+                self.progress(f"warning: relay (this working tree): {strange}")
+            self.compare_target = self.start_compare(stack, upstream.url, redis_url, redis)
+            self.targets.append(self.compare_target)
         workers = self.args.workers_max
         multi = Target(f"relay-w{max(workers, 2)}", f"relay ({max(workers, 2)} workers)")
         self.targets.append(multi)
@@ -255,13 +291,56 @@ class Bench:
             if problem is None:
                 self.progress(f"pre-flight {target.label}: 200 with the 1 KiB body")
                 continue
-            if target is multi:
+            if target is multi or target is self.compare_target:
                 target.disable(f"pre-flight request failed: {problem}")
                 self.progress(f"{target.label}: n/a — {target.note}")
                 continue
             tails = "\n".join(f"--- {p.name} log:\n{p.log_tail()}" for p in target.procs)
             raise procs.StartupError(f"pre-flight request to {target.label} failed: "
                                      f"{problem}\n{tails}")
+
+    def start_compare(self, stack: procs.ProcessStack, upstream_url: str, redis_url: str,
+                      redis: procs.Proc) -> Target:
+        """The relay pair of ``--compare REV``: PYTHONPATH=<worktree>, run from the worktree.
+
+        n/a (with the reason) when it does not start with this venv, or when
+        the processes did not import mterelay and its plugin from the worktree.
+        """
+        worktree = self.worktree
+        assert worktree is not None and worktree.path is not None
+        name, label = compare.target_name(worktree.short), compare.target_label(worktree.short)
+        target = Target(name, label, extra={"revision": worktree.describe()})
+        env = compare.pythonpath_env(worktree.path)
+        self.progress(f"starting the relay pair of {worktree.rev} ({worktree.short}) with "
+                      f"PYTHONPATH={env['PYTHONPATH']}")
+        try:
+            pair = procs.start_relay_pair(stack, upstream_url, redis_url, workers=1, label=name,
+                                          extra_env=env, launcher=True, cwd=worktree.path)
+        except procs.StartupError as why:
+            target.disable(f"the relay of {worktree.rev} ({worktree.short}) did not start with "
+                           f"this venv: {compare.error_summary(str(why))}")
+            self.progress(f"{label}: n/a — failed to start:\n{why}")
+            return target
+        found = {p.name: compare.parse_launcher_line(p.log_text()) for p in (pair.a, pair.b)}
+        target.extra["imported"] = found
+        problem = next((f"{proc}: {why}" for proc, why in
+                        ((proc, compare.import_problem(f, worktree.path))
+                         for proc, f in found.items()) if why), None)
+        if problem is not None:
+            stack.stop(pair.a)
+            stack.stop(pair.b)
+            target.disable(f"not the code of {worktree.rev}: {problem}")
+            self.progress(f"{label}: n/a — {target.note}")
+            return target
+        target.port, target.headers = pair.a.port, pair.headers
+        target.procs = [pair.a, pair.b, redis]
+        a_says, b_says = (compare.evidence(found[p.name]) for p in (pair.a, pair.b))
+        target.note = (f"PYTHONPATH={env['PYTHONPATH']} (worktree of {worktree.rev} = "
+                       f"{worktree.commit[:12]}); relay A (pid {pair.a.pid}) reports {a_says}; "
+                       f"relay B (pid {pair.b.pid}) "
+                       + ("the same" if b_says == a_says else f"reports {b_says}"))
+        self.progress(f"{label}: {target.note}")
+        return target
 
     # ------------------------------------------------------------ measuring
 
@@ -305,7 +384,8 @@ class Bench:
                               f"  | {describe_cpu(cpu, target)}")
 
     def fixed_rate_test(self) -> None:
-        """Baseline and relay at one offered rate (think time calibrated per target)."""
+        """Baseline, relay (and relay@REV) at one offered rate (think time calibrated per
+        target)."""
         args = self.args
         baseline = [r for r in self.runs if r["target"] == "baseline"]
         if not baseline:
@@ -327,7 +407,11 @@ class Bench:
         self.progress(f"fixed rate: {target_rps:,.0f} req/s offered = {args.rate_fraction:g} × "
                       f"baseline max {best['ok_rps']:,.0f} req/s, {connections} connections")
         by_name = {t.name: t for t in self.targets}
-        for name in ("baseline", "relay"):
+        names = ["baseline", "relay"]
+        if self.compare_target is not None:
+            names.append(self.compare_target.name)
+            section["compare_target"] = self.compare_target.name
+        for name in names:
             target = by_name[name]
             if not target.available:
                 section["targets"][name] = {"note": f"{NA_REASON}{target.note}"}
@@ -368,6 +452,10 @@ class Bench:
         base = section["targets"].get("baseline", {}).get("result")
         for p in ("p50", "p90", "p99"):
             section[f"relay_added_{p}_ms"] = report.added_ms(relay, base, p)
+        if self.compare_target is not None:
+            other = section["targets"].get(self.compare_target.name, {}).get("result")
+            for p in ("p50", "p90", "p99"):
+                section[f"compare_added_{p}_ms"] = report.added_ms(other, base, p)
         self.fixed_rate = section
 
     def profile_relay(self, output: Path, timestamp: str, directory: Path) -> None:
@@ -479,9 +567,21 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"mterelay bench ({mode}): levels {','.join(map(str, args.levels))}, "
              f"{wrkmod.whole_seconds(args.duration)} s runs, {args.warmup:g} s warm-up, "
              f"wrk -t{args.wrk_threads}")
+    worktree = compare.Worktree(procs.REPO_DIR, args.compare) if args.compare else None
     stack = procs.ProcessStack()
     try:
-        with stack:
+        with contextlib.ExitStack() as cleanup:
+            # Closed in reverse: every process (some run the worktree's code) first,
+            # then the worktree; also after an error or Ctrl-C.
+            if worktree is not None:
+                cleanup.callback(close_worktree, worktree, progress)
+            cleanup.enter_context(stack)
+            if worktree is not None:
+                progress(f"compare: git worktree add --detach {args.compare} (temporary)")
+                worktree.add()
+                progress(f"compare: {args.compare} is {worktree.commit[:12]} "
+                         f"\"{worktree.subject}\", checked out at {worktree.path}")
+                bench.worktree = worktree
             bench.start(stack)
             progress("sweep: " + ", ".join(t.label for t in bench.targets if t.available))
             bench.sweep()
@@ -497,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     except (procs.StartupError, wrkmod.WrkError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
+    except compare.WorktreeError as error:
+        print(f"bench: --compare: {error}", file=sys.stderr)
+        return 2
     finished = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     info = machine.machine_info(wrk, bench.nginx, _redis_binary())
     info["load_average_at_start"] = load_at_start
@@ -511,11 +614,22 @@ def main(argv: list[str] | None = None) -> int:
         "method": "POST", "upstream": bench.upstream_kind, "upstream_label": bench.upstream_label,
         "workers_max": args.workers_max, "order": "levels outermost, targets in table order",
     }
+    compared: dict[str, Any] | None = None
+    if worktree is not None:
+        settings["compare"] = args.compare
+        target = bench.compare_target
+        compared = dict(worktree.describe(),
+                        target=target.name if target else compare.target_name(worktree.short),
+                        label=target.label if target else compare.target_label(worktree.short),
+                        available=bool(target and target.available),
+                        note=target.note if target else "",
+                        mechanism="PYTHONPATH=<worktree> and cwd=<worktree> for relay A and B; "
+                                  "started with bench/relay_launcher.py (as relay)")
     doc = report.build_document(
         timestamp=timestamp, started=started, finished=finished, command=sys.argv,
         machine=info, settings=settings, targets=[t.entry() for t in bench.targets],
         runs=bench.runs, fixed_rate=bench.fixed_rate, profile=bench.profile, logs=bench.logs,
-        teardown={"killed_after_sigterm_timeout": stack.slow_to_stop})
+        teardown={"killed_after_sigterm_timeout": stack.slow_to_stop}, compare=compared)
     json_path = output / f"{timestamp}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     shutil.copyfile(json_path, output / "latest.json")
@@ -531,6 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(report.format_report(doc))
     sys.stdout.flush()
     return 0
+
+
+def close_worktree(worktree: compare.Worktree, progress: Progress) -> None:
+    problems = worktree.close()
+    for problem in problems:
+        progress(f"compare: {problem}")
+    if worktree.added and not problems:
+        progress(f"compare: worktree {worktree.path} removed (git worktree remove --force, "
+                 "prune)")
 
 
 def _redis_binary() -> str | None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import machine, procs, rate, report
+from bench import compare, machine, procs, rate, report
+from bench import run as runmod
 from bench import wrk as wrkmod
 from bench.upstream_builtin import UpstreamProtocol, build_answer, response_body
 
@@ -217,7 +218,13 @@ def run_json(target: str, c: int, rps: float, p50_ms: float, non2xx: int = 0,
     }, {"other_cores": other})
 
 
-def sample_document(multi_available: bool = False) -> dict[str, Any]:
+COMMIT = "4ac84e9" + "0" * 33
+
+
+def sample_document(multi_available: bool = False,
+                    compared: bool | None = None) -> dict[str, Any]:
+    """A hand-made results document; ``compared``: with a ``--compare`` target
+    (True: measured, False: n/a)."""
     targets = [
         report.target_entry("direct", "direct", True),
         report.target_entry("baseline", "baseline", True),
@@ -225,12 +232,20 @@ def sample_document(multi_available: bool = False) -> dict[str, Any]:
         report.target_entry("relay-w2", "relay (2 workers)", multi_available,
                             "" if multi_available else "WORKERS unsupported by this relay"),
     ]
+    if compared is not None:
+        targets.insert(3, report.target_entry(
+            "relay@4ac84e9", "relay @ 4ac84e9", compared,
+            "" if compared else "the relay of HEAD~3 (4ac84e9) did not start with this venv: "
+            "ModuleNotFoundError: No module named 'newdep'"))
     runs = []
     for c, direct, base, relay in ((10, 40000.0, 1000.0, 500.0), (50, 50000.0, 800.0, 600.0)):
         runs.append(run_json("direct", c, direct, 0.2))
         runs.append(run_json("baseline", c, base, 10.0))
         runs.append(run_json("relay", c, relay, 20.0, non2xx=30 if c == 50 else 0,
                              socket=2 if c == 50 else 0, other=0.4 if c == 50 else 0.0))
+        if compared:
+            runs.append(run_json("relay@4ac84e9", c, relay * 0.8, 25.0,
+                                 non2xx=10 if c == 10 else 0))
         if multi_available:
             runs.append(run_json("relay-w2", c, relay * 1.5, 15.0))
     fixed = {
@@ -244,13 +259,27 @@ def sample_document(multi_available: bool = False) -> dict[str, Any]:
         },
         "relay_added_p50_ms": 1.5, "relay_added_p90_ms": 3.0, "relay_added_p99_ms": 6.0,
     }
+    comparison = None
+    if compared is not None:
+        fixed["compare_target"] = "relay@4ac84e9"
+        fixed["targets"]["relay@4ac84e9"] = (
+            {"delay_ms": 70.0, "steady_rps": 495.0, "rate_missed": False,
+             "result": run_json("relay@4ac84e9", 50, 494.0, 5.5)} if compared else
+            {"note": "not available: did not start"})
+        for p, value in (("p50", 2.5), ("p90", 5.0), ("p99", 10.0)):
+            fixed[f"compare_added_{p}_ms"] = value if compared else None
+        comparison = {"rev": "HEAD~3", "commit": COMMIT, "short": "4ac84e9",
+                      "subject": "Hot path: TCP_NODELAY", "worktree": "/tmp/x/worktree",
+                      "git_commands": [], "target": "relay@4ac84e9",
+                      "label": "relay @ 4ac84e9", "available": compared}
     return report.build_document(
         timestamp="20260101-000000", started="s", finished="f", command=["bench/run.py"],
         machine={"cpu_model": "Test CPU", "cores": 2},
         settings={"levels": [10, 50], "duration_s": 15.0, "warmup_s": 3.0, "wrk_threads": 1,
                   "request_body_bytes": 1024, "response_body_bytes": 1024,
                   "upstream": "nginx", "upstream_label": "nginx/1.22.1"},
-        targets=targets, runs=runs, fixed_rate=fixed, profile=None, logs={})
+        targets=targets, runs=runs, fixed_rate=fixed, profile=None, logs={},
+        compare=comparison)
 
 
 def table_rows(text: str, first_cell: str = "c") -> list[list[str]]:
@@ -470,11 +499,16 @@ class ChartTests(SynchronousTestCase):
 
 
 class SmokeTest(SynchronousTestCase):
-    """bench/run.py for real: tiny durations, the built-in upstream, no chart."""
+    """bench/run.py for real: tiny durations, the built-in upstream, no chart.
+
+    With ``--compare HEAD`` when this is a git checkout (a temporary worktree
+    of HEAD; a few seconds more), skipped otherwise.
+    """
 
     def test_run(self) -> None:
         if shutil.which("wrk") is None:
             raise self.skipTest("wrk is not on PATH (apt-get install wrk)")
+        comparing = (REPO / ".git").exists() and shutil.which("git") is not None
         output = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
         self.addCleanup(shutil.rmtree, output, True)
         # The harness's temporary directory goes here (TMPDIR), to check it is removed.
@@ -483,6 +517,8 @@ class SmokeTest(SynchronousTestCase):
         argv = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--levels", "10",
                 "--duration", "1", "--warmup", "0.5", "--calibrate", "1", "--no-chart",
                 "--upstream", "builtin", "--output", str(output)]
+        if comparing:
+            argv += ["--compare", "HEAD"]
         done = subprocess.run(argv, cwd=str(REPO), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=180,
                               env=dict(os.environ, TMPDIR=str(scratch)))
@@ -499,7 +535,7 @@ class SmokeTest(SynchronousTestCase):
         self.assertEqual([row[0] for row in rows], ["10"])
         for cell in rows[0][1:4]:  # direct, baseline, relay
             self.assertGreater(float(cell.replace(",", "")), 0, stdout)
-        multi = rows[0][4]
+        multi = rows[0][5 if comparing else 4]  # relay@REV's column comes before it
         self.assertTrue(multi == "n/a" or float(multi.replace(",", "")) > 0, stdout)
         self.assertIn("Relay added median vs baseline", stdout)
         # the JSON: latest.json is a copy of <timestamp>.json
@@ -511,5 +547,394 @@ class SmokeTest(SynchronousTestCase):
         self.assertEqual({r["target"] for r in latest["runs"]} >= {"direct", "baseline", "relay"},
                          True)
         self.assertFalse(list(output.glob("*.png")))  # --no-chart
-        # nothing left behind: the run's temporary directory (logs, nginx, redis) is gone
+        # nothing left behind: the run's temporary directory (logs, nginx, redis) is gone,
+        # and so is the --compare worktree (made under TMPDIR too)
         self.assertEqual(list(scratch.iterdir()), [])
+        if comparing:
+            self.check_compare(latest, stdout, rows[0])
+
+    def check_compare(self, latest: dict[str, Any], stdout: str, row: list[str]) -> None:
+        """relay@<HEAD> was measured, ran the worktree's code, and is in every output."""
+        compared = latest["compare"]
+        name, label, tree = compared["target"], compared["label"], Path(compared["worktree"])
+        self.assertEqual(compared["rev"], "HEAD")
+        self.assertEqual(name, f"relay@{compared['commit'][:7]}")
+        self.assertTrue(compared["available"], compared["note"])
+        self.assertFalse(tree.exists())
+        self.assertEqual([c["argv"][3:5] for c in compared["git_commands"]],
+                         [["worktree", "add"], ["worktree", "remove"], ["worktree", "prune"]])
+        target = next(t for t in latest["targets"] if t["name"] == name)
+        for found in target["imported"].values():  # what relay A and B said from inside
+            self.assertIsNone(compare.import_problem(found, tree), found)
+        relay = next(t for t in latest["targets"] if t["name"] == "relay")
+        for found in relay["imported"].values():
+            self.assertIsNone(compare.import_problem(found, REPO), found)
+        self.assertEqual({r["target"] for r in latest["runs"]} >= {"relay", name}, True)
+        self.assertIn(name, latest["fixed_rate"]["targets"])
+        self.assertEqual(len(compared["levels"]), 1)
+        self.assertIsNotNone(compared["levels"][0]["throughput_ratio"])
+        self.assertGreater(float(row[4].replace(",", "")), 0, stdout)  # its req/s column
+        self.assertIn(f"### relay vs {label}", stdout)
+        self.assertIn(f"* c=10: relay vs {label}: throughput ×", stdout)
+        self.assertIn(f"{label} added median vs baseline", stdout)
+
+
+# ---------------------------------------------------------------- --compare REV
+
+
+class FakeGit:
+    """Plays git for compare.Worktree: records every command it is given.
+
+    ``worktree add`` makes what git makes for a detached worktree: the
+    directory, its ``.git`` file and the HEAD file in the repository's
+    ``worktrees/<name>``; ``worktree remove`` deletes the directory.
+    """
+
+    def __init__(self, admin: Path, add_status: int = 0) -> None:
+        self.admin = admin
+        self.add_status = add_status
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str]:
+        self.calls.append(list(argv))
+        command = argv[3:5]
+        if command == ["worktree", "add"]:
+            if self.add_status:
+                return self.add_status, f"fatal: invalid reference: {argv[-1]}\n"
+            path = Path(argv[-2])
+            gitdir = self.admin / "worktrees" / path.name
+            gitdir.mkdir(parents=True)
+            (gitdir / "HEAD").write_text(COMMIT + "\n")
+            path.mkdir()
+            (path / ".git").write_text(f"gitdir: {gitdir}\n")
+            return 0, ("Preparing worktree (detached HEAD 4ac84e9)\n"
+                       "HEAD is now at 4ac84e9 Hot path: TCP_NODELAY\n")
+        if command == ["worktree", "remove"]:
+            shutil.rmtree(argv[-1], ignore_errors=True)
+            return 0, ""
+        if command == ["worktree", "prune"]:
+            return 0, ""
+        return 1, f"FakeGit: unexpected {argv}"
+
+
+class CompareWorktreeTests(SynchronousTestCase):
+    """bench/compare.py: the git commands and the worktree's lifetime (git faked)."""
+
+    def setUp(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-compare-test-"))
+        self.addCleanup(shutil.rmtree, self.scratch, True)
+        self.parent = self.scratch / "parent"
+        self.repo = Path("/work/repo")
+
+    def make_parent(self) -> Path:
+        self.parent.mkdir()
+        return self.parent
+
+    def worktree(self, git: FakeGit) -> compare.Worktree:
+        return compare.Worktree(self.repo, "HEAD~3", runner=git, make_parent=self.make_parent)
+
+    def test_commands(self) -> None:
+        path = Path("/tmp/x/worktree")
+        self.assertEqual(compare.add_command(self.repo, path, "HEAD~3"),
+                         ["git", "-C", "/work/repo", "worktree", "add", "--detach",
+                          "/tmp/x/worktree", "HEAD~3"])
+        self.assertEqual(compare.remove_command(self.repo, path),
+                         ["git", "-C", "/work/repo", "worktree", "remove", "--force",
+                          "/tmp/x/worktree"])
+        self.assertEqual(compare.prune_command(self.repo),
+                         ["git", "-C", "/work/repo", "worktree", "prune"])
+
+    def test_add_then_close(self) -> None:
+        git = FakeGit(self.scratch / "admin")
+        tree = self.worktree(git)
+        tree.add()
+        path = self.parent / "worktree"
+        self.assertEqual(tree.path, path)
+        self.assertEqual(git.calls, [compare.add_command(self.repo, path, "HEAD~3")])
+        self.assertEqual(tree.commit, COMMIT)  # read from the worktree's files, not git
+        self.assertEqual(tree.short, "4ac84e9")
+        self.assertEqual(tree.subject, "Hot path: TCP_NODELAY")
+        self.assertEqual(tree.close(), [])
+        self.assertEqual(git.calls[1:], [compare.remove_command(self.repo, path),
+                                         compare.prune_command(self.repo)])
+        self.assertFalse(self.parent.exists())
+        self.assertEqual(tree.close(), [])  # twice: nothing more is run
+        self.assertEqual(len(git.calls), 3)
+        described = tree.describe()
+        self.assertEqual((described["rev"], described["short"]), ("HEAD~3", "4ac84e9"))
+        self.assertEqual([c["status"] for c in described["git_commands"]], [0, 0, 0])
+        json.dumps(described)
+
+    def test_unknown_revision(self) -> None:
+        git = FakeGit(self.scratch / "admin", add_status=128)
+        tree = self.worktree(git)
+        with self.assertRaises(compare.WorktreeError) as caught:
+            tree.add()
+        self.assertIn("invalid reference: HEAD~3", str(caught.exception))
+        # no worktree was made, so nothing to remove; prune anyway, directory gone
+        self.assertEqual([call[3:5] for call in git.calls],
+                         [["worktree", "add"], ["worktree", "prune"]])
+        self.assertFalse(self.parent.exists())
+
+    def test_removed_after_an_interruption(self) -> None:
+        git = FakeGit(self.scratch / "admin")
+        with self.assertRaises(KeyboardInterrupt):
+            with self.worktree(git) as tree:
+                tree.add()
+                raise KeyboardInterrupt
+        self.assertEqual([call[3:5] for call in git.calls],
+                         [["worktree", "add"], ["worktree", "remove"], ["worktree", "prune"]])
+        self.assertFalse(self.parent.exists())
+
+    def test_read_head(self) -> None:
+        tree = self.scratch / "tree"
+        tree.mkdir()
+        self.assertIsNone(compare.read_head(tree))  # no .git
+        admin = self.scratch / "admin"
+        admin.mkdir()
+        (admin / "HEAD").write_text("ref: refs/heads/main\n")
+        (tree / ".git").write_text("gitdir: ../admin\n")  # relative to the worktree
+        self.assertIsNone(compare.read_head(tree))  # not detached
+        (admin / "HEAD").write_text(COMMIT + "\n")
+        self.assertEqual(compare.read_head(tree), COMMIT)
+
+    def test_small_parts(self) -> None:
+        self.assertEqual(compare.parse_subject("Preparing worktree (detached HEAD 1)\n"
+                                               "HEAD is now at 6228d9e Hot path: logs\n"),
+                         "Hot path: logs")
+        self.assertEqual(compare.parse_subject("fatal: nope"), "")
+        self.assertEqual(compare.check_rev(" HEAD~3 "), "HEAD~3")
+        for bad in ("", "-x", "--force", "a b"):
+            self.assertRaises(ValueError, compare.check_rev, bad)
+        self.assertEqual(compare.target_name("4ac84e9"), "relay@4ac84e9")
+        self.assertEqual(compare.target_label("4ac84e9"), "relay @ 4ac84e9")
+        self.assertEqual(compare.pythonpath_env(Path("/t"), {}), {"PYTHONPATH": "/t"})
+        self.assertEqual(compare.pythonpath_env(Path("/t"), {"PYTHONPATH": "/x"}),
+                         {"PYTHONPATH": f"/t{os.pathsep}/x"})
+
+    def test_error_summary(self) -> None:
+        log = ("relay@4ac84e9-b exited with status 1:\n"
+               "Traceback (most recent call last):\n"
+               '  File "/tmp/w/mterelay/tap.py", line 3, in <module>\n'
+               "    import newdep\n"
+               "ModuleNotFoundError: No module named 'newdep'\n")
+        self.assertEqual(compare.error_summary(log),
+                         "ModuleNotFoundError: No module named 'newdep'")
+        self.assertEqual(compare.error_summary("just this\n\n"), "just this")
+        self.assertEqual(compare.error_summary(""), "no output")
+
+    def test_launcher_evidence(self) -> None:
+        tree = Path("/tmp/w")
+        good = {"mterelay": "/tmp/w/mterelay/__init__.py",
+                "plugin": "/tmp/w/twisted/plugins/mterelay_plugin.py"}
+        log = ("2026-11-21T08:40:55+0000 [-] Loading...\n"
+               f"{compare.LAUNCHER_MARKER} {json.dumps(good)}\n")
+        found = compare.parse_launcher_line(log)
+        self.assertEqual(found, good)
+        self.assertIsNone(compare.import_problem(found, tree))
+        self.assertIn("/tmp/w/mterelay/__init__.py", compare.evidence(found))
+        self.assertIsNone(compare.parse_launcher_line("no such line\n"))
+        self.assertIn("did not report", compare.import_problem(None, tree) or "")
+        stray = dict(good, plugin="/work/main/twisted/plugins/mterelay_plugin.py")
+        self.assertIn("plugin was imported from /work/main",
+                      compare.import_problem(stray, tree) or "")
+        # /tmp/w2 is not inside /tmp/w
+        self.assertIsNotNone(compare.import_problem(
+            dict(good, mterelay="/tmp/w2/mterelay/__init__.py"), tree))
+        broken = {"mterelay_error": "ModuleNotFoundError: No module named 'newdep'"}
+        self.assertIn("newdep", compare.import_problem(broken, tree) or "")
+
+
+class CompareArgumentTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> Any:
+        return runmod.parse_args(list(argv))
+
+    def test_compare(self) -> None:
+        self.assertIsNone(self.parse("--quick").compare)
+        self.assertEqual(self.parse("--compare", "HEAD~3").compare, "HEAD~3")
+        self.assertEqual(self.parse("--compare=4ac84e9", "--quick").compare, "4ac84e9")
+        import contextlib
+        import io
+
+        for bad in (["--compare"], ["--compare", ""], ["--compare=-f"]):
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                self.assertRaises(SystemExit, self.parse, *bad)
+            self.assertIn("--compare", err.getvalue())
+
+    def test_relay_argv(self) -> None:
+        self.assertEqual(procs.relay_argv(),
+                         [str(procs.VENV_BIN / "twistd"), "-n", "--pidfile=", "mterelay"])
+        self.assertEqual(procs.relay_argv(launcher=True),
+                         [sys.executable, str(REPO / "bench" / "relay_launcher.py"), "-n",
+                          "--pidfile=", "mterelay"])
+
+
+class CompareReportTests(SynchronousTestCase):
+    """The --compare target in the tables, the comparison lines and the JSON."""
+
+    def test_no_compare_no_change(self) -> None:
+        doc = sample_document()
+        self.assertNotIn("compare", doc)
+        text = report.format_report(doc)
+        self.assertNotIn("relay vs", text)
+        header = next(line for line in text.splitlines() if line.startswith("| c |"))
+        self.assertEqual(
+            [cell.strip() for cell in header.strip("|").split("|")],
+            ["c", "direct req/s", "baseline req/s", "relay req/s", "relay (2 workers) req/s",
+             "relay % of baseline", "relay % of direct", "baseline +p50 ms", "relay +p50 ms",
+             "relay +p90 ms", "relay +p99 ms", "errors"])
+
+    def test_sweep_table_columns(self) -> None:
+        text = report.format_report(sample_document(compared=True))
+        header = next(line for line in text.splitlines() if line.startswith("| c |"))
+        cells = [cell.strip() for cell in header.strip("|").split("|")]
+        self.assertEqual(cells[3:8], ["relay req/s", "relay @ 4ac84e9 req/s",
+                                      "relay (2 workers) req/s", "relay % of baseline",
+                                      "relay @ 4ac84e9 % of baseline"])
+        c10, c50 = table_rows(text)
+        self.assertEqual(c10[1:9], ["40,000", "1,000", "500", "399", "n/a", "50 %", "40 %",
+                                    "1 %"])
+        self.assertEqual(c10[13], "relay @ 4ac84e9 10 (10 non-2xx)")
+        self.assertEqual(c50[4], "480")
+        self.assertEqual(c50[7], "60 %")
+
+    def test_latency_and_cpu_tables(self) -> None:
+        doc = sample_document(compared=True)
+        latency, cpu = report.latency_table(doc), report.cpu_table(doc)
+        # right after the relay's column
+        self.assertIn("| relay p50 / p90 / p99 ms | relay @ 4ac84e9 p50 / p90 / p99 ms |",
+                      latency.splitlines()[0])
+        self.assertIn("| relay CPU ms/answer | relay @ 4ac84e9 CPU ms/answer |",
+                      cpu.splitlines()[0])
+        self.assertEqual(table_rows(latency)[0][4], "25.00 / 50.00 / 100")
+
+    def test_comparison_lines(self) -> None:
+        text = report.format_report(sample_document(compared=True))
+        self.assertIn("### relay vs relay @ 4ac84e9", text)
+        self.assertIn("`--compare HEAD~3` = 4ac84e900000 \"Hot path: TCP_NODELAY\"", text)
+        self.assertIn("* c=10: relay vs relay @ 4ac84e9: throughput × 1.25 (500 vs 399 req/s), "
+                      "median -5.00 ms (20.00 vs 25.00 ms), CPU per answer n/a", text)
+        self.assertIn("* c=50: relay vs relay @ 4ac84e9: throughput × 1.24 (597 vs 480 req/s)",
+                      text)
+        self.assertIn("* fixed rate (500 req/s offered): relay vs relay @ 4ac84e9: median "
+                      "-1.00 ms (4.50 vs 5.50 ms), p90 -2.00 ms, p99 -4.00 ms", text)
+
+    def test_cpu_difference(self) -> None:
+        doc = sample_document(compared=True)
+        for run in doc["runs"]:
+            if run["target"] in ("relay", "relay@4ac84e9") and run["connections"] == 10:
+                cores = 0.5 if run["target"] == "relay" else 0.6
+                run["cpu"] = {"elapsed_s": 10.0, "processes_cores": {"a": cores}}
+        for target in doc["targets"]:
+            target["processes"] = ["a"]
+        c10 = report.compare_levels(doc)[0]
+        self.assertAlmostEqual(c10["relay_cpu_ms_per_answer"], 1.0)    # 5 s / 5000
+        self.assertAlmostEqual(c10["compare_cpu_ms_per_answer"], 1.5)  # 6 s / 4000
+        self.assertAlmostEqual(c10["cpu_diff_ms"], -0.5)
+        self.assertIn("CPU per answer -0.50 ms (1.00 vs 1.50 ms)", report.format_report(doc))
+
+    def test_fixed_rate_rows(self) -> None:
+        text = report.format_report(sample_document(compared=True))
+        rows = table_rows(text, "target")
+        self.assertEqual([row[0] for row in rows], ["baseline", "relay", "relay @ 4ac84e9"])
+        self.assertEqual(rows[2][1:6], ["70.0", "494", "5.50", "11.00", "22.00"])
+        self.assertIn("relay @ 4ac84e9 added median vs baseline: +2.50 ms (goal ≤ 2 ms: not "
+                      "met); added p90 +5.00 ms, added p99 +10.00 ms", text)
+
+    def test_not_available(self) -> None:
+        text = report.format_report(sample_document(compared=False))
+        c10 = table_rows(text)[0]
+        self.assertEqual((c10[4], c10[7]), ("n/a", "n/a"))
+        self.assertIn("* relay @ 4ac84e9: n/a — the relay of HEAD~3 (4ac84e9) did not start "
+                      "with this venv: ModuleNotFoundError: No module named 'newdep'", text)
+        self.assertIn("relay @ 4ac84e9 added median vs baseline: n/a", text)
+        self.assertEqual(table_rows(text, "target")[2][0], "relay @ 4ac84e9")
+
+    def test_json_shape(self) -> None:
+        doc = sample_document(compared=True)
+        self.assertEqual(report.check_document(doc), [])
+        self.assertEqual(json.loads(json.dumps(doc)), doc)
+        compared = doc["compare"]
+        self.assertEqual((compared["rev"], compared["short"], compared["target"]),
+                         ("HEAD~3", "4ac84e9", "relay@4ac84e9"))
+        self.assertEqual([t["name"] for t in doc["targets"]],
+                         ["direct", "baseline", "relay", "relay@4ac84e9", "relay-w2"])
+        self.assertEqual([level["connections"] for level in compared["levels"]], [10, 50])
+        c10 = compared["levels"][0]
+        self.assertEqual((c10["relay_ok_rps"], c10["compare_ok_rps"]), (500.0, 399.0))
+        self.assertAlmostEqual(c10["throughput_ratio"], 500 / 399)
+        self.assertAlmostEqual(c10["p50_diff_ms"], -5.0)
+        self.assertIsNone(c10["cpu_diff_ms"])
+        self.assertAlmostEqual(compared["fixed_rate"]["p50"]["diff_ms"], -1.0)
+        self.assertEqual(doc["fixed_rate"]["compare_target"], "relay@4ac84e9")
+        broken = sample_document(compared=True)
+        broken["compare"]["target"] = "relay@nothing"
+        self.assertIn("compare target 'relay@nothing' is not a target",
+                      report.check_document(broken))
+        # n/a: the same keys, no numbers
+        na = sample_document(compared=False)
+        self.assertEqual(report.check_document(na), [])
+        self.assertIsNone(na["compare"]["levels"][0]["throughput_ratio"])
+        self.assertIsNone(na["compare"]["fixed_rate"])
+
+    def test_chart(self) -> None:
+        from bench import chart
+
+        doc = sample_document(compared=True)
+        self.assertEqual(chart.series(doc, "relay@4ac84e9", "rps"), ([10, 50], [399.0, 480.0]))
+        self.assertEqual(chart.style("relay@4ac84e9")[2], "--")
+        self.assertNotEqual(chart.style("relay@4ac84e9")[0], chart.style("relay")[0])
+        self.assertEqual(chart.style("relay"), ("tab:red", "^", "-"))
+
+
+def fake_tree(root: Path, init: str = "__version__ = 'fake'\n", plugin: bool = True) -> Path:
+    """A directory shaped like a checkout of mterelay: its own mterelay package and plugin."""
+    (root / "mterelay").mkdir(parents=True)
+    (root / "mterelay" / "__init__.py").write_text(init)
+    if plugin:
+        (root / "twisted" / "plugins").mkdir(parents=True)
+        shutil.copy(REPO / "twisted" / "plugins" / "mterelay_plugin.py",
+                    root / "twisted" / "plugins" / "mterelay_plugin.py")
+    return root
+
+
+class CompareProcessTests(SynchronousTestCase):
+    """PYTHONPATH really wins over the editable install, seen from inside the process."""
+
+    def setUp(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-compare-proc-"))
+        self.addCleanup(shutil.rmtree, self.scratch, True)
+
+    def test_launcher_reports_the_worktree(self) -> None:
+        tree = fake_tree(self.scratch / "tree")
+        argv = procs.relay_argv(launcher=True)[:2] + ["--version"]
+        done = subprocess.run(argv, cwd=str(tree), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=60,
+                              env=dict(os.environ, **compare.pythonpath_env(tree)))
+        output = done.stdout.decode("utf-8", "replace")
+        self.assertEqual(done.returncode, 0, output)
+        found = compare.parse_launcher_line(output)
+        self.assertIsNotNone(found, output)
+        assert found is not None
+        self.assertEqual(found["version"], "fake")
+        self.assertIsNone(compare.import_problem(found, tree))
+        self.assertIsNotNone(compare.import_problem(found, REPO))
+        self.assertIn("twistd (the Twisted daemon)", output)  # then twistd itself ran
+
+    def test_missing_dependency_is_not_available(self) -> None:
+        tree = fake_tree(self.scratch / "tree",
+                         init="import mterelay_bench_no_such_dependency\n")
+        messages: list[str] = []
+        bench = runmod.Bench(runmod.parse_args(["--compare", "HEAD"]), messages.append, "wrk")
+        bench.worktree = compare.Worktree(REPO, "HEAD", runner=FakeGit(self.scratch),
+                                          path=tree, commit=COMMIT)
+        stack = procs.ProcessStack(directory=self.scratch / "stack")
+        (self.scratch / "stack").mkdir()
+        self.addCleanup(stack.close)
+        target = bench.start_compare(stack, "http://127.0.0.1:9", "redis://127.0.0.1:9",
+                                     redis=None)  # type: ignore[arg-type]
+        self.assertFalse(target.available)
+        self.assertEqual(target.name, "relay@4ac84e9")
+        self.assertIn("did not start with this venv: ModuleNotFoundError: No module named "
+                      "'mterelay_bench_no_such_dependency'", target.note)
+        self.assertEqual([p.alive() for p in stack.procs], [False] * len(stack.procs))

@@ -1,0 +1,67 @@
+"""``twistd`` for the benchmark's relays, saying first where ``mterelay`` comes from.
+
+    python bench/relay_launcher.py -n --pidfile= mterelay
+
+does what ``.venv/bin/twistd -n --pidfile= mterelay`` does
+(``twisted.scripts.twistd.run``), after printing one line to stdout (the
+relay's log file)::
+
+    bench-launcher: {"mterelay": "<dir>/mterelay/__init__.py",
+                     "plugin": "<dir>/twisted/plugins/mterelay_plugin.py", ...}
+
+(on one line).  The modules are imported in this process, exactly as twistd then finds them
+(``mterelay`` from ``sys.path``, the plugin through ``getPlugins`` as twistd
+does), and stay in ``sys.modules``: the files named are the ones this relay
+runs.  ``--compare REV`` uses it to prove that the relay of REV really runs
+REV's code (bench/compare.py).  Nothing here imports the reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MARKER = "bench-launcher:"  # bench.compare.LAUNCHER_MARKER (not imported: keep sys.path clean)
+
+
+def where() -> dict[str, object]:
+    found: dict[str, object] = {
+        "pid": os.getpid(), "python": sys.executable, "cwd": os.getcwd(),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+    }
+    try:
+        import mterelay
+
+        found["mterelay"] = mterelay.__file__
+        found["version"] = getattr(mterelay, "__version__", None)
+    except Exception as error:  # reported; twistd then fails with its own message
+        found["mterelay_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        found["tapnames"] = sorted({p.tapname for p in getPlugins(IServiceMaker)
+                                    if p.tapname == "mterelay"})
+        module = sys.modules.get("twisted.plugins.mterelay_plugin")
+        found["plugin"] = getattr(module, "__file__", None)
+    except Exception as error:
+        found["plugin_error"] = f"{type(error).__name__}: {error}"
+    return found
+
+
+def main() -> None:
+    # Like the twistd console script, do not let this script's own directory (bench/,
+    # with modules such as report.py) shadow anything the relay imports.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        del sys.path[0]
+    print(f"{MARKER} {json.dumps(where())}", flush=True)
+    sys.argv[0] = "twistd"
+    from twisted.scripts.twistd import run
+
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
