@@ -17,7 +17,10 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-__all__ = ["BytesProducer", "read_limited", "drain", "discard"]
+__all__ = ["BytesProducer", "abandon", "read_limited", "drain", "discard"]
+
+#: A body this short costs less to read and drop than a new connection.
+DRAIN_LIMIT = 64 * 1024
 
 
 @implementer(IBodyProducer)
@@ -99,3 +102,17 @@ class _Dropper(Protocol):
 def discard(response: IResponse) -> None:
     """Drop a body we will not read: its connection is closed, not reused."""
     response.deliverBody(_Dropper())
+
+
+def abandon(response: IResponse) -> None:
+    """Get rid of a response nobody will read (its client hung up).
+
+    A short body of known length is read and dropped, so its connection goes
+    back to the pool; anything else closes the connection rather than wait
+    for a body of unknown size.
+    """
+    length = response.length
+    if isinstance(length, int) and length <= DRAIN_LIMIT:
+        drain(response)
+    else:
+        discard(response)

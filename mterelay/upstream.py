@@ -20,12 +20,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
-from mterelay.nodelay import pooled_agent
+from mterelay.connections import persistent_agent
 
 # RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset(
@@ -91,10 +91,8 @@ POOL_SIZE = 512
 def make_agent(reactor: Any, pool_size: int = POOL_SIZE,
                connect_timeout: float = 10.0) -> IAgent:
     """The production agent: persistent connections to the upstream, reused across requests."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = pool_size
-    pool.cachedConnectionTimeout = 90
-    return pooled_agent(reactor, pool, connect_timeout)
+    agent, _ = persistent_agent(reactor, pool_size, 90, connect_timeout)
+    return agent
 
 
 @attrs.define

@@ -46,7 +46,7 @@ from mterelay.protocol.header import MODE_MTE
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
-from mterelay.nodelay import pooled_agent
+from mterelay.connections import persistent_agent
 from mterelay.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
@@ -244,9 +244,7 @@ class RelayClient:
         self.metrics = metrics
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = pool_size
-            agent = pooled_agent(reactor, self._pool, connect_timeout)
+            agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent
         self._origins: dict[str, _Origin] = {}
 

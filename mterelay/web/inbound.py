@@ -22,7 +22,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from mterelay.bodies import BytesProducer, discard, drain, read_limited
+from mterelay.bodies import BytesProducer, abandon, drain, read_limited
 from mterelay.config import RoutePattern, matches_any
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
@@ -483,7 +483,7 @@ class Exchange:
         finally:
             self.upstream = None
         if self.gone:
-            discard(response)
+            abandon(response)
             return
         await self._respond(keys, response)
 

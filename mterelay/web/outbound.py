@@ -26,17 +26,17 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLo
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (HTTPConnectionPool, RequestGenerationFailed,
+from twisted.web.client import (RequestGenerationFailed,
                                 RequestNotSent, RequestTransmissionFailed, ResponseFailed,
                                 ResponseNeverReceived)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.bodies import discard
+from mterelay.bodies import abandon
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.config import Config
-from mterelay.nodelay import pooled_agent
+from mterelay.connections import persistent_agent
 from mterelay.outboundrules import (TOKEN_HEADER, Origin, Refused, seal_choices, token_matches,
                                     upstream_origin)
 from mterelay.protocol.errors import RelayError
@@ -134,10 +134,8 @@ class OutboundProxy:
 def remote_agent(reactor: Any, pool_size: int = POOL_SIZE,
                  connect_timeout: float = 10.0) -> IAgent:
     """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = pool_size
-    pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-    return pooled_agent(reactor, pool, connect_timeout)
+    agent, _ = persistent_agent(reactor, pool_size, IDLE_CONNECTION_TIMEOUT, connect_timeout)
+    return agent
 
 
 class _Exchange:
@@ -241,7 +239,7 @@ class _Exchange:
         finally:
             self.pending = None
         if self.gone:
-            discard(response)
+            abandon(response)
             return
         await self._respond(response)
 
