@@ -14,12 +14,20 @@ refuses such connections, so they are closed and never handed out again.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from twisted.web.client import HTTPConnectionPool
-from twisted.web.iweb import IAgent
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
+from twisted.web._newclient import Request, _ensureValidMethod
+from twisted.web.client import URI, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
 
-from mterelay.nodelay import pooled_agent
+from mterelay.nodelay import NoDelayEndpointFactory
 
 
 def is_closing(connection: Any) -> bool:
@@ -41,13 +49,119 @@ class RelayConnectionPool(HTTPConnectionPool):
         super()._putConnection(key, connection)
 
 
+#: What Twisted's Agent accepts in a URL: visible ASCII, nothing else.
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+
+
+class _Origin:
+    """What a request to one origin needs besides its path, worked out once."""
+
+    __slots__ = ("key", "endpoint", "host")
+
+    def __init__(self, key: tuple[bytes, bytes, int], endpoint: IStreamClientEndpoint,
+                 host: bytes) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.host = host
+
+
+class _Target:
+    """The request's URL, parsed only if somebody asks (``IClientRequest.absoluteURI``)."""
+
+    __slots__ = ("uri",)
+
+    def __init__(self, uri: bytes) -> None:
+        self.uri = uri
+
+    def toBytes(self) -> bytes:  # noqa: N802 (URI's interface)
+        return self.uri
+
+
+@implementer(IAgent)
+class OriginAgent:
+    """Twisted's ``Agent``, with each origin's endpoint and pool key kept.
+
+    ``Agent.request`` parses the URL, builds a new endpoint and validates the
+    method on every request; a relay sends every request to one or a few
+    origins, so that work is done once per origin here and a request costs a
+    split of its URL.  The checks stay the same: the URL must be visible
+    ASCII, the method a token, the scheme http or https; a Host header is
+    added (on a copy) unless the caller set one; the fragment is not sent.
+    """
+
+    #: Origins remembered; past it the table starts over (the client may talk to many).
+    max_origins = 256
+
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool,
+                 endpoints: IAgentEndpointFactory) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._endpoints = endpoints
+        self._origins: dict[bytes, _Origin] = {}
+        self._methods: set[bytes] = set()
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: IBodyProducer | None = None  # noqa: N803 (IAgent)
+                ) -> "Deferred[IResponse]":
+        try:
+            origin, path = self._split(method, uri)
+        except Exception:
+            return fail(Failure())
+        if headers is None:
+            headers = Headers()
+        if not headers.hasHeader(b"host"):
+            headers = headers.copy()
+            headers.addRawHeader(b"host", origin.host)
+        pool = self._pool
+        request = Request._construct(method, path, headers, bodyProducer,
+                                     persistent=pool.persistent, parsedURI=_Target(uri))
+        return pool.getConnection(origin.key, origin.endpoint).addCallback(
+            lambda protocol: protocol.request(request))
+
+    def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
+        if method not in self._methods:
+            if not isinstance(method, bytes):
+                raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
+            _ensureValidMethod(method)
+            self._methods.add(method)
+        uri = uri.strip()
+        if _VISIBLE_ASCII.fullmatch(uri) is None:
+            raise ValueError(f"Invalid URI {uri[:100]!r}")
+        start = uri.find(b"://")
+        slash = uri.find(b"/", start + 3) if start > 0 else -1
+        base, path = (uri, b"/") if slash < 0 else (uri[:slash], uri[slash:])
+        path = path.split(b"#", 1)[0] or b"/"
+        origin = self._origins.get(base)
+        if origin is None:
+            origin = self._learn(base)
+        return origin, path
+
+    def _learn(self, base: bytes) -> _Origin:
+        parsed = URI.fromBytes(base)
+        if parsed.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"unsupported scheme: {parsed.scheme!r}")
+        if not parsed.host:
+            raise ValueError(f"no host in URL {base[:100]!r}")
+        host = parsed.host
+        shown = b"[" + host + b"]" if b":" in host else host
+        if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
+            shown = b"%b:%d" % (shown, parsed.port)
+        origin = _Origin((parsed.scheme, host, parsed.port),
+                         self._endpoints.endpointForURI(parsed), shown)
+        if len(self._origins) >= self.max_origins:
+            self._origins.clear()
+        self._origins[base] = origin
+        return origin
+
+
 def persistent_agent(reactor: Any, size: int, idle_timeout: float,
                      connect_timeout: float) -> tuple[IAgent, RelayConnectionPool]:
     """An agent keeping up to ``size`` idle connections per host, with TCP_NODELAY."""
     pool = RelayConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = size
     pool.cachedConnectionTimeout = idle_timeout
-    return pooled_agent(reactor, pool, connect_timeout), pool
+    agent = OriginAgent(reactor, pool, NoDelayEndpointFactory(reactor, connect_timeout))
+    return agent, pool
 
 
-__all__ = ["RelayConnectionPool", "is_closing", "persistent_agent"]
+__all__ = ["OriginAgent", "RelayConnectionPool", "is_closing", "persistent_agent"]

@@ -18,7 +18,6 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    FileLogObserver,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -40,6 +39,49 @@ QUIET_NAMESPACES = ("twisted.web.client._HTTP11ClientFactory",)
 # Structured fields copied into JSON lines when an event carries them.
 FIELDS = ("method", "path", "status", "duration_ms", "client", "request_id", "bytes")
 
+#: An event field holding its message already rendered.  Hot-path events (the
+#: access line) log ``"{mterelay_text}"`` with it, so any observer renders them
+#: with one trivial format, and ours skip Twisted's formatter entirely.
+TEXT = "mterelay_text"
+
+
+def message_of(event: dict[str, Any]) -> str:
+    """The event's message: its pre-rendered text when it has one."""
+    text = event.get(TEXT)
+    if text is not None and event.get("log_format") == "{" + TEXT + "}":
+        return str(text)
+    return formatEvent(event)
+
+
+class TurnFlusher:
+    """Flushes a stream once per reactor turn instead of once per line.
+
+    Under load a relay writes several log lines per turn of the reactor;
+    flushing after each costs a write system call per line.  The first line
+    of a turn schedules one flush (``call_later(0, ...)``), so a line still
+    reaches the stream within the turn that wrote it.  Without a
+    ``call_later`` (tests, tools), every line is flushed at once.
+    """
+
+    def __init__(self, stream: IO[str], call_later: Callable[..., Any] | None = None) -> None:
+        self.stream = stream
+        self.call_later = call_later
+        self._pending = False
+
+    def wrote(self) -> None:
+        if self.call_later is None:
+            self.stream.flush()
+        elif not self._pending:
+            self._pending = True
+            self.call_later(0, self.flush)
+
+    def flush(self) -> None:
+        self._pending = False
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):  # stdout closed under us (shutdown): nothing to do
+            pass
+
 
 @implementer(ILogObserver)
 class DiscardObserver:
@@ -53,8 +95,9 @@ class DiscardObserver:
 class JsonLineObserver:
     """One JSON object per line (CloudWatch, Loki, jq), no record separators."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], flusher: TurnFlusher | None = None) -> None:
         self.stream = stream
+        self.flusher = flusher if flusher is not None else TurnFlusher(stream)
         self._second: int | None = None
         self._prefix = ""
 
@@ -72,7 +115,7 @@ class JsonLineObserver:
             "time": self._time(event.get("log_time", 0)),
             "level": level.name if level is not None else "info",
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": message_of(event),
         }
         for field in FIELDS:
             if field in event:
@@ -81,7 +124,7 @@ class JsonLineObserver:
         if failure is not None:
             record["error"] = failure.getTraceback()
         self.stream.write(json.dumps(record, default=str) + "\n")
-        self.stream.flush()
+        self.flusher.wrote()
 
 
 class CachedTime:
@@ -110,6 +153,16 @@ def classic_text(format_time: Callable[[float | None], str]) -> Callable[[dict[s
     """Twisted's classic text line, plus `` [request_id=...]`` for a request's events."""
 
     def format_event(event: dict[str, Any]) -> str | None:
+        fast = event.get(TEXT)
+        if (fast is not None and event.get("log_format") == "{" + TEXT + "}"
+                and "log_failure" not in event and "log_system" not in event
+                and "\n" not in fast):
+            # Twisted's classic layout, built directly (the access line's path).
+            level = event.get("log_level")
+            request_id = event.get("request_id")
+            tail = "" if request_id is None else f" [request_id={request_id}]"
+            return (f"{format_time(event.get('log_time'))} [{event.get('log_namespace', '-')}"
+                    f"#{level.name if level is not None else '-'}] {fast}{tail}\n")
         text = formatEventAsClassicLogText(event, formatTime=format_time)
         request_id = event.get("request_id")
         if text is not None and request_id is not None:
@@ -120,14 +173,36 @@ def classic_text(format_time: Callable[[float | None], str]) -> Callable[[dict[s
     return format_event
 
 
-def make_observer(level: str, log_format: str, stream: IO[str]) -> ILogObserver:
-    """The observer for a LOG_LEVEL / LOG_FORMAT pair."""
+@implementer(ILogObserver)
+class TextLineObserver:
+    """Twisted's ``FileLogObserver``, flushing through a :class:`TurnFlusher`."""
+
+    def __init__(self, stream: IO[str], format_event: Callable[[dict[str, Any]], str | None],
+                 flusher: TurnFlusher) -> None:
+        self.stream = stream
+        self.format_event = format_event
+        self.flusher = flusher
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = self.format_event(event)
+        if text:
+            self.stream.write(text)
+            self.flusher.wrote()
+
+
+def make_observer(level: str, log_format: str, stream: IO[str],
+                  call_later: Callable[..., Any] | None = None) -> ILogObserver:
+    """The observer for a LOG_LEVEL / LOG_FORMAT pair.
+
+    ``call_later`` (the reactor's) batches flushes to one per reactor turn.
+    """
     if level == "off":
         return DiscardObserver()
+    flusher = TurnFlusher(stream, call_later)
     if log_format == "json":
-        inner: ILogObserver = JsonLineObserver(stream)
+        inner: ILogObserver = JsonLineObserver(stream, flusher)
     else:
-        inner = FileLogObserver(stream, classic_text(CachedTime()))
+        inner = TextLineObserver(stream, classic_text(CachedTime()), flusher)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     # The connection pool announces every new upstream connection at info.
     if level in ("info", "warning"):

@@ -258,7 +258,8 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
     """
     environ = os.environ if environ is None else environ
     if observer is None:
-        observer = make_observer(config.log_level, config.log_format, sys.stdout)
+        observer = make_observer(config.log_level, config.log_format, sys.stdout,
+                                 getattr(reactor, "callLater", None))
     index = worker_index(environ) if config.workers > 1 else 0
     top = RelayService(config, observer, reactor)
     metrics_dir = share_metrics(environ, index) if config.workers > 1 else None

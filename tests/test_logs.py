@@ -156,3 +156,104 @@ class RequestIdLineTests(SynchronousTestCase):
         for when in (1000.2, 1000.9, 1001.0, 5000.5):
             self.assertEqual(cached(when), formatTime(int(when)))
         self.assertEqual(cached(None), "-")
+
+
+class PreRenderedTextTests(SynchronousTestCase):
+    """Events logged as ``"{mterelay_text}"`` (the access line) skip Twisted's formatter."""
+
+    def event(self, text: str, **extra: object) -> dict:
+        from twisted.logger import LogLevel
+
+        from mterelay.logs import TEXT
+
+        event = {"log_format": "{" + TEXT + "}", TEXT: text, "log_level": LogLevel.info,
+                 "log_namespace": "mterelay.access", "log_time": 1795254549.25}
+        event.update(extra)
+        return event
+
+    def test_same_line_as_twisteds_classic_format(self) -> None:
+        from twisted.logger import formatEventAsClassicLogText
+
+        from mterelay.logs import CachedTime, classic_text
+
+        render = classic_text(CachedTime())
+        for text in ("POST /x 200 1.5ms", "GET /{a}/{0} 404 0.1ms", "GET /%7B 200 3.0ms"):
+            event = self.event(text)
+            self.assertEqual(render(event), formatEventAsClassicLogText(event))
+            with_id = render(self.event(text, request_id="rid-9"))
+            self.assertEqual(with_id, formatEventAsClassicLogText(event)[:-1]
+                             + " [request_id=rid-9]\n")
+
+    def test_falls_back_for_failures_newlines_and_other_formats(self) -> None:
+        from twisted.logger import formatEventAsClassicLogText
+
+        from mterelay.logs import TEXT, CachedTime, classic_text
+
+        render = classic_text(CachedTime())
+        event = self.event("two\nlines")
+        self.assertEqual(render(event), formatEventAsClassicLogText(event))
+        other = self.event("ignored", log_format="shown {x}", x=1)
+        self.assertTrue(render(other).endswith("] shown 1\n"))
+        self.assertIn(TEXT, other)
+
+    def test_any_observer_renders_it(self) -> None:
+        from twisted.logger import formatEvent
+
+        self.assertEqual(formatEvent(self.event("GET /{x} 200 1.0ms")), "GET /{x} 200 1.0ms")
+
+    def test_json_message(self) -> None:
+        from mterelay.logs import TEXT
+
+        stream = io.StringIO()
+        log = Logger(namespace="mterelay.access", observer=make_observer("info", "json", stream))
+        log.info("{" + TEXT + "}", mterelay_text="GET /{q} 200 1.0ms", path="/{q}", status=200)
+        record = json.loads(stream.getvalue())
+        self.assertEqual((record["message"], record["path"], record["status"]),
+                         ("GET /{q} 200 1.0ms", "/{q}", 200))
+        self.assertNotIn(TEXT, record)
+
+
+class TurnFlusherTests(SynchronousTestCase):
+    """One flush per reactor turn, however many lines the turn wrote."""
+
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+            super().flush()
+
+    def test_lines_of_a_turn_share_one_flush(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        stream = self.Stream()
+        log = Logger(namespace="t", observer=make_observer("info", "text", stream,
+                                                           clock.callLater))
+        for n in range(5):
+            log.info("line {n}", n=n)
+        self.assertEqual(stream.flushes, 0)
+        self.assertEqual(len(stream.getvalue().splitlines()), 5)  # written, not yet flushed
+        clock.advance(0)
+        self.assertEqual(stream.flushes, 1)
+        log.warn("next turn")
+        clock.advance(0)
+        self.assertEqual(stream.flushes, 2)
+
+    def test_without_a_reactor_every_line_is_flushed(self) -> None:
+        stream = self.Stream()
+        log = Logger(namespace="t", observer=make_observer("info", "json", stream))
+        log.info("a")
+        log.info("b")
+        self.assertEqual(stream.flushes, 2)
+
+    def test_closed_stream_at_flush_time_is_ignored(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        stream = self.Stream()
+        log = Logger(namespace="t", observer=make_observer("info", "text", stream,
+                                                           clock.callLater))
+        log.info("last words")
+        stream.close()
+        clock.advance(0)  # no exception
