@@ -91,10 +91,17 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
+#: One decoder for every item: ``json.loads`` with a hook builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def decode_headers(plain: bytes, headers_enc: bool = True) -> dict[str, list[str]]:
     """Parse and validate a headers item (any valid JSON spelling accepted)."""
     try:
-        value = json.loads(plain.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        text = plain.decode("utf-8")
+        if text.startswith("\ufeff"):  # refused, as json.loads refuses it
+            raise ValueError("byte order mark")
+        value = _DECODER.decode(text)
     except ItemFormatError:
         raise
     except (ValueError, RecursionError):
