@@ -267,6 +267,17 @@ class RefusalTests(SynchronousTestCase):
         response, _ = o.call("GET", "/x", upstream="http://relay-b.test:8080")
         self.assertEqual(response.code, 200)
 
+    def test_remembered_origin_still_refuses_a_repeated_header(self) -> None:
+        o = Outbound(OUTBOUND_UPSTREAMS="http://*.test:*")
+        for _ in range(2):  # the second answer comes from the remembered origin
+            response, _ = o.call("GET", "/x", upstream="http://relay-b.test:8080")
+            self.assertEqual(response.code, 200)
+        self.assertEqual(list(o.root.outbound._origins), [b"http://relay-b.test:8080"])
+        o.b.switch.seen.clear()
+        self.assert_refused(o, 400, "sent more than once", upstream=None,
+                            headers={"x-mte-upstream": ["http://relay-b.test:8080"] * 2})
+        self.assert_refused(o, 403, "not in OUTBOUND_UPSTREAMS", upstream="http://evil.example")
+
     def test_routes_without_the_token_are_unchanged(self) -> None:
         o = Outbound()
         response, body = o.call("GET", "/api/mte-echo/hi", token=None)

@@ -37,8 +37,8 @@ from mterelay.bodies import abandon
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.config import Config
 from mterelay.connections import persistent_agent
-from mterelay.outboundrules import (TOKEN_HEADER, Origin, Refused, seal_choices, token_matches,
-                                    upstream_origin)
+from mterelay.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
+                                    seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
 from mterelay.upstream import POOL_SIZE, copy_end_to_end, stream_body
 from mterelay.web.inbound import declared_length
@@ -58,6 +58,8 @@ MAX_PAIRS = 64
 #: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
 #: connection the other side is closing (not retried for POST: a 502).
 IDLE_CONNECTION_TIMEOUT = 50
+#: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin).
+MAX_REMEMBERED_ORIGINS = 256
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
 #: Failures of the connection to the remote relay: 502, "unreachable".
@@ -87,6 +89,7 @@ class OutboundProxy:
         self.timeout = config.upstream_timeout
         self._agent = agent
         self._client: RelayClient | None = None
+        self._origins: dict[bytes, Origin] = {}
 
     @property
     def client(self) -> RelayClient:
@@ -103,7 +106,7 @@ class OutboundProxy:
         if not token_matches(headers.getRawHeaders(TOKEN_HEADER, []), self.token):
             return error_body(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
         try:
-            origin = upstream_origin(headers, self.patterns)
+            origin = self._origin(headers)
             options = SealOptions.build(**seal_choices(headers))
         except Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason)
@@ -114,6 +117,24 @@ class OutboundProxy:
             return error_body(request, 400, "Bad request", problem)
         _Exchange(self, request, origin, options).start()
         return NOT_DONE_YET
+
+    def _origin(self, headers: Headers) -> Origin:
+        """``upstream_origin``, remembered per header value once it was allowed.
+
+        Applications name the same few remote relays on every request; the
+        parse and allow-list check are done once per value.  Refused values
+        are not remembered, so junk cannot fill the table.
+        """
+        values = headers.getRawHeaders(UPSTREAM_HEADER)
+        if values is not None and len(values) == 1:
+            known = self._origins.get(values[0])
+            if known is not None:
+                return known
+        origin = upstream_origin(headers, self.patterns)
+        if len(self._origins) >= MAX_REMEMBERED_ORIGINS:
+            self._origins.clear()
+        self._origins[values[0]] = origin  # type: ignore[index]  (one value, or it raised)
+        return origin
 
     def outgoing_headers(self, incoming: Headers, request_id: str | None = None) -> Headers:
         """The application's end-to-end headers, minus x-mte-*, plus HEADERS.
