@@ -120,6 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fixed-rate", action="store_true", help="skip the fixed-rate test")
     parser.add_argument("--wrk-threads", type=int, default=WRK_THREADS,
                         help=f"wrk -t (default {WRK_THREADS})")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure every level N times, targets interleaved (their "
+                             "order rotating each round); tables show each cell's median "
+                             "round (default 1)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy every process log to <output>/<timestamp>-logs/")
     parser.add_argument("--compare", metavar="REV", type=parse_rev,
@@ -133,6 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.calibrate = defaults[2] if args.calibrate is None else args.calibrate
     if args.duration <= 0:
         parser.error("--duration must be positive")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be between 1 and 20")
     return args
 
 
@@ -371,23 +377,30 @@ class Bench:
         """Every level, every target; levels outermost so drifts hit all targets alike."""
         args = self.args
         for level in args.levels:
-            for target in self.targets:
-                if not target.available:
-                    continue
-                if args.warmup > 0:
-                    self.wrk_run(target, level, args.warmup)
-                result, cpu = self.wrk_run(target, level, args.duration)
-                if not self.check_alive(target, f"the c={level} run"):
-                    continue
-                self.runs.append(report.run_entry(target.name, level, result.to_json(), cpu))
-                self.progress(f"sweep c={level:<4d} {target.label:<18s} {describe(result)}"
-                              f"  | {describe_cpu(cpu, target)}")
+            for round_index in range(args.repeat):
+                # Rotate the order each round so no target always runs first or last.
+                shift = round_index % len(self.targets)
+                for target in self.targets[shift:] + self.targets[:shift]:
+                    if not target.available:
+                        continue
+                    if args.warmup > 0:
+                        self.wrk_run(target, level, args.warmup)
+                    result, cpu = self.wrk_run(target, level, args.duration)
+                    if not self.check_alive(target, f"the c={level} run"):
+                        continue
+                    entry = report.run_entry(target.name, level, result.to_json(), cpu)
+                    entry["round"] = round_index + 1
+                    self.runs.append(entry)
+                    which = f" round {round_index + 1}/{args.repeat}" if args.repeat > 1 else ""
+                    self.progress(f"sweep c={level:<4d} {target.label:<18s} {describe(result)}"
+                                  f"  | {describe_cpu(cpu, target)}{which}")
 
     def fixed_rate_test(self) -> None:
         """Baseline, relay (and relay@REV) at one offered rate (think time calibrated per
         target)."""
         args = self.args
-        baseline = [r for r in self.runs if r["target"] == "baseline"]
+        baseline = [run for run in (report.median_run(self.runs, "baseline", level)
+                                    for level in args.levels) if run is not None]
         if not baseline:
             self.fixed_rate = {"skipped": "no baseline results"}
             return
@@ -411,6 +424,8 @@ class Bench:
         if self.compare_target is not None:
             names.append(self.compare_target.name)
             section["compare_target"] = self.compare_target.name
+        delays: dict[str, float] = {}
+        calibrations: dict[str, list[dict[str, Any]]] = {}
         for name in names:
             target = by_name[name]
             if not target.available:
@@ -433,21 +448,43 @@ class Bench:
                 self.progress(f"fixed rate {name}: off by "
                               f"{100 * rate.rate_error(target_rps, achieved):.0f} %, "
                               f"think time adjusted to {delay:.1f} ms")
-            result, cpu = self.wrk_run(target, connections, args.duration, delay)
-            if not self.check_alive(target, "the fixed-rate run"):
-                section["targets"][name] = {"note": target.note}
+            delays[name], calibrations[name] = delay, calibration
+        measured: dict[str, list[tuple[wrkmod.WrkResult, dict[str, Any]]]] = {
+            name: [] for name in delays}
+        for round_index in range(args.repeat):
+            order = list(delays)
+            shift = round_index % max(1, len(order))
+            for name in order[shift:] + order[:shift]:
+                target = by_name[name]
+                if not target.available:
+                    continue
+                result, cpu = self.wrk_run(target, connections, args.duration, delays[name])
+                if not self.check_alive(target, "the fixed-rate run"):
+                    section["targets"][name] = {"note": target.note}
+                    continue
+                measured[name].append((result, cpu))
+                which = f" round {round_index + 1}/{args.repeat}" if args.repeat > 1 else ""
+                self.progress(f"fixed rate {name:<8s} {describe(result)}"
+                              f"  | {describe_cpu(cpu, target)}{which}")
+        for name, rounds in measured.items():
+            if not rounds or not by_name[name].available:
                 continue
+            # The round with the median p50 stands for the target.
+            ranked = sorted(rounds, key=lambda pair: pair[0].to_json()["latency_us"].get(
+                "p50", 0))
+            result, cpu = ranked[(len(ranked) - 1) // 2]
             steady = rate.steady_rate(result.requests - result.non2xx, result.duration_s,
                                       connections)
             missed = rate.needs_adjustment(target_rps, steady)
             section["targets"][name] = {
-                "delay_ms": delay, "calibration": calibration, "result": result.to_json(),
-                "cpu": cpu, "steady_rps": steady,
+                "delay_ms": delays[name], "calibration": calibrations[name],
+                "result": result.to_json(), "cpu": cpu, "steady_rps": steady,
                 "rate_error": rate.rate_error(target_rps, steady), "rate_missed": missed,
+                "rounds_p50_ms": [pair[0].to_json()["latency_us"].get("p50", 0) / 1000
+                                  for pair in rounds],
             }
-            self.progress(f"fixed rate {name:<8s} {describe(result)}"
-                          + ("  (offered rate not reached)" if missed else "")
-                          + f"  | {describe_cpu(cpu, target)}")
+            if missed:
+                self.progress(f"fixed rate {name}: offered rate not reached")
         relay = section["targets"].get("relay", {}).get("result")
         base = section["targets"].get("baseline", {}).get("result")
         for p in ("p50", "p90", "p99"):
@@ -612,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
         "wrk_threads": args.wrk_threads, "wrk_timeout_s": wrkmod.DEFAULT_TIMEOUT_S,
         "request_body_bytes": BODY_BYTES, "response_body_bytes": RESPONSE_BYTES,
         "method": "POST", "upstream": bench.upstream_kind, "upstream_label": bench.upstream_label,
-        "workers_max": args.workers_max, "order": "levels outermost, targets in table order",
+        "workers_max": args.workers_max, "repeat": args.repeat,
+        "order": ("levels outermost, targets in table order" if args.repeat == 1 else
+                  f"levels outermost, {args.repeat} rounds per level, the target order "
+                  "rotating each round; tables show each cell's median round"),
     }
     compared: dict[str, Any] | None = None
     if worktree is not None:

@@ -382,6 +382,60 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(found["cancelled"], 1)  # a request wrk abandoned at the end
 
 
+class RepeatTests(SynchronousTestCase):
+    """--repeat N: interleaved rounds, each cell the median round, the spread shown."""
+
+    def document(self) -> dict[str, Any]:
+        doc = sample_document()
+        doc["settings"]["repeat"] = 3
+        doc["runs"] = []
+        for round_index, (base, relay) in enumerate(((800.0, 900.0), (700.0, 600.0),
+                                                     (750.0, 760.0)), start=1):
+            for c in (10, 50):
+                for entry in (run_json("direct", c, 40000.0, 0.2),
+                              run_json("baseline", c, base, 10.0 + round_index),
+                              run_json("relay", c, relay, 20.0 + round_index)):
+                    entry["round"] = round_index
+                    doc["runs"].append(entry)
+        return doc
+
+    def test_median_round_stands_for_the_cell(self) -> None:
+        doc = self.document()
+        self.assertEqual(report.good_rps(report.find_run(doc, "relay", 50)), 760.0)
+        self.assertEqual(report.good_rps(report.find_run(doc, "baseline", 50)), 750.0)
+        self.assertEqual(report.find_run(doc, "relay", 50)["round"], 3)
+        rows = table_rows(report.format_report(doc))
+        self.assertEqual(rows[1][2:4], ["750", "760"])
+
+    def test_even_count_takes_the_lower_middle(self) -> None:
+        runs = [run_json("relay", 50, rps, 1.0) for rps in (900.0, 600.0, 700.0, 800.0)]
+        self.assertEqual(report.good_rps(report.median_run(runs, "relay", 50)), 700.0)
+        self.assertIsNone(report.median_run(runs, "relay", 10))
+
+    def test_round_ratios_in_the_notes(self) -> None:
+        doc = self.document()
+        self.assertEqual([round(r, 3) for r in report.round_ratios(doc, "relay", "baseline", 50)],
+                         [1.125, 0.857, 1.013])
+        text = report.format_report(doc)
+        self.assertIn("median of 3 interleaved rounds", text)
+        self.assertIn("c=50: 1.12, 0.86, 1.01", text)
+
+    def test_fixed_rate_rounds_line(self) -> None:
+        doc = sample_document()
+        doc["fixed_rate"]["targets"]["relay"]["rounds_p50_ms"] = [4.5, 5.0, 4.0]
+        text = report.format_report(doc)
+        self.assertIn("median p50 of relay: 4.50 / 5.00 / 4.00 ms", text)
+
+    def test_argument_bounds(self) -> None:
+        from bench import run
+
+        self.assertEqual(run.parse_args(["--repeat", "3"]).repeat, 3)
+        self.assertEqual(run.parse_args([]).repeat, 1)
+        for bad in ("0", "21"):
+            with self.assertRaises(SystemExit):
+                run.parse_args(["--repeat", bad])
+
+
 class ProcessConfigTests(SynchronousTestCase):
     """The pure parts of bench/procs.py: configuration text and environments."""
 
@@ -516,6 +570,7 @@ class SmokeTest(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, scratch, True)
         argv = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--levels", "10",
                 "--duration", "1", "--warmup", "0.5", "--calibrate", "1", "--no-chart",
+                "--repeat", "2",
                 "--upstream", "builtin", "--output", str(output)]
         if comparing:
             argv += ["--compare", "HEAD"]
@@ -544,6 +599,11 @@ class SmokeTest(SynchronousTestCase):
         stamped = output / f"{latest['timestamp']}.json"
         self.assertEqual(json.loads(stamped.read_text()), latest)
         self.assertEqual(latest["settings"]["upstream"], "builtin")
+        # --repeat 2: two interleaved rounds per target, the spread in the notes
+        self.assertEqual(latest["settings"]["repeat"], 2)
+        relay_rounds = sorted(r["round"] for r in latest["runs"] if r["target"] == "relay")
+        self.assertEqual(relay_rounds, [1, 2])
+        self.assertIn("median of 2 interleaved rounds", stdout)
         self.assertEqual({r["target"] for r in latest["runs"]} >= {"direct", "baseline", "relay"},
                          True)
         self.assertFalse(list(output.glob("*.png")))  # --no-chart
