@@ -43,6 +43,7 @@ from mterelay.workers import (
     die_with_parent,
     share_metrics,
     tcp_address,
+    with_default_backlog,
     worker_argv,
     worker_index,
 )
@@ -343,7 +344,7 @@ def _main_endpoint(config: Config, reactor: Any, environ: Mapping[str, str], ind
             address = attrs.evolve(address, port=int(environ[WORKER_PORT_ENV]))
         return ReusePortEndpoint(reactor, address)
     try:
-        return serverFromString(reactor, config.listen_endpoint)
+        return serverFromString(reactor, with_default_backlog(config.listen_endpoint))
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
 

@@ -58,11 +58,26 @@ def share_metrics(environ: Mapping[str, str], index: int) -> str:
     return directory
 
 
+#: Pending connections a listener queues (nginx's default).  Twisted's 50
+#: drops SYNs when a few hundred clients connect at once — a rolling restart
+#: behind a load balancer, say — and each dropped SYN costs its client a
+#: one-second retransmit.  The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 511
+
+
+def with_default_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """``description`` with ``backlog=`` added when it is a TCP/TLS one without it."""
+    kind, *args = _split_description(description)
+    if kind not in ("tcp", "tcp6", "ssl") or any(a.startswith("backlog=") for a in args):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 @attrs.frozen
 class TcpAddress:
     interface: str
     port: int
-    backlog: int = 50
+    backlog: int = LISTEN_BACKLOG
 
     @property
     def family(self) -> int:
@@ -108,7 +123,7 @@ def tcp_address(description: str) -> TcpAddress:
         values[name] = value
     try:
         port = int(values["port"])
-        backlog = int(values.get("backlog", "50"))
+        backlog = int(values.get("backlog", str(LISTEN_BACKLOG)))
     except (KeyError, ValueError):
         raise ValueError("needs a numeric port") from None
     if not 0 <= port <= 65535 or backlog < 1:

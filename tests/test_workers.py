@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import sys
 from contextlib import redirect_stderr
@@ -43,10 +44,52 @@ REDIS = "redis://cache.test:6379/0"
 CLI_NAMES = [setting.cli for setting in SETTINGS if setting.cli]
 
 
+class DefaultBacklogTests(SynchronousTestCase):
+    """Listeners queue 511 pending connections unless LISTEN names a backlog."""
+
+    def test_added_to_tcp_and_tls(self) -> None:
+        from mterelay.workers import with_default_backlog
+
+        self.assertEqual(with_default_backlog("tcp:8080"), "tcp:8080:backlog=511")
+        self.assertEqual(with_default_backlog("tcp6:8080:interface=\\:\\:1"),
+                         "tcp6:8080:interface=\\:\\:1:backlog=511")
+        self.assertEqual(with_default_backlog("ssl:8443:privateKey=k.pem"),
+                         "ssl:8443:privateKey=k.pem:backlog=511")
+
+    def test_kept_when_given_or_not_tcp(self) -> None:
+        from mterelay.workers import with_default_backlog
+
+        for description in ("tcp:8080:backlog=10", "tcp:port=8080:backlog=4096",
+                            "unix:/run/mterelay.sock", "systemd:domain=INET:index=0"):
+            self.assertEqual(with_default_backlog(description), description)
+
+    def test_listener_really_gets_it(self) -> None:
+        """The kernel reports a listening socket's backlog as its Send-Q (ss -ltn)."""
+        import subprocess
+
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory, Protocol
+
+        from mterelay.workers import with_default_backlog
+
+        if shutil.which("ss") is None:
+            raise self.skipTest("ss (iproute2) is not installed")
+        ports = []
+        serverFromString(reactor, with_default_backlog("tcp:0:interface=127.0.0.1")).listen(
+            Factory.forProtocol(Protocol)).addCallback(ports.append)
+        [port] = ports  # listen() on a reactor endpoint fires at once
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        lines = subprocess.run(["ss", "-ltnH", f"sport = :{number}"], capture_output=True,
+                               text=True, check=True).stdout.split()
+        self.assertEqual(lines[2], "511")
+
+
 class TcpAddressTests(SynchronousTestCase):
     def test_port_only(self) -> None:
         address = tcp_address("tcp:8080")
-        self.assertEqual(address, TcpAddress("0.0.0.0", 8080, 50))
+        self.assertEqual(address, TcpAddress("0.0.0.0", 8080, 511))
         self.assertEqual(address.family, socket.AF_INET)
 
     def test_keyword_arguments(self) -> None:
@@ -55,7 +98,7 @@ class TcpAddressTests(SynchronousTestCase):
 
     def test_positional_port_with_keywords(self) -> None:
         self.assertEqual(tcp_address("tcp:9000:interface=10.0.0.5"),
-                         TcpAddress("10.0.0.5", 9000, 50))
+                         TcpAddress("10.0.0.5", 9000, 511))
 
     def test_port_zero(self) -> None:
         self.assertEqual(tcp_address("tcp:0:interface=127.0.0.1").port, 0)
@@ -67,7 +110,7 @@ class TcpAddressTests(SynchronousTestCase):
 
     def test_tcp6_escaped_interface(self) -> None:
         address = tcp_address(r"tcp6:port=8443:interface=\:\:1")
-        self.assertEqual(address, TcpAddress("::1", 8443, 50))
+        self.assertEqual(address, TcpAddress("::1", 8443, 511))
         self.assertEqual(address.family, socket.AF_INET6)
         address = tcp_address(r"tcp6:8443:interface=fe80\:\:1\:2")
         self.assertEqual(address.interface, "fe80::1:2")
