@@ -17,8 +17,8 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
                                         TCP6ClientEndpoint, wrapClientTLS)
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 
@@ -82,9 +82,3 @@ class NoDelayEndpointFactory:
         elif uri.scheme != b"http":
             raise ValueError(f"unsupported scheme {uri.scheme!r}")
         return NoDelayEndpoint(endpoint)
-
-
-def pooled_agent(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float) -> IAgent:
-    """An Agent over ``pool`` whose connections have Nagle off."""
-    return Agent.usingEndpointFactory(reactor, NoDelayEndpointFactory(reactor, connect_timeout),
-                                      pool=pool)

@@ -13,11 +13,11 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from mterelay.bodies import DRAIN_LIMIT, BytesProducer, abandon
 from mterelay.connections import RelayConnectionPool, is_closing, persistent_agent
-from mterelay.nodelay import pooled_agent
+from mterelay.nodelay import NoDelayEndpointFactory
 from mterelay.upstream import make_agent
 
 
@@ -95,7 +95,7 @@ class PoolTests(TestCase):
         _, url = yield self.serve()
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
-        agent = pooled_agent(reactor, pool, connect_timeout=5)
+        agent = Agent.usingEndpointFactory(reactor, NoDelayEndpointFactory(reactor, 5), pool=pool)
         failure = yield self.assertFailure(self.discard_then_post(agent, url), Exception)
         self.assertIn("ConnectionDone", repr(getattr(failure, "reasons", failure)))
 

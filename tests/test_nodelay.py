@@ -10,10 +10,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from mterelay.nodelay import NoDelayEndpoint, pooled_agent
+from mterelay.connections import persistent_agent
+from mterelay.nodelay import NoDelayEndpoint
 from mterelay.web.site import RelaySite
 
 
@@ -49,9 +49,8 @@ class NoDelayTests(TestCase):
         site = RelaySite(Reporting(), reactor)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        agent, pool = persistent_agent(reactor, 4, 30, connect_timeout=5)
         self.addCleanup(pool.closeCachedConnections)
-        agent = pooled_agent(reactor, pool, connect_timeout=5)
         url = f"http://127.0.0.1:{port.getHost().port}/".encode()
         for _ in range(2):  # the second request reuses the pooled connection
             response = yield agent.request(b"GET", url)
