@@ -21,7 +21,8 @@ from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
 from mterelay.store.keycache import KeyCache
 from mterelay.web.echo import is_echo_path, render_echo
-from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
+from mterelay.web.admission import PairingAdmission, PairingLimits
+from mterelay.web.handshake import PairRoute, render_relay_head
 from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
@@ -51,8 +52,8 @@ class RelayRoot(Resource):
         self.secrets = config.client_id_secrets
         self.pairing = PairRoute(
             self.store, self.keys, self.secrets, config.max_pool_size,
-            PairingLimiter(clock, rate=config.max_pool_size, burst=4 * config.max_pool_size),
-            metrics=metrics,
+            PairingAdmission(clock, pairing_limits(config)), metrics=metrics,
+            trusted_proxies=config.trusted_proxies,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
                                     mte_routes=config.mte_routes, metrics=metrics)
@@ -109,3 +110,11 @@ class RelayRoot(Resource):
         return error_body(
             request, 569, "Missing required header", "x-mte-relay header is required"
         )
+
+
+def pairing_limits(config: Config) -> PairingLimits:
+    """The pairing admission limits the configuration asks for."""
+    return PairingLimits(
+        address_rate=config.pairing_address_rate, client_rate=config.pairing_client_rate,
+        global_rate=config.pairing_global_rate, concurrency=config.pairing_concurrency,
+        max_entries=config.max_pool_size)
