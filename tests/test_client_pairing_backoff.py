@@ -111,3 +111,21 @@ class ClientAgainstRelayTests(SynchronousTestCase):
         self.assertEqual(harness.call(late, "GET", "/api/b")[0].code, 200)
         self.assertEqual(harness.switch.count(b"POST", b"/api/mte-pair"), posts + 2)
         self.assertIs(harness.switch.root.pairing, pairs)
+
+
+class OutboundBusyTests(SynchronousTestCase):
+    """Relay A tells its application 503 + Retry-After while B refuses pairing."""
+
+    def test_remote_429_is_503_with_retry_after(self) -> None:
+        from tests.test_outbound import Outbound, payload
+
+        outbound = Outbound()
+        outbound.b.restart(PAIRING_ADDRESS_RATE="1")  # burst 25: one full pool
+        greedy = outbound.b.client(pairs=25)  # same loopback source as relay A
+        self.assertEqual(outbound.b.call(greedy, "GET", "/api/a")[0].code, 200)
+        response, body = outbound.call("GET", "/api/b")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(payload(body)["error"], "Remote relay busy")
+        self.assertIn("429", payload(body)["reason"])
+        self.assertEqual(outbound.local_upstream.received, [])
