@@ -60,8 +60,9 @@ BURST_SECONDS = 4.0
 RESERVE_SHARE = 0.25
 #: A source is quiet while its demand bucket is at least this full.
 QUIET_LEVEL = 0.5
-#: Keyed buckets kept at most (per table); about 150 bytes each.
-MAX_KEYS = 20_000
+#: Keyed buckets kept at most per table (addresses, demand, address+client id):
+#: about 260 bytes each with its key, so under 8 MB for the three tables full.
+MAX_KEYS = 10_000
 #: Seconds between two log lines about refusals of one limit.
 LOG_INTERVAL = 10.0
 
