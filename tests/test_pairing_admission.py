@@ -322,6 +322,28 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertEqual(admission.budget.level(None, 0.0), 396)
         self.assertEqual(admission.in_flight, 0)
 
+    def test_a_paced_flooder_is_not_quiet(self) -> None:
+        # Global 10/s: burst 40, reserve 10.  The flooder stays under its address
+        # rate (50 of 100 pairs/s) yet asks for more than a quarter of it: the
+        # reserve is not for it, and every newcomer finds it.
+        clock = Clock()
+        admission = PairingAdmission(clock, PairingLimits(address_rate=100, client_rate=100,
+                                                          global_rate=10, max_entries=25))
+        self.assertEqual(admission.reserve, 10)
+        newcomers, flood_admitted = [], 0
+        for tick in range(200):
+            if admission.admit("flooder", "c", 5) is None:
+                admission.release()
+                flood_admitted += 5
+            if tick % 10 == 9 and tick > 20:  # past its first quiet requests
+                refusal = admission.admit(f"new-{tick}", "n", 5)
+                newcomers.append(refusal)
+                if refusal is None:
+                    admission.release()
+            clock.advance(0.1)
+        self.assertEqual(newcomers, [None] * 18)
+        self.assertGreater(flood_admitted, 60)  # it still gets what the others leave
+
     def test_reserve_never_blocks_a_full_request(self) -> None:
         limits = PairingLimits(global_rate=1, max_entries=25)  # burst 25: no room for a reserve
         admission = PairingAdmission(Clock(), limits)

@@ -22,11 +22,17 @@ and before any key is parsed, in this order:
    bounds the CPU and store growth however many addresses flood.  A quarter
    of it is held back for *quiet* sources, so sources that are flooding
    cannot starve a newcomer: they only ever get the part above the reserve.
-   Quiet is measured on demand, not on success: a second bucket per source
-   (same rate and size as its address bucket) is charged for every attempt,
-   refused ones included, and a source is quiet while that bucket is at
-   least half full.  (Measured on admitted pairs, a flooder refused by the
-   global budget would refill its address bucket and count as quiet again.)
+   Quiet is measured on demand, not on success: a second bucket per source,
+   refilling at a quarter of the address rate, is charged for every attempt,
+   refused ones included, and a source is quiet while, net of that refill,
+   it has asked for at most one request's worth of pairs (``max_entries``).
+   A newcomer is quiet for its first request; a source that keeps asking is
+   not, however it paces itself above a quarter of its address rate.
+   (Measured on admitted pairs, a flooder refused by the global budget would
+   refill its address bucket and count as quiet again.)  An attacker with K
+   addresses can still take up to K quiet requests at once and K quarters of
+   the address rate from the reserve; past that, many slow sources look like
+   many new clients, and only the global budget is left to protect the CPU.
 4. **Concurrency** (``PAIRING_CONCURRENCY``): pairings between admission and
    their answer, store wait included, so a slow store cannot pile up
    requests holding bodies and keys.
@@ -58,8 +64,8 @@ LIMITS = ("address", "client", "global", "concurrency")
 BURST_SECONDS = 4.0
 #: Share of the global budget only quiet sources may use.
 RESERVE_SHARE = 0.25
-#: A source is quiet while its demand bucket is at least this full.
-QUIET_LEVEL = 0.5
+#: The demand bucket refills at this share of the address rate.
+QUIET_SHARE = 0.25
 #: Keyed buckets kept at most per table (addresses, demand, address+client id):
 #: about 260 bytes each with its key, so under 8 MB for the three tables full.
 MAX_KEYS = 10_000
@@ -137,7 +143,10 @@ class PairingAdmission:
         self.limits = limits
         keys = limits.max_keys
         self.addresses = TokenBuckets(limits.address_rate, limits.burst(limits.address_rate), keys)
-        self.demand = TokenBuckets(limits.address_rate, limits.burst(limits.address_rate), keys)
+        quiet_rate = QUIET_SHARE * limits.address_rate
+        self.demand = TokenBuckets(quiet_rate, limits.burst(quiet_rate), keys)
+        #: Demand level a quiet source keeps after its request.
+        self.quiet_level = self.demand.burst - limits.max_entries
         self.clients = TokenBuckets(limits.client_rate, limits.burst(limits.client_rate), keys)
         self.budget = TokenBuckets(limits.global_rate, limits.burst(limits.global_rate), 1)
         # Never so large that a busy source could not pass a full request.
@@ -181,7 +190,7 @@ class PairingAdmission:
         if wait:
             return _refusal("client", wait,
                             "pairing rate exceeded for this client id from this address")
-        quiet = self.demand.level(source, now) >= QUIET_LEVEL * self.demand.burst
+        quiet = self.demand.level(source, now) - count >= self.quiet_level
         wait = self.budget.wait(None, count, now, keep=0.0 if quiet else self.reserve)
         if wait:
             return _refusal("global", wait, "the relay is pairing at its global limit")
