@@ -10,8 +10,9 @@ addresses are used by binding client sockets to 127.0.0.x (all of
 * a **flooder** (a child process, open loop at ``--rate`` requests/s, one
   fresh connection per request, valid bodies of ``--entries`` pairs with
   fresh pair ids) hammers the relay;
-* a **prober** (this process) pairs as a *new client* over and over from its
-  own address 127.0.0.250: a fresh client id (HEAD), then one timed ``POST
+* a **prober** (this process) pairs as a *new client* over and over, each
+  time from the next address of 127.0.1.1-254 (a new client has its own
+  address and id): a fresh client id (HEAD), then one timed ``POST
   /api/mte-pair`` of ``--probe-entries`` pairs, then ``--probe-interval``
   seconds of rest;
 * the relay's CPU (utime + stime from /proc, % of one core) is read over
@@ -20,8 +21,8 @@ addresses are used by binding client sockets to 127.0.0.x (all of
 Scenarios: ``idle`` (prober only), ``single`` (one client id, one source),
 ``ids200`` (200 ids, one source), ``ids200x8`` (200 ids over 8 sources),
 ``victim`` (1-entry pairings on the *prober's* client id from another
-address; the prober keeps that id and counts how many of its pairings
-succeed).  With ``--compare REV`` the relay of REV (a temporary detached
+address; the prober keeps that id and its address 127.0.0.250, pairs one
+pair per probe, and counts how many of its pairings succeed).  With ``--compare REV`` the relay of REV (a temporary detached
 git worktree, see bench/compare.py) runs every scenario too, interleaved
 with this tree's, ``--rounds`` times in alternating order.
 
@@ -57,7 +58,8 @@ from bench import compare, procs  # noqa: E402
 from bench.machine import process_cpu_s  # noqa: E402
 
 SECRET = "bench-pairing-flood-client-id-secret-0123456789"
-PROBE_SOURCE = "127.0.0.250"
+PROBE_SOURCES = [f"127.0.1.{n}" for n in range(1, 255)]
+VICTIM_SOURCE = "127.0.0.250"
 SCENARIOS = {
     # name: (client ids, flood sources, entries per request (None: --entries), rate factor)
     "idle": (0, (), None, 0),
@@ -182,12 +184,15 @@ async def probe(port: int, duration: float, entries: int, interval: float,
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     deadline = time.monotonic() + duration
+    n = 0
     while time.monotonic() < deadline:
+        source = VICTIM_SOURCE if fixed_id else PROBE_SOURCES[n % len(PROBE_SOURCES)]
+        n += 1
         try:
-            cid = fixed_id or await client_id(port, PROBE_SOURCE)
+            cid = fixed_id or await client_id(port, source)
             body = pair_body(template, entries)
             started = time.perf_counter()
-            status, _, _ = await http(port, PROBE_SOURCE, "POST", "/api/mte-pair",
+            status, _, _ = await http(port, source, "POST", "/api/mte-pair",
                                       {"x-mte-relay": cid, "content-type": "application/json"},
                                       body)
             elapsed = time.perf_counter() - started
@@ -274,21 +279,23 @@ async def run_one(stack: procs.ProcessStack, redis: procs.Proc, target: Target,
         ids, sources, entries, factor = SCENARIOS[scenario]
         fixed_id = None
         flooder = None
+        probe_entries = args.probe_entries
         if scenario == "victim":
-            fixed_id = await client_id(port, PROBE_SOURCE)
+            fixed_id = await client_id(port, VICTIM_SOURCE)
+            probe_entries = 1  # well inside the victim's own budget
         if sources:
             spec = {"port": port, "rate": args.rate * factor, "sources": list(sources),
                     "id_count": ids, "ids": [fixed_id] if fixed_id else None,
-                    "entries": entries or args.entries, "duration": args.duration + 1,
+                    "entries": entries or args.entries, "duration": args.duration + args.warmup,
                     "max_outstanding": args.max_outstanding}
             flooder = await asyncio.create_subprocess_exec(
                 sys.executable, str(Path(__file__).resolve()), "--flooder", json.dumps(spec),
                 stdout=asyncio.subprocess.PIPE, cwd=str(procs.REPO_DIR))
             assert flooder.stdout is not None
             await asyncio.wait_for(flooder.stdout.readline(), 60)  # "ready"
-            await asyncio.sleep(1.0)  # let the flood reach its steady state
+            await asyncio.sleep(args.warmup)  # let the flood reach its steady state
         cpu_before, wall_before = process_cpu_s(relay.pid), time.monotonic()
-        probed = await probe(port, args.duration, args.probe_entries, args.probe_interval,
+        probed = await probe(port, args.duration, probe_entries, args.probe_interval,
                              fixed_id)
         cpu = (process_cpu_s(relay.pid) - cpu_before) / (time.monotonic() - wall_before)
         flooded: dict[str, Any] = {}
@@ -352,6 +359,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compare", metavar="REV", help="also run REV's relay (e.g. main)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of flood before the prober starts")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=float, default=50.0, help="flood requests/s")
     parser.add_argument("--entries", type=int, default=25, help="pairs per flood request")
@@ -401,7 +410,8 @@ async def main_async(args: argparse.Namespace) -> int:
             worktree.close()
     print(f"Load average before: {started_load}; after: {loadavg()}; "
           f"{os.cpu_count()} CPUs; probe: {args.probe_entries} pairs every "
-          f"{args.probe_interval:g} s from {PROBE_SOURCE}, {args.duration:g} s per run\n")
+          f"{args.probe_interval:g} s, each from its own 127.0.1.x (victim: 1 pair, "
+          f"{VICTIM_SOURCE}), {args.duration:g} s per run after {args.warmup:g} s of flood\n")
     for scenario in args.scenario_list:
         rows = [r for r in results if r["scenario"] == scenario]
         rows.sort(key=lambda r: (r["target"], r["round"]))
