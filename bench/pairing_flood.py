@@ -22,9 +22,10 @@ Scenarios: ``idle`` (prober only), ``single`` (one client id, one source),
 ``ids200`` (200 ids, one source), ``ids200x8`` (200 ids over 8 sources),
 ``victim`` (1-entry pairings on the *prober's* client id from another
 address; the prober keeps that id and its address 127.0.0.250, pairs one
-pair per probe, and counts how many of its pairings succeed).  With ``--compare REV`` the relay of REV (a temporary detached
-git worktree, see bench/compare.py) runs every scenario too, interleaved
-with this tree's, ``--rounds`` times in alternating order.
+pair per probe, and counts how many of its pairings succeed).  With
+``--compare REV`` the relay of REV (a temporary detached git worktree, see
+bench/compare.py) runs every scenario too, interleaved with this tree's,
+``--rounds`` times in alternating order.
 
     python bench/pairing_flood.py [--compare main] [--scenarios idle,single,...]
         [--duration 20] [--rounds 2] [--rate 50] [--entries 25] [--json FILE]
@@ -403,8 +404,9 @@ async def main_async(args: argparse.Namespace) -> int:
                         row["round"] = round_
                         results.append(row)
                         print(f"bench:   p50 {row['probe_p50_ms']} ms p99 {row['probe_p99_ms']}"
-                              f" ms cpu {row['relay_cpu_pct']} % flood {row['flood'].get('statuses')}"
-                              f" load {row['loadavg']}", file=sys.stderr, flush=True)
+                              f" ms cpu {row['relay_cpu_pct']} %"
+                              f" flood {row['flood'].get('statuses')} load {row['loadavg']}",
+                              file=sys.stderr, flush=True)
     finally:
         if worktree is not None:
             worktree.close()
