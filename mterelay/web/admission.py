@@ -38,10 +38,11 @@ and before any key is parsed, in this order:
    requests holding bodies and keys.
 
 No budget is charged unless every limit passes, so a refusal never costs
-the client budget (only demand, see 3).  Every bucket holds four seconds of its rate (at least the
-largest request), and the keyed tables are LRU-bounded: under a flood of
-distinct sources memory stays flat, and the bucket forgotten first is the one
-idle longest, i.e. the one closest to full anyway.
+the client budget (only demand, see 3).  Every bucket holds four seconds of
+its rate (at least the largest request), and the keyed tables are
+LRU-bounded: under a flood of distinct sources memory stays flat, and the
+bucket forgotten first is the one idle longest, i.e. the one closest to
+full anyway.
 
 Pure bookkeeping on a clock: no reactor, no request objects.
 """
