@@ -135,15 +135,44 @@ class AddressLimitTests(RelayCase):
         self.assertEqual(self.work, 1)
         self.assert_refused(self.pair(client, 1), "address", 1)
         self.relay.clock.advance(0.5)
-        # 0.5 token there, 3 wanted: checked before the body (needs 1) -> 1 s.
-        self.assert_refused(self.pair(client, 3), "address", 1)
-        self.relay.clock.advance(0.6)
-        # 1.1 tokens: past the pre-body check, the body's 3 entries want 1.9 s more.
+        # 0.5 token there; 3 entries (~10.9 KB) declare at least 2 pairs before
+        # the body is read: 1.5 s missing -> 2.
         self.assert_refused(self.pair(client, 3), "address", 2)
+        self.relay.clock.advance(1.7)
+        # 2.2 tokens: past the check on the declared length, the body's 3 entries
+        # want 0.8 s more.
+        self.assert_refused(self.pair(client, 3), "address", 1)
         self.assertEqual(self.work, 1)
-        self.relay.clock.advance(2)
+        self.relay.clock.advance(1)
         self.assertEqual(self.pair(client, 3)[0].code, 200)
         self.assertEqual(self.work, 2)
+
+    def test_declared_length_refuses_before_the_body_is_read(self) -> None:
+        client = self.client_id()
+        self.assertEqual(self.pair(client, 4)[0].code, 200)
+        self.relay.clock.advance(1.5)  # 1.5 tokens: enough for a 1-pair pre-check
+        read: list[int] = []
+        real = handshake.read_body
+
+        def reading(request: Any, limit: int) -> Any:
+            read.append(limit)
+            return real(request, limit)
+
+        self.patch(handshake, "read_body", reading)
+        self.assert_refused(self.pair(client, 4), "address", 2)  # 14.5 KB: 3 pairs at least
+        self.assertEqual(read, [])
+
+    def test_padded_body_is_delayed_never_refused_for_good(self) -> None:
+        # One entry and 19 KB of white space (~22.6 KB, 5 pairs' worth by length,
+        # more than the bucket ever holds): counted as a full request (4) at most.
+        client = self.client_id()
+        data = json.dumps(self.entries(client, 1)).encode()[:-1] + b" " * 19_000 + b"]"
+        for _ in range(2):
+            response, _ = self.relay.call(
+                "POST", "/api/mte-pair",
+                headers={"x-mte-relay": [client], "x-forwarded-for": ["192.0.2.1"]}, data=data)
+            self.assertEqual(response.code, 200)
+            self.relay.clock.advance(1)  # 1 pair used, 1 refilled: full again
 
     def test_other_ids_from_the_same_address_share_it(self) -> None:
         first, second = self.client_id(), self.client_id()

@@ -36,6 +36,9 @@ log = Logger(namespace="mterelay.pairing")
 RELAY_HEADER = b"x-mte-relay"
 #: A request entry is about 3.5 KB of base64url; leave room for whitespace.
 BYTES_PER_ENTRY = 6 * 1024
+#: Bytes per entry assumed before the body is read: compact or indented JSON
+#: stays under it, so the estimate does not count more pairs than are sent.
+ESTIMATE_BYTES_PER_ENTRY = 4 * 1024
 
 
 def single_header(request: IRequest, name: bytes) -> bytes | None:
@@ -103,7 +106,12 @@ class PairRoute:
         if length.isdigit() and int(length) > limit:
             return _too_large(request, limit)
         source = self._source(request)
-        refusal = self.admission.check(source, client)
+        # Refused before the body is read whenever even the pairs its declared
+        # length can hold do not fit (capped at one full request, so a body
+        # padded with white space is delayed at worst, never refused for good).
+        declared = int(length) if length.isdigit() else 0
+        estimate = max(1, min(self.max_entries, declared // ESTIMATE_BYTES_PER_ENTRY))
+        refusal = self.admission.check(source, client, estimate)
         if refusal is not None:  # not even the body is worth reading
             return self._refuse(request, refusal, source)
         ensureDeferred(self._pair(request, client, limit, source)).addErrback(
