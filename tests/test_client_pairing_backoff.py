@@ -96,18 +96,19 @@ class ClientAgainstRelayTests(SynchronousTestCase):
         late = harness.client(pairs=5)  # same source address: no budget left
         with self.assertRaises(PairingFailed) as caught:
             harness.call(late, "GET", "/api/b")
-        self.assertEqual((caught.exception.status, caught.exception.retry_after), (429, 1.0))
+        # 5 pairs (~18 KB) declare at least 4 before the body is read: 4 s at 1/s.
+        self.assertEqual((caught.exception.status, caught.exception.retry_after), (429, 4.0))
         posts = harness.switch.count(b"POST", b"/api/mte-pair")
         for _ in range(3):
             with self.assertRaises(PairingFailed):
                 harness.call(late, "GET", "/api/b")
         self.assertEqual(harness.switch.count(b"POST", b"/api/mte-pair"), posts,
                          "the client asked again before Retry-After")
-        harness.clock.advance(1)  # 1 token: past the pre-body check, not enough for 5
+        harness.clock.advance(4)  # 4 tokens: past the check on the length, not enough for 5
         with self.assertRaises(PairingFailed) as caught:
             harness.call(late, "GET", "/api/b")
-        self.assertEqual(caught.exception.retry_after, 4.0)
-        harness.clock.advance(4)
+        self.assertEqual(caught.exception.retry_after, 1.0)
+        harness.clock.advance(1)
         self.assertEqual(harness.call(late, "GET", "/api/b")[0].code, 200)
         self.assertEqual(harness.switch.count(b"POST", b"/api/mte-pair"), posts + 2)
         self.assertIs(harness.switch.root.pairing, pairs)
@@ -125,7 +126,8 @@ class OutboundBusyTests(SynchronousTestCase):
         self.assertEqual(outbound.b.call(greedy, "GET", "/api/a")[0].code, 200)
         response, body = outbound.call("GET", "/api/b")
         self.assertEqual(response.code, 503)
-        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        # A's 25-pair body (~90 KB) declares at least 21: 21 s at 1/s.
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"21"])
         self.assertEqual(payload(body)["error"], "Remote relay busy")
         self.assertIn("429", payload(body)["reason"])
         self.assertEqual(outbound.local_upstream.received, [])
