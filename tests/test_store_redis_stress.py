@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 import time
-import tracemalloc
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
@@ -194,3 +194,75 @@ class ReplyIntegrity(RedisTestCase):
             for pid, secret in pairs.items():
                 self.assertEqual((yield store.get(CID, pid)), secret)
             self.assertEqual((yield _echo(store, "return ARGV[1]", b"after")), b"after")
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _census(store) -> dict:
+    """What the store holds on to, after a full collection."""
+    gc.collect()
+    kind = type(store._live_connections()[0]) if store._live_connections() else None
+    connections = sum(1 for obj in gc.get_objects() if kind is not None and type(obj) is kind)
+    deferreds = sum(1 for obj in gc.get_objects() if type(obj) is defer.Deferred)
+    return {"connections": connections, "deferreds": deferreds,
+            "delayed_calls": len(reactor.getDelayedCalls()),
+            "blocks": sys.getallocatedblocks(), "rss_kib": _rss_kib()}
+
+
+class MemoryAfterFlood(RedisTestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def _all_connected(self, store, size, within=5.0):
+        deadline = time.monotonic() + within
+        while len(store._live_connections()) < size:
+            if time.monotonic() > deadline:
+                self.fail(f"only {len(store._live_connections())} of {size} connections back")
+            yield task.deferLater(reactor, 0.02, lambda: None)
+
+    @defer.inlineCallbacks
+    def _burst(self, store, calls, rng):
+        """Concurrent calls, then the loop starved past the timeout, then kills."""
+        ds = [_echo(store, "return ARGV[1]", b"x" * rng.randrange(1, 2000))
+              for _ in range(calls)]
+        reactor.callLater(0, time.sleep, store._timeout * 3)
+        if rng.random() < 0.5:
+            reactor.callLater(0.01, self.server.command, "CLIENT", "KILL", "TYPE", "normal")
+        results = yield defer.DeferredList(ds, consumeErrors=True)
+        return sum(1 for ok, _ in results if not ok)
+
+    @defer.inlineCallbacks
+    def test_flood_of_timed_out_and_aborted_calls_leaves_nothing_behind(self):
+        size = 4
+        store = yield self.make_store(pool_size=size, timeout=0.05,
+                                      reconnect_max_delay=0.05)
+        rng = random.Random(7)
+        yield self._all_connected(store, size)
+        for _ in range(3):  # warm up: scripts, buffers, code paths
+            yield self._burst(store, 500, rng)
+            yield self._all_connected(store, size)
+        before = _census(store)
+        failed = 0
+        started = time.monotonic()
+        for _ in range(10):
+            failed += yield self._burst(store, 2000, rng)
+            yield self._all_connected(store, size)
+        elapsed = time.monotonic() - started
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        after = _census(store)
+        _log.info("memory after flood of 20,000 calls ({failed} failed, {s:.1f} s): "
+                  "before {before}, after {after}", failed=failed, s=elapsed,
+                  before=before, after=after)
+        self.assertGreater(failed, 1000)  # the flood really timed out and aborted
+        self.assertLessEqual(after["connections"], size)
+        self.assertLessEqual(after["delayed_calls"], before["delayed_calls"])
+        self.assertLess(after["deferreds"] - before["deferreds"], 50)
+        # allocator blocks: what Python objects hold, unlike RSS, which keeps
+        # the flood's peak (freed memory stays in the process's arenas)
+        self.assertLess(after["blocks"] - before["blocks"], 2000)

@@ -70,11 +70,10 @@ def encode_command(args: tuple) -> bytes:
     return b"".join(parts)
 
 
-class _Incomplete(Exception):
-    """Not enough bytes yet for the reply that starts at the current offset."""
-
-
-_INCOMPLETE = _Incomplete()
+#: _parse's answer when the reply at the offset is not complete yet.  A
+#: sentinel, not an exception: a raised singleton would keep its last
+#: traceback (and every frame and connection on it) alive for ever.
+_MORE: Any = object()
 
 
 class RespParser:
@@ -91,12 +90,12 @@ class RespParser:
         replies: list[Any] = []
         pos = 0
         end = len(buffer)
-        try:
-            while pos < end:
-                reply, pos = _parse(buffer, pos, 0)
-                replies.append(reply)
-        except _Incomplete:
-            pass
+        while pos < end:
+            parsed = _parse(buffer, pos, 0)
+            if parsed is _MORE:
+                break
+            reply, pos = parsed
+            replies.append(reply)
         self._buffer = buffer[pos:]
         return replies
 
@@ -105,12 +104,13 @@ class RespParser:
         return len(self._buffer)
 
 
-def _parse(buffer: bytes, pos: int, depth: int) -> tuple[Any, int]:
+def _parse(buffer: bytes, pos: int, depth: int) -> Any:
+    """(reply, offset after it), or _MORE."""
     eol = buffer.find(b"\r\n", pos)
     if eol < 0:
         if len(buffer) - pos > MAX_LINE:
             raise RespProtocolError("reply header line too long")
-        raise _INCOMPLETE
+        return _MORE
     if eol - pos > MAX_LINE:
         raise RespProtocolError("reply header line too long")
     kind = buffer[pos]
@@ -124,7 +124,7 @@ def _parse(buffer: bytes, pos: int, depth: int) -> tuple[Any, int]:
             raise RespProtocolError(f"bad bulk length {length}")
         stop = nxt + length
         if len(buffer) < stop + 2:
-            raise _INCOMPLETE
+            return _MORE
         if buffer[stop:stop + 2] != b"\r\n":
             raise RespProtocolError("bulk string not terminated by CRLF")
         return buffer[nxt:stop], stop + 2
@@ -145,7 +145,10 @@ def _parse(buffer: bytes, pos: int, depth: int) -> tuple[Any, int]:
             raise RespProtocolError("arrays nested too deep")
         items = []
         for _ in range(count):
-            item, nxt = _parse(buffer, nxt, depth + 1)
+            parsed = _parse(buffer, nxt, depth + 1)
+            if parsed is _MORE:
+                return _MORE
+            item, nxt = parsed
             items.append(item)
         return items, nxt
     raise RespProtocolError(f"unknown reply type {bytes([kind])!r}")
