@@ -25,6 +25,23 @@ from mterelay.store.redisurl import RedisAddress
 from mterelay.store.resp import encode_command
 
 
+class _ReactorClock(Clock):
+    """A Clock that runs timers the way the reactor does.
+
+    ``Clock.advance`` also runs calls scheduled by the calls it runs, when
+    they are due; the reactor leaves those for its next turn, after it has
+    read from its sockets.  The grace turn before a timeout depends on that.
+    """
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        for call in [c for c in self.calls if c.getTime() <= self.seconds()]:
+            if call in self.calls:  # not cancelled by an earlier one
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
 def _results(d: Deferred) -> list:
     out: list = []
     d.addBoth(out.append)
@@ -33,7 +50,7 @@ def _results(d: Deferred) -> list:
 
 class _Connected(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = _ReactorClock()
         self.gone: list[RedisConnection] = []
         self.conn = RedisConnection(self.clock, 1.0, self.gone.append)
         self.transport = StringTransport()
@@ -99,6 +116,8 @@ class Poisoning(_Connected):
         self.clock.advance(0.999)
         self.assertEqual((a, b), ([], []))
         self.clock.advance(0.001)
+        self.assertEqual((a, b), ([], []))  # one reactor turn to read what came
+        self.clock.advance(0)
         self.assert_poisoned(a, b)
         self.assertIn("within 1 s", a[0].getErrorMessage())
 
@@ -112,6 +131,26 @@ class Poisoning(_Connected):
         self.clock.advance(0.5)  # 1.25 s: b was sent at 0.5
         self.assertEqual(b, [])
         self.clock.advance(0.25)
+        self.clock.advance(0)
+        self.assert_poisoned(b)
+
+    def test_reply_read_in_the_grace_turn_is_delivered(self) -> None:
+        """Our loop was late, not Redis: the answer already there is taken."""
+        a, b = self.call("GET", "a"), self.call("GET", "b")
+        self.clock.advance(1.0)  # the deadline timer runs before any read
+        self.conn.dataReceived(b"$1\r\nA\r\n$1\r\nB\r\n")  # the reactor's read
+        self.clock.advance(0)
+        self.assertEqual((a, b), ([b"A"], [b"B"]))
+        self.assertTrue(self.conn.usable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_grace_is_one_turn_per_call(self) -> None:
+        a, b = self.call("GET", "a"), self.call("GET", "b")
+        self.clock.advance(1.0)
+        self.conn.dataReceived(b"$1\r\nA\r\n")  # a answered in its grace turn
+        self.clock.advance(0)  # b is overdue too: it gets its own turn
+        self.assertEqual((a, b), ([b"A"], []))
+        self.clock.advance(0)
         self.assert_poisoned(b)
 
     def test_out_of_the_pool_before_any_callback_runs(self) -> None:
@@ -119,6 +158,7 @@ class Poisoning(_Connected):
         d = self.conn.execute_command("GET", "a")
         d.addErrback(lambda f: seen.append((list(self.gone), self.conn.usable)))
         self.clock.advance(1)
+        self.clock.advance(0)
         self.assertEqual(seen, [([self.conn], False)])
 
     def test_callback_that_poisons_stops_delivery_of_the_rest(self) -> None:
@@ -175,7 +215,7 @@ class _Endpoint:
 
 class Pool(SynchronousTestCase):
     def make_pool(self, size=1, **address) -> RedisPool:
-        self.clock, self.endpoint = Clock(), _Endpoint()
+        self.clock, self.endpoint = _ReactorClock(), _Endpoint()
         self.ready, self.fatal = [], []
         pool = RedisPool(self.clock, self.endpoint, RedisAddress(host="h", **address), size,
                          timeout=1.0, connect_timeout=5.0, max_delay=2.0,
@@ -241,7 +281,8 @@ class Pool(SynchronousTestCase):
         two.dataReceived(b"+PONG\r\n")
         self.assertEqual({pool.connection(), pool.connection()}, {one, two})
         one.execute_command("GET", "a").addErrback(lambda f: None)
-        self.clock.advance(1.0)  # one times out
+        self.clock.advance(1.0)
+        self.clock.advance(0)  # one times out
         self.assertEqual([pool.connection() for _ in range(4)], [two] * 4)
         self.assertEqual(len(self.endpoint.attempts), 2)
         self.clock.advance(0.11)  # backoff, then a new attempt
