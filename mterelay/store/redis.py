@@ -10,12 +10,14 @@ t     highest accepted sequence number, -1 before the first
 W     window width (fixed at creation, so a config change cannot
       reinterpret an existing bitmap)
 w     window ring, W/8 bytes, layout of ``ReplayWindow.bitmap()``
+g     generation, ``pair_generation`` of the secrets (32 hex digits)
 ====  ===========================================================
 
 The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
 ``accept`` is one Lua script, hence atomic across any number of replicas and
-connections; ``create`` is another (delete + write + expire); ``get`` is one
-HMGET.  Every call is one round trip (two on the first use of a script after a
+connections, and checks the generation before anything else; ``create`` is
+another (create-if-absent: write + expire only when the key does not exist);
+``get`` is one HMGET; ``delete`` with a generation is a third script.  Every call is one round trip (two on the first use of a script after a
 Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
 
 Failure policy: calls never wait for a connection.  With no live connection
@@ -44,16 +46,17 @@ import txredisapi
 from mterelay.protocol.replay import Verdict, validate_seq
 from mterelay.store.atrest import AtRestError, SecretSealer
 from mterelay.store.interface import (
-    IPairStore, StoreLimits, StoreUnavailable, validate_ids)
+    IPairStore, PairExists, StoreLimits, StoreUnavailable, pair_generation,
+    validate_generation, validate_ids)
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
-__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "RedisPairStore"]
+__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
 _log = Logger()
 
 #: Verdict codes returned by ACCEPT_SCRIPT, by index.
 _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
-             Verdict.UNKNOWN, Verdict.EXHAUSTED)
+             Verdict.UNKNOWN, Verdict.EXHAUSTED, Verdict.STALE)
 
 # Same semantics as mterelay.protocol.replay.ReplayWindow.accept, plus the
 # pair's lifetime limits.  Numbers are Lua doubles: exact for seq < 2**53,
@@ -61,14 +64,19 @@ _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
 # with %.0f because tostring() would round them to 14 digits.
 ACCEPT_SCRIPT = r"""
 -- KEYS[1] pair key
--- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms
--- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED
+-- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms, generation
+-- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED, 5 STALE
 local key = KEYS[1]
 local seq = tonumber(ARGV[1])
-local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w')
+local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w', 'g')
 local created, count, top, width, bm =
   tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]), st[5]
 if not created then return 3 end
+-- Generation first, before any write or delete: a message opened under
+-- keys this id had before must not consume, reset or remove today's pair.
+-- A pair without one (made before generations existed) is unusable.
+if not st[6] then return 3 end
+if st[6] ~= ARGV[6] then return 5 end
 if not (count and top and width and bm) or #bm * 8 ~= width then
   -- corrupt state: forget the pair (the client re-pairs with new keys)
   redis.call('DEL', key)
@@ -110,12 +118,22 @@ return 0
 """
 
 CREATE_SCRIPT = r"""
--- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms
-redis.call('DEL', KEYS[1])
+-- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms, generation
+-- returns 1 created, 0 the key exists (left untouched)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'n', '0', 't', '-1',
-           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8))
+           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8),
+           'g', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+DELETE_SCRIPT = r"""
+-- KEYS[1] pair key; ARGV: generation.  Deletes only that generation.
+if redis.call('HGET', KEYS[1], 'g') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -129,6 +147,7 @@ class _Script:
 
 _ACCEPT = _Script(ACCEPT_SCRIPT)
 _CREATE = _Script(CREATE_SCRIPT)
+_DELETE = _Script(DELETE_SCRIPT)
 
 
 class _Protocol(txredisapi.RedisProtocol):
@@ -324,11 +343,12 @@ class RedisPairStore:
             if not isinstance(secrets, (bytes, bytearray, memoryview)):
                 raise ValueError("pair secrets must be bytes")
             sealed = self._sealer.seal(bytes(secrets), key)
-            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms())
+            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms(),
+                    pair_generation(secrets))
         except ValueError:
             return fail()
         d = self._run("create", self._script, _CREATE, key, *args)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(_created, pair_id)
 
     def get(self, client_id: str, pair_id: str) -> Deferred:
         try:
@@ -338,23 +358,29 @@ class RedisPairStore:
         d = self._run("get", lambda conn: conn.execute_command("HMGET", key, "s", "c"))
         return d.addCallback(self._opened, key, pair_id)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
             validate_seq(seq)
+            validate_generation(generation)
         except ValueError:
             return fail()
         args = (seq, self._now_ms(), self._max_age_ms(),
-                self.limits.max_messages, self._idle_ms())
+                self.limits.max_messages, self._idle_ms(), generation)
         d = self._run("accept", self._script, _ACCEPT, key, *args)
         return d.addCallback(_verdict)
 
-    def delete(self, client_id: str, pair_id: str) -> Deferred:
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
+            if generation is not None:
+                validate_generation(generation)
         except ValueError:
             return fail()
-        d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        if generation is None:
+            d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        else:
+            d = self._run("delete", self._script, _DELETE, key, generation)
         return d.addCallback(lambda _: None)
 
     def key_name(self, client_id: str, pair_id: str) -> str:
@@ -478,6 +504,11 @@ class RedisPairStore:
 
 def _verdict(code: int) -> Verdict:
     return _VERDICTS[int(code)]
+
+
+def _created(reply: Any, pair_id: str) -> None:
+    if int(reply) != 1:
+        raise PairExists(f"pair {pair_id} exists")
 
 
 def _load_trust_root(path: str) -> Any:
