@@ -47,6 +47,12 @@ def sealed_request(client_id: str, keys: PairKeys, seq: int, method: str, target
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + sealed
 
 
+def unpaired(keys: PairKeys) -> PairKeys:
+    """The same keys under a pair id nobody paired (a probe the relay answers 560)."""
+    return PairKeys(keys.version, keys.client_id, "probe" + "0" * 17, keys.c2s_key,
+                    keys.s2c_key)
+
+
 def status_of(answer: bytes) -> int:
     if not answer:
         return 0
@@ -170,11 +176,12 @@ class LostPairTests(ReplaySafetyCase):
 
     @defer.inlineCallbacks
     def wait_ready(self, *relays: RelayProcess) -> Any:
+        """Until each relay reaches Redis again: a request for an unknown pair is 560, not 503."""
+        probe = sealed_request(self.client_id, unpaired(self.keys), 0, "GET",
+                               "/probe", None)
         for relay in relays:
-            for _ in range(100):
-                response = yield self.http.get(relay.url + "/readyz")
-                yield treq.content(response)
-                if response.code == 200:
+            for _ in range(200):
+                if (yield self.send(relay, probe)) != 503:
                     break
                 yield deferLater(reactor, 0.05, lambda: None)
 
@@ -183,6 +190,28 @@ class LostPairTests(ReplaySafetyCase):
             self.redis.restart()  # persistence off: every pair is gone
             return self.wait_ready(self.a, self.b)
         return self.check(restart, through="b")
+
+    @defer.inlineCallbacks
+    def test_redis_restarted_from_an_older_snapshot(self) -> Any:
+        """A crash and reload: the snapshot predates R, so its window does not hold R."""
+        self.redis = self.start_redis()
+        self.a = self.start_relay(REDIS_URL=self.redis.url)
+        self.b = self.start_relay(REDIS_URL=self.redis.url)
+        status, _, self.client_id, self.keys = yield self.pair(self.a)
+        self.assertEqual((yield self.send(self.b, self.request(self.keys, "/warm-b"))), 200)
+        self.redis.command("SAVE")
+        self.captured = self.request(self.keys, self.R_PATH, b'{"amount": 100}')
+        self.assertEqual((yield self.send(self.a, self.captured)), 200)
+        self.redis.restart()  # reloads the snapshot, from before R
+        yield self.wait_ready(self.a, self.b)
+        key = f"mterelay:pair:{self.client_id[:36]}:{self.keys.pair_id}"
+        self.assertEqual(self.redis.command("EXISTS", key), 1)
+        yield self.assert_r_refused_everywhere(self.b, self.a, status=560)
+        self.assertEqual(self.redis.command("EXISTS", key), 0)
+        # the client re-pairs (fresh ids) and carries on
+        status, _, _, keys = yield self.pair(self.a, self.client_id)
+        self.assertEqual(status, 200)
+        self.assertEqual((yield self.send(self.b, self.request(keys, "/after"))), 200)
 
     @defer.inlineCallbacks
     def test_replica_restarted_after_flush(self) -> Any:

@@ -146,6 +146,46 @@ class Outages(RedisTestCase):
         self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
 
     @defer.inlineCallbacks
+    def test_restart_from_an_older_snapshot_voids_its_pairs(self):
+        """A reload (RDB after a crash, AOF losing its last second, a promoted replica)
+        brings back an older window: no pair from before the restart accepts anything."""
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
+        self.server.command("SAVE")  # the snapshot knows seq 1 only
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+        self.server.restart()  # no save at shutdown: dump.rdb is the older snapshot
+        yield self.wait_until_ready(store)
+        key = store.key_name(CID, PID)
+        self.assertEqual(self.server.command("HGET", key, "n"), b"1")  # it did come back
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), Verdict.UNKNOWN)
+        self.assertEqual(self.server.command("EXISTS", key), 0)
+        yield store.create(CID, PID, b"k")  # the id is free again, a new pair
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+
+    @defer.inlineCallbacks
+    def test_pairs_survive_while_the_server_runs(self):
+        """The boot check never voids a pair of the running server (run_id is stable)."""
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        run_id = self.server.command("INFO", "server").split(b"run_id:")[1][:40]
+        key = store.key_name(CID, PID)
+        self.assertEqual(self.server.command("HGET", key, "b"), run_id)
+        for seq in range(5):
+            self.assertEqual((yield store.accept(CID, PID, seq, K)), A)
+
+    @defer.inlineCallbacks
+    def test_info_refused_by_acl_degrades_to_no_restart_detection(self):
+        self.server.command("ACL", "SETUSER", "relay", "on", ">relay-pw", "~mterelay:*",
+                            "+@all", "-info")
+        store = yield self.make_store(
+            f"redis://relay:relay-pw@127.0.0.1:{self.server.port}")
+        yield store.create(CID, PID, b"k")
+        self.assertEqual(self.server.command("HGET", store.key_name(CID, PID), "b"), b"")
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), R)
+
+    @defer.inlineCallbacks
     def test_frozen_redis_times_out_then_recovers(self):
         store = yield self.make_store(pool_size=2, timeout=0.3)
         yield store.create(CID, PID, b"k")

@@ -11,6 +11,8 @@ W     window width (fixed at creation, so a config change cannot
       reinterpret an existing bitmap)
 w     window ring, W/8 bytes, layout of ``ReplayWindow.bitmap()``
 g     generation, ``pair_generation`` of the secrets (32 hex digits)
+b     the Redis server's run_id when the pair was created: a pair from
+      before a restart (or failover) is void, whatever a reload restored
 ====  ===========================================================
 
 The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
@@ -68,7 +70,7 @@ ACCEPT_SCRIPT = r"""
 -- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED, 5 STALE
 local key = KEYS[1]
 local seq = tonumber(ARGV[1])
-local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w', 'g')
+local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w', 'g', 'b')
 local created, count, top, width, bm =
   tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]), st[5]
 if not created then return 3 end
@@ -77,6 +79,12 @@ if not created then return 3 end
 -- A pair without one (made before generations existed) is unusable.
 if not st[6] then return 3 end
 if st[6] ~= ARGV[6] then return 5 end
+-- A pair from before this server started may carry an older window (an
+-- RDB/AOF reload after a crash, a promoted replica): void.
+if st[7] ~= SERVER_BOOT() then
+  redis.call('DEL', key)
+  return 3
+end
 if not (count and top and width and bm) or #bm * 8 ~= width then
   -- corrupt state: forget the pair (the client re-pairs with new keys)
   redis.call('DEL', key)
@@ -123,7 +131,7 @@ CREATE_SCRIPT = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'n', '0', 't', '-1',
            'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8),
-           'g', ARGV[5])
+           'g', ARGV[5], 'b', SERVER_BOOT())
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
@@ -137,10 +145,26 @@ return 0
 """
 
 
+# The identity of the running Redis process: INFO's run_id changes with every
+# start (and differs on a promoted replica), unlike anything stored in the
+# dataset, which a reload brings back.  INFO costs about a microsecond of
+# server time; where it is refused (an ACL without @dangerous, a service
+# hiding run_id) this is '' and restart detection is off (docs/protocol.md 9.3).
+_SERVER_BOOT = r"""
+local function SERVER_BOOT()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
+end
+"""
+
+
 class _Script:
     __slots__ = ("source", "sha")
 
     def __init__(self, source: str) -> None:
+        if "SERVER_BOOT()" in source:
+            source = _SERVER_BOOT + source
         self.source = source.encode("utf-8")
         self.sha = hashlib.sha1(self.source).hexdigest()
 
