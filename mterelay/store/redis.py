@@ -19,7 +19,8 @@ The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
 ``accept`` is one Lua script, hence atomic across any number of replicas and
 connections, and checks the generation before anything else; ``create`` is
 another (create-if-absent: write + expire only when the key does not exist);
-``get`` is one HMGET; ``delete`` with a generation is a third script.  Every call is one round trip (two on the first use of a script after a
+``get`` is one HMGET; ``delete`` with a generation is a third script.
+Every call is one round trip (two on the first use of a script after a
 Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
 
 Failure policy: calls never wait for a connection.  With no live connection

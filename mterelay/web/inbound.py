@@ -431,10 +431,7 @@ class Exchange:
         if verdict is Verdict.STALE:
             self.proxy.keys.forget(self.client, self.header.pair_id)
             cipher, sealed, pair = await self._reopen(pair)
-            verdict = await self._accept(pair)
-            if verdict is Verdict.STALE:  # replaced again meanwhile: give up on it
-                self.proxy.keys.forget(self.client, self.header.pair_id)
-                raise StateNotFound("pair changed while in use")
+            verdict = await self._accept(pair)  # STALE again: 560 below
         if verdict is Verdict.ACCEPTED:
             return cipher, sealed
         if verdict in (Verdict.REPLAYED, Verdict.TOO_OLD):
