@@ -10,7 +10,9 @@ Per relay origin (scheme://host:port) it validates once (``HEAD
 /api/mte-relay``), pairs lazily (:class:`~mterelay.client.pool.PairPool`),
 seals each request on a pair of the pool and opens the answer.  It recovers
 by itself, once per request: 566 → validate again, re-pair, retry; 559, 560,
-562, 563, 564 → replace that pair, retry on a fresh one.  The retry is safe
+562, 563, 564 → replace that pair, retry on a fresh one.  Pair ids are fresh
+random ids, never reused; a pairing answered 409 (an id in use) is sent
+once more with new ids.  The retry is safe
 because a 55x relay answer means nothing reached the upstream (spec 10),
 and possible only when the body can be sent again (bytes, a seekable file).
 """
@@ -59,6 +61,8 @@ RETRY_REPAIR = frozenset({559, 560, 562, 563, 564})
 RETRY_REVALIDATE = 566
 RELAY_PATH = "/api/mte-relay"
 PAIR_PATH = "/api/mte-pair"
+#: The relay's answer to a pairing whose pairId is already a pair (spec 2, 10).
+PAIR_ID_IN_USE = 409
 #: A relay-made error is a small JSON object; read no more than this of it.
 ERROR_BODY_LIMIT = 64 * 1024
 #: 64 pair entries are ~250 KB of JSON.
@@ -166,6 +170,22 @@ class _Origin:
         return self._bounded(ensureDeferred(self._make_pairs(client_id, count)), "pairing")
 
     async def _make_pairs(self, client_id: str, count: int) -> list[PairKeys]:
+        """Pair ``count`` fresh ids; a 409 (an id in use) is retried once with new ids.
+
+        Ids are 128 random bits, never reused, so a 409 means someone (who
+        saw this very request on the wire) paired them first; the relay
+        stored none of the batch.  Retrying with the same ids would only be
+        refused again.
+        """
+        try:
+            return await self._pair_batch(client_id, count)
+        except PairingFailed as error:
+            if error.status != PAIR_ID_IN_USE:
+                raise
+            log.info("pairing refused: a pair id is already in use; pairing new ids once")
+        return await self._pair_batch(client_id, count)
+
+    async def _pair_batch(self, client_id: str, count: int) -> list[PairKeys]:
         bare = client_uuid(client_id)
         pending = [start_pairing(bare) for _ in range(count)]
         body = json.dumps([p.request_entry() for p in pending],
