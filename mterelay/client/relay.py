@@ -408,20 +408,22 @@ class RelayClient:
         decoding = crypto_stopwatch(self.metrics, "response_decode")
         try:
             opened = decoding.time(open_response, lease.keys, outgoing.header, wire.code,
-                                   wire_headers)
+                                   wire_headers, outgoing.response_headers)
             length: int | object = UNKNOWN_LENGTH
             if opened.body_enc and isinstance(wire.length, int):
                 length = plain_length(wire.length, opened.header.mode)
         except DecodeFailed:
             discard(wire)
             raise
-        headers = Headers()
+        headers, clear = Headers(), Headers()
         for name, value in opened.headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        for name, value in opened.clear:
+            clear.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,
-                                 deliver, sealed=True)
+                                 deliver, sealed=True, clear_headers=clear)
 
         if not opened.body_enc:
             # HEAD, 1xx, 204, 304: no body item; clear bytes here would be unauthenticated.
