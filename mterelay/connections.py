@@ -10,6 +10,15 @@ connection.  The next request written to it is flushed, then the socket
 closes under it, and a POST — which is never retried — fails with
 ``ResponseNeverReceived(ConnectionDone)``.  :class:`RelayConnectionPool`
 refuses such connections, so they are closed and never handed out again.
+
+It also never resends a request by itself.  Twisted's pool retries an
+idempotent request once when a reused connection is lost before the
+response - also when the request had been written and the server was
+working on it (a relay killed with ``kill -9``), so a GET ran twice at the
+upstream and the caller never knew.  The protocol's rule (docs/protocol.md
+section 10) is that only what certainly did not arrive may be sent again:
+:class:`OriginAgent` resends a request once only when it failed with
+``RequestNotSent`` (not one byte was written).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web._newclient import Request, _ensureValidMethod
-from twisted.web.client import URI, HTTPConnectionPool
+from twisted.web.client import URI, HTTPConnectionPool, RequestNotSent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
@@ -41,7 +50,10 @@ def is_closing(connection: Any) -> bool:
 
 
 class RelayConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` that never keeps a connection that is closing."""
+    """An ``HTTPConnectionPool`` that never keeps a connection that is closing,
+    and never resends a request that may have been received."""
+
+    retryAutomatically = False
 
     def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
         if is_closing(connection):
@@ -115,8 +127,18 @@ class OriginAgent:
         pool = self._pool
         request = Request._construct(method, path, headers, bodyProducer,
                                      persistent=pool.persistent, parsedURI=_Target(uri))
-        return pool.getConnection(origin.key, origin.endpoint).addCallback(
-            lambda protocol: protocol.request(request))
+
+        def send(protocol: Any) -> "Deferred[IResponse]":
+            return protocol.request(request)
+
+        def not_sent(failure: Failure) -> "Deferred[IResponse]":
+            # Nothing was written (the connection had closed under us): the
+            # one case a resend cannot run the request twice.
+            failure.trap(RequestNotSent)
+            return pool.getConnection(origin.key, origin.endpoint).addCallback(send)
+
+        return pool.getConnection(origin.key, origin.endpoint).addCallback(send).addErrback(
+            not_sent)
 
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:
