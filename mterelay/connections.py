@@ -60,6 +60,24 @@ class RelayConnectionPool(HTTPConnectionPool):
             return  # its close is under way; connectionLost forgets it
         super()._putConnection(key, connection)
 
+    def _removeConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
+        super()._removeConnection(key, connection)
+        if not self._connections.get(key):
+            self._connections.pop(key, None)  # no empty list left per origin ever seen
+
+    def close_idle(self, key: Any) -> None:
+        """Close the idle connections kept for ``key`` and forget the key.
+
+        For an origin the caller will not use again (an evicted remote
+        relay).  Connections busy with a request are not touched; they come
+        back and time out like any other.
+        """
+        for connection in self._connections.pop(key, []):
+            timer = self._timeouts.pop(connection, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            connection.transport.loseConnection()
+
 
 #: What Twisted's Agent accepts in a URL: visible ASCII, nothing else.
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
@@ -139,6 +157,12 @@ class OriginAgent:
 
         return pool.getConnection(origin.key, origin.endpoint).addCallback(send).addErrback(
             not_sent)
+
+    def forget_origin(self, base: bytes) -> None:
+        """Drop what was learnt of ``base`` (``scheme://host:port``), close its idle connections."""
+        origin = self._origins.pop(base, None)
+        if origin is not None and hasattr(self._pool, "close_idle"):
+            self._pool.close_idle(origin.key)
 
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:

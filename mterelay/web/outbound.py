@@ -65,7 +65,9 @@ MAX_PAIRS = 64
 #: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
 #: connection the other side is closing (not retried for POST: a 502).
 IDLE_CONNECTION_TIMEOUT = 50
-#: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin).
+#: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin),
+#: and remote relays whose pairs and idle connections are kept (least recently
+#: used dropped first).
 MAX_REMEMBERED_ORIGINS = 256
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
@@ -132,7 +134,8 @@ class OutboundProxy:
         if self._client is None:
             agent = self._agent if self._agent is not None else remote_agent(self.clock)
             self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
-                                       timeout=self.timeout, metrics=self.metrics)
+                                       timeout=self.timeout, metrics=self.metrics,
+                                       max_origins=MAX_REMEMBERED_ORIGINS)
         return self._client
 
     def render(self, request: IRequest) -> Any:
