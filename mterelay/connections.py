@@ -19,6 +19,18 @@ upstream and the caller never knew.  The protocol's rule (docs/protocol.md
 section 10) is that only what certainly did not arrive may be sent again:
 :class:`OriginAgent` resends a request once only when it failed with
 ``RequestNotSent`` (not one byte was written).
+
+And it keeps a body's late failure to itself.  When the server answers
+before the request body was fully sent (an upstream answering early, a
+relay refusing a request), Twisted's client is in its
+``TRANSMITTING_AFTER_RECEIVING_RESPONSE`` state and closes the connection;
+if the body's producer then fails - the client that was uploading it went
+away - Twisted logs "Error writing request, but not in valid state to
+finalize request" at critical level - and the connection, still waiting
+for its producer, was left to Twisted's error path.  :class:`_AnsweredBody`
+stands between the body and Twisted: a failure after the response aborts
+the connection (the server sees an incomplete request, never a complete
+truncated one) and is logged at debug only.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web._newclient import Request, _ensureValidMethod
@@ -37,6 +50,8 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResp
 from zope.interface import implementer
 
 from mterelay.nodelay import NoDelayEndpointFactory
+
+log = Logger(namespace="mterelay.connections")
 
 
 def is_closing(connection: Any) -> bool:
@@ -77,6 +92,60 @@ class RelayConnectionPool(HTTPConnectionPool):
             if timer is not None and timer.active():
                 timer.cancel()
             connection.transport.loseConnection()
+
+
+@implementer(IBodyProducer)
+class _AnsweredBody:
+    """A request body that goes quiet once the response has arrived.
+
+    Twisted hands the response over before the body is done only when the
+    server answered early; the connection is then closed, the rest of the
+    body is not wanted, and its failure (the uploader hung up) is nobody's
+    error.  Before that, everything passes through unchanged.
+    """
+
+    def __init__(self, inner: IBodyProducer) -> None:
+        self.inner = inner
+        self.length = inner.length
+        self.answered = False
+        #: The connection's transport, set when the request is sent on one.
+        self.transport: Any = None
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":  # noqa: N802 (interface)
+        producing = self.inner.startProducing(consumer)
+        result: Deferred[None] = Deferred(lambda _: producing.cancel())
+        producing.addCallbacks(lambda _: self._settle(result, None), lambda failure: self._settle(
+            result, failure))
+        return result
+
+    def _settle(self, result: "Deferred[None]", failure: Failure | None) -> None:
+        if result.called:
+            return
+        if failure is not None and self.answered and self.transport is not None:
+            log.debug("request body failed after the response: {why}",
+                      why=failure.getErrorMessage()[:200])
+            # Twisted is closing this connection and waits for the body;
+            # end it now, as an incomplete request.
+            self.transport.abortConnection()
+            return
+        if failure is None:
+            result.callback(None)
+        else:
+            result.errback(failure)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.inner.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.inner.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.inner.stopProducing()
+
+
+def _answered(response: IResponse, body: _AnsweredBody) -> IResponse:
+    body.answered = True
+    return response
 
 
 #: What Twisted's Agent accepts in a URL: visible ASCII, nothing else.
@@ -143,10 +212,13 @@ class OriginAgent:
             headers = headers.copy()
             headers.addRawHeader(b"host", origin.host)
         pool = self._pool
-        request = Request._construct(method, path, headers, bodyProducer,
+        body = None if bodyProducer is None else _AnsweredBody(bodyProducer)
+        request = Request._construct(method, path, headers, body,
                                      persistent=pool.persistent, parsedURI=_Target(uri))
 
         def send(protocol: Any) -> "Deferred[IResponse]":
+            if body is not None:
+                body.transport = getattr(protocol, "transport", None)
             return protocol.request(request)
 
         def not_sent(failure: Failure) -> "Deferred[IResponse]":
@@ -155,8 +227,11 @@ class OriginAgent:
             failure.trap(RequestNotSent)
             return pool.getConnection(origin.key, origin.endpoint).addCallback(send)
 
-        return pool.getConnection(origin.key, origin.endpoint).addCallback(send).addErrback(
+        sent = pool.getConnection(origin.key, origin.endpoint).addCallback(send).addErrback(
             not_sent)
+        if body is not None:
+            sent.addCallback(_answered, body)
+        return sent
 
     def forget_origin(self, base: bytes) -> None:
         """Drop what was learnt of ``base`` (``scheme://host:port``), close its idle connections."""
