@@ -38,7 +38,8 @@ class DiesOnSecond(Protocol):
             if self.first and self.seen == 2:
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[union-attr]
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            self.transport.write(answer)  # type: ignore[union-attr]
 
 
 class DiesOnSecondFactory(Factory):

@@ -45,7 +45,8 @@ class EarlyAnswer(protocol.Protocol):
         self.received += data
         if b"\r\n\r\n" in self.received and not getattr(self, "answered", False):
             self.answered = True
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[union-attr]
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            self.transport.write(answer)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
