@@ -13,11 +13,12 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import RequestNotSent, ResponseNeverReceived
 
-from mterelay.connections import OriginAgent, persistent_agent
 from mterelay.bodies import read_limited
+from mterelay.connections import OriginAgent, persistent_agent
 
 
 class DiesOnSecond(Protocol):
@@ -66,17 +67,11 @@ class NoAutomaticRetryTests(TestCase):
         first = yield agent.request(b"GET", url)
         body, _ = yield read_limited(first, 100)
         self.assertEqual(body, b"ok")
-        yield deferLater0()  # let the connection go back to the pool
+        yield deferLater(reactor, 0, lambda: None)  # the connection goes back to the pool
         with self.assertRaises(ResponseNeverReceived):
             yield agent.request(b"GET", url)
         self.assertEqual(server.requests, 2, "the lost GET was not sent again")
         self.assertEqual(server.connections, 1)
-
-
-def deferLater0() -> "Deferred[None]":
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0, lambda: None)
 
 
 class _Protocol:
