@@ -20,6 +20,7 @@ and possible only when the body can be sent again (bytes, a seekable file).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -244,15 +245,23 @@ class RelayClient:
     :param pool_size: persistent connections per relay (own agent only).
     :param timeout: seconds until a request (pairing included, body reading
         excluded) fails with ``twisted.internet.defer.TimeoutError``.
+    :param max_origins: relay origins whose state (client id, pairs, idle
+        connections) is kept; the least recently used is dropped past it, so
+        a caller naming ever new origins (relay A's ``x-mte-upstream``)
+        cannot grow memory without bound.
     """
 
     def __init__(self, reactor: Any, *, pairs: int = 5, agent: IAgent | None = None,
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
                  framing: str = "MKE", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
-                 connect_timeout: float = 10.0, metrics: Any = None) -> None:
+                 connect_timeout: float = 10.0, metrics: Any = None,
+                 max_origins: int = 256) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
+        if max_origins < 1:
+            raise ValueError("max_origins must be at least 1")
+        self.max_origins = max_origins
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         self.reactor: IReactorTime = reactor
@@ -266,7 +275,7 @@ class RelayClient:
         if agent is None:
             agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent
-        self._origins: dict[str, _Origin] = {}
+        self._origins: OrderedDict[str, _Origin] = OrderedDict()
 
     def close(self) -> "Deferred[None]":
         """Close the cached connections of the client's own pool."""
@@ -280,8 +289,18 @@ class RelayClient:
 
     def _origin(self, origin: str) -> _Origin:
         state = self._origins.get(origin)
-        if state is None:
-            state = self._origins[origin] = _Origin(self, origin)
+        if state is not None:
+            self._origins.move_to_end(origin)
+            return state
+        state = self._origins[origin] = _Origin(self, origin)
+        while len(self._origins) > self.max_origins:
+            evicted, _ = self._origins.popitem(last=False)
+            # Requests in flight keep their _Origin; the pairs die with it.
+            forget = getattr(self.agent, "forget_origin", None)
+            if forget is not None:
+                forget(evicted.encode("ascii"))
+            log.debug("forgot relay {origin} (least recently used of {count})",
+                      origin=evicted, count=self.max_origins)
         return state
 
     # ------------------------------------------------------------ requests
@@ -428,20 +447,22 @@ class RelayClient:
         decoding = crypto_stopwatch(self.metrics, "response_decode")
         try:
             opened = decoding.time(open_response, lease.keys, outgoing.header, wire.code,
-                                   wire_headers)
+                                   wire_headers, outgoing.response_headers)
             length: int | object = UNKNOWN_LENGTH
             if opened.body_enc and isinstance(wire.length, int):
                 length = plain_length(wire.length, opened.header.mode)
         except DecodeFailed:
             discard(wire)
             raise
-        headers = Headers()
+        headers, clear = Headers(), Headers()
         for name, value in opened.headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        for name, value in opened.clear:
+            clear.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,
-                                 deliver, sealed=True)
+                                 deliver, sealed=True, clear_headers=clear)
 
         if not opened.body_enc:
             # HEAD, 1xx, 204, 304: no body item; clear bytes here would be unauthenticated.

@@ -35,7 +35,8 @@ from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, Messag
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.timing import Stopwatch, crypto_stopwatch
-from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
+from mterelay.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
+                               stream_body)
 from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.paths import path_problem
@@ -92,11 +93,20 @@ def parse_response_selection(value: str | None) -> frozenset[str] | None:
     return frozenset(names | {"content-type"})
 
 
-def response_selection(clear: Headers, sealed: dict[str, list[str]]) -> frozenset[str] | None:
-    """The client's choice of sealed response headers; the sealed item wins."""
+def response_selection(clear: Headers, sealed: dict[str, list[str]],
+                       headers_enc: bool = True) -> frozenset[str] | None:
+    """The client's choice of sealed response headers (spec 8.3).
+
+    The sealed item's value is authentic.  A clear value is honoured only
+    with headersEnc=0, where the item cannot carry it: with headersEnc=1 a
+    client seals its choice, so a clear one was added on the way, and taking
+    it would let an on-path attacker have the response headers sent in clear.
+    """
     if RESPONSE_HEADERS_CONTROL in sealed:
         return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL]))
-    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
+    if headers_enc:
+        return None
+    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL.encode("ascii"))
     if values:
         return parse_response_selection(",".join(_text(value) for value in values))
     return None
@@ -112,11 +122,19 @@ def _text(value: bytes) -> str:
 
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
                              body_enc: bool) -> Headers:
-    """Clear headers, minus the relay's own, with the sealed ones merged over them."""
+    """Clear headers, minus this hop's and the relay's own, with the sealed ones over them.
+
+    Hop-by-hop rules (including the names a clear ``Connection`` nominates)
+    apply to the clear headers of this hop only: a ``Connection`` header
+    added on the way must not strip an authenticated header.  The result
+    carries no ``Connection`` header, so nothing later re-applies them.
+    """
     merged = Headers()
+    hop = hop_by_hop_names(clear)
     for name, values in clear.getAllRawHeaders():
         lower = name.lower()
-        if lower.startswith(b"x-mte-") or (body_enc and lower == b"content-type"):
+        if (lower in hop or lower.startswith(b"x-mte-")
+                or (body_enc and lower == b"content-type")):
             continue
         merged.setRawHeaders(name, list(values))
     for name, values in sealed.items():
@@ -488,7 +506,7 @@ class Exchange:
             self.decoding.report()
         request = self.request
         clear = request.requestHeaders
-        self.selection = response_selection(clear, sealed_headers)
+        self.selection = response_selection(clear, sealed_headers, self.header.headers_enc)
         merged = upstream_request_headers(clear, sealed_headers, self.header.body_enc)
         forwarder = self.proxy.forwarder
         outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),
