@@ -558,6 +558,65 @@ class InMemoryDrainingTests(SiteCase):
         self.assertTrue(busy.closed_by_server)
 
 
+    def test_drained_only_once_answers_left_the_write_buffer(self) -> None:
+        # finish() queues the answer in the transport; the connection closing
+        # (after loseConnection, which flushes first) is what says it left.
+        site = self.site()
+        busy = Connection(site)
+        busy.send(b"/slow")
+        site.start_draining()
+        drained = site.when_drained()
+        Recording.release(self.resource.held[0])
+        self.assertEqual(site.active, set())
+        self.assertTrue(busy.closed_by_server)  # loseConnection called, close pending
+        self.assertNoResult(drained)
+        self.assertEqual(site.undelivered(), 1)
+        busy.drop()  # the transport flushed and closed
+        self.successResultOf(drained)
+        self.assertEqual(site.undelivered(), 0)
+
+    def test_drained_closes_connections_opened_during_the_drain(self) -> None:
+        site = self.site()
+        busy = Connection(site)
+        busy.send(b"/slow")
+        site.start_draining()
+        late = Connection(site, 40001)  # accepted before the port closed, no request yet
+        drained = site.when_drained()
+        self.assertFalse(late.closed_by_server)
+        Recording.release(self.resource.held[0])
+        self.assertTrue(late.closed_by_server)
+        busy.drop()
+        self.assertNoResult(drained)
+        late.drop()
+        self.successResultOf(drained)
+
+    def test_drained_at_once_when_nothing_open(self) -> None:
+        site = self.site()
+        Connection(site).drop()
+        site.start_draining()
+        self.successResultOf(site.when_drained())
+        self.assertEqual(site.undelivered(), 0)
+
+    def test_not_drained_unless_draining(self) -> None:
+        site = self.site()
+        drained = site.when_drained()
+        self.assertNoResult(drained)
+        site.start_draining()
+        self.successResultOf(drained)
+
+    def test_answers_before_the_drain_not_counted_undelivered(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send()
+        self.assertEqual(len(connection.responses()), 1)
+        site.start_draining()
+        self.assertEqual(site.undelivered(), 0)
+        drained = site.when_drained()
+        self.assertNoResult(drained)  # its close is still pending
+        connection.drop()
+        self.successResultOf(drained)
+
+
 # --- real sockets
 
 

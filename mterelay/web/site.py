@@ -56,6 +56,10 @@ class RelaySite(Site):
         self.channels: set[Any] = set()
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
+        self._drained_waiters: list[Deferred[None]] = []
+        # Answered while draining, connection not closed yet: the answer may
+        # still sit in the transport's write buffer (channel -> requests).
+        self._flushing: dict[Any, set[Any]] = {}
 
     # --- connections
 
@@ -65,11 +69,16 @@ class RelaySite(Site):
             return None
         channels = self.channels
         channels.add(channel)
+        # Requests see the inner HTTP/1.1 channel; remember the one tracked here.
+        _http11(channel).mterelay_outer = channel
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> None:
             channels.discard(channel)
+            # Closed after loseConnection: Twisted wrote the whole buffer first.
+            self._flushing.pop(channel, None)
             lost(reason)
+            self._check_drained()
 
         channel.connectionLost = connection_lost
         # A connection accepted just before the port closed while draining
@@ -94,6 +103,7 @@ class RelaySite(Site):
         if self.draining:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             _http11(request.channel).persistent = False
+        request.mterelay_channel = _outer(channel)
         self.active.add(request)
         self.metrics.request_started()
         request.notifyFinish().addBoth(self._request_done, request)
@@ -106,10 +116,17 @@ class RelaySite(Site):
             # line was written, but the request still counts (as 499, nginx's
             # "client closed request").
             self._observe(request, 499)
+        if self.draining:
+            channel = getattr(request, "mterelay_channel", None)
+            if channel in self.channels:
+                # finish() only queued the bytes; they are out when the
+                # connection closes (non-persistent while draining).
+                self._flushing.setdefault(channel, set()).add(request)
         if not self.active and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        self._check_drained()
 
     def _observe(self, request: Any, status: int) -> float:
         started = getattr(request, "mterelay_started", None)
@@ -157,7 +174,42 @@ class RelaySite(Site):
         for request in self.active:
             if not request.startedWriting:
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        return len(self.active)
+        in_flight = len(self.active)
+        self._check_drained()
+        return in_flight
+
+    def undelivered(self) -> int:
+        """Requests in flight plus answers not known to be flushed to their client."""
+        return len(self.active) + sum(len(requests) for requests in self._flushing.values())
+
+    def when_drained(self) -> Deferred[None]:
+        """Fires once draining left no request in flight and no connection open.
+
+        A request counts as done when ``finish()`` ran, but its answer may
+        still be in the transport's write buffer, and stopping the reactor
+        drops that buffer: the client gets a closed connection and no bytes.
+        Waiting for every connection to close waits for those buffers, since
+        Twisted flushes a transport before it closes it.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._drained_waiters.append(waiter)
+        self._check_drained()
+        return waiter
+
+    def _check_drained(self) -> None:
+        if not self.draining or self.active or not self._drained_waiters:
+            return
+        for channel in list(self.channels):
+            inner = _http11(channel)
+            # Idle now (opened during the drain and never used, or done): close
+            # it after whatever it still has to write.
+            if not getattr(inner, "requests", None) and not _closing(inner):
+                inner.persistent = False
+                inner.loseConnection()
+        if not self.channels:
+            waiters, self._drained_waiters = self._drained_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no request is in flight (at once when none is)."""
@@ -172,3 +224,13 @@ class RelaySite(Site):
 def _http11(channel: Any) -> Any:
     """The HTTP/1.1 channel inside twisted.web's protocol-negotiating wrapper."""
     return getattr(channel, "_channel", channel)
+
+
+def _outer(channel: Any) -> Any:
+    """The protocol the site built (and tracks in ``channels``) for ``channel``."""
+    return getattr(channel, "mterelay_outer", channel)
+
+
+def _closing(channel: Any) -> bool:
+    transport = getattr(channel, "transport", None)
+    return transport is None or bool(getattr(transport, "disconnecting", False))
