@@ -33,6 +33,7 @@ from mterelay.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
 from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
@@ -277,8 +278,14 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
     )
+    guard = ConnectionGuard(
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        max_connections=config.max_connections or default_max_connections(),
+        metrics=metrics,
+    )
     site = RelaySite(RelayRoot(config, forwarder, reactor, top.store, metrics=metrics),
-                     reactor, metrics, echo_request_id=config.debug)
+                     reactor, metrics, echo_request_id=config.debug, guard=guard)
     endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)
     top.listener.setServiceParent(top)

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from mterelay.logs import TEXT
 from mterelay.metrics import RelayMetrics
 from mterelay.nodelay import set_no_delay
+from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
 from mterelay.web.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
@@ -43,14 +44,19 @@ class RelaySite(Site):
 
     noisy = False
     displayTracebacks = False
+    protocol = guarded_channel_factory
 
     def __init__(self, resource: IResource, clock: IReactorTime,
                  metrics: RelayMetrics | None = None, *, echo_request_id: bool = False,
-                 **kwargs: Any) -> None:
+                 guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("requestFactory", StreamingRequest)
         super().__init__(resource, **kwargs)
         self.clock = clock
         self.metrics = metrics if metrics is not None else RelayMetrics()
+        #: Header deadline, body idle timeout, connection cap (mterelay.web.guard).
+        self.guard = guard if guard is not None else ConnectionGuard(metrics=self.metrics)
+        if self.guard.metrics is None:
+            self.guard.metrics = self.metrics
         self.echo_request_id = echo_request_id
         self.active: set[Any] = set()
         self.channels: set[Any] = set()
@@ -64,17 +70,22 @@ class RelaySite(Site):
     # --- connections
 
     def buildProtocol(self, addr: Any) -> Any:
+        if not self.guard.admit(len(self.channels)):
+            return None  # the listener closes the socket at once
         channel = super().buildProtocol(addr)
         if channel is None:
             return None
         channels = self.channels
         channels.add(channel)
+        metrics = self.metrics
+        metrics.set_open_connections(len(channels))
         # Requests see the inner HTTP/1.1 channel; remember the one tracked here.
         _http11(channel).mterelay_outer = channel
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> None:
             channels.discard(channel)
+            metrics.set_open_connections(len(channels))
             # Closed after loseConnection: Twisted wrote the whole buffer first.
             self._flushing.pop(channel, None)
             lost(reason)

@@ -61,6 +61,11 @@ class BodyPipe:
     def complete(self) -> bool:
         return self._outcome is not False
 
+    @property
+    def paused(self) -> bool:
+        """True while this pipe holds the client's socket back (its consumer is slower)."""
+        return self._paused_by_us
+
     # --- fed by the request
 
     def write(self, data: bytes) -> None:
