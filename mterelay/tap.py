@@ -27,7 +27,13 @@ from twisted.web.server import Site
 from mterelay import __version__
 from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
 from mterelay.emf import EmfReporter, emf_dimensions, line_writer
-from mterelay.logs import make_observer
+from mterelay.logs import (
+    LogDestination,
+    LogDestinationError,
+    log_destination,
+    make_observer,
+    syslog_observer,
+)
 from mterelay.metrics import RelayMetrics
 from mterelay.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
@@ -356,6 +362,42 @@ def _main_endpoint(config: Config, reactor: Any, environ: Mapping[str, str], ind
         raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
 
 
+def observer_for(config: Config, destination: LogDestination, reactor: Any) -> ILogObserver:
+    """The relay's observer (LOG_LEVEL, LOG_FORMAT) writing where twistd was told to."""
+    if destination.kind == "syslog":
+        return syslog_observer(config.log_level, destination.prefix)
+    stream: Any = sys.stdout
+    if destination.kind == "file":
+        assert destination.path is not None
+        from twisted.python.logfile import LogFile
+
+        try:
+            stream = LogFile.fromFullPath(destination.path)
+        except OSError as error:
+            raise ConfigError("--logfile", f"cannot be opened: {error.strerror}",
+                              destination.path) from None
+        # What twistd does for its own log file: SIGUSR1 reopens it (logrotate).
+        if not signal.getsignal(signal.SIGUSR1):
+            signal.signal(signal.SIGUSR1,
+                          lambda signum, frame: reactor.callFromThread(stream.rotate))
+    return make_observer(config.log_level, config.log_format, stream,
+                         getattr(reactor, "callLater", None))
+
+
+def twistd_log_destination(options: Options, config: Config) -> LogDestination:
+    """Where twistd's --logfile / --syslog / -n (on the parent options) send the logs."""
+    try:
+        destination = log_destination(getattr(options, "parent", None))
+    except LogDestinationError as error:
+        raise ConfigError("--logfile", str(error)) from None
+    if destination.kind == "file" and config.workers > 1:
+        raise ConfigError(
+            "WORKERS", "cannot be combined with twistd --logfile: the worker processes would "
+            "write and rotate one file together; log to stdout (the default under -n) or "
+            "--syslog")
+    return destination
+
+
 def makeService(options: Options) -> RelayService:
     from twisted.internet import reactor
 
@@ -364,7 +406,12 @@ def makeService(options: Options) -> RelayService:
         die_with_parent(os.environ)
     command = worker_argv(options, [setting.cli for setting in SETTINGS if setting.cli])
     try:
-        service = build_service(options.config, reactor, worker_command=command)
+        destination = twistd_log_destination(options, options.config)
+        if destination.kind == "syslog":
+            command[command.index("mterelay"):command.index("mterelay")] = [
+                "--syslog", f"--prefix={destination.prefix}"]
+        observer = observer_for(options.config, destination, reactor)
+        service = build_service(options.config, reactor, observer, worker_command=command)
         service.handle_sigterm = True
         return service
     except ConfigError as error:
