@@ -467,6 +467,23 @@ class SiteMetricsTests(SiteCase):
         connection.drop()
         self.assertEqual(statuses, [200])
 
+    def test_asterisk_targets_keep_the_in_flight_gauge_balanced(self) -> None:
+        # Twisted answers "OPTIONS *" (200) and "GET *" (405) without
+        # getResourceFor; the gauge used to go to -1 for each.
+        site = self.site()
+        for method in (b"OPTIONS", b"GET", b"OPTIONS"):
+            connection = Connection(site)
+            connection.channel.dataReceived(method + b" * HTTP/1.1\r\nHost: relay.test\r\n\r\n")
+            self.assertEqual(len(connection.responses()), 1)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_in_flight_requests"), 0.0)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_requests_total", role="other",
+                                       status_class="2xx"), 2.0)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_requests_total", role="other",
+                                       status_class="4xx"), 1.0)
+        self.assertEqual([(line["method"], line["path"], line["status"])
+                          for line in self.access_lines()],
+                         [("OPTIONS", "*", 200), ("GET", "*", 405), ("OPTIONS", "*", 200)])
+
     def test_crashing_resource_counts_500(self) -> None:
         site = self.site()
         connection = Connection(site)

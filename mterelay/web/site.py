@@ -141,7 +141,14 @@ class RelaySite(Site):
 
     def _observe(self, request: Any, status: int) -> float:
         started = getattr(request, "mterelay_started", None)
-        seconds = self.clock.seconds() - started if started is not None else 0.0
+        if started is None:
+            # Never reached getResourceFor: Twisted answers "OPTIONS *" and
+            # "GET *" itself.  Counted in and out here so the in-flight gauge
+            # stays balanced.
+            self.metrics.request_started()
+            seconds = 0.0
+        else:
+            seconds = self.clock.seconds() - started
         self.metrics.request_finished(getattr(request, "mterelay_role", "other"), status, seconds)
         refusal = getattr(request, "mterelay_refusal", None)
         if refusal is not None:
