@@ -63,6 +63,40 @@ class DestinationTests(SynchronousTestCase):
                          "needs --nodaemon (-n): a daemon has no stdout")
 
 
+class FileObserverTests(SynchronousTestCase):
+    def test_json_lines_to_the_file_and_sigusr1_reopens_it(self) -> None:
+        import json
+
+        from twisted.internet.task import Clock
+
+        from mterelay import tap
+
+        installed: dict[int, Any] = {}
+        self.patch(tap.signal, "getsignal", lambda signum: None)
+        self.patch(tap.signal, "signal", lambda signum, handler: installed.update({signum: handler}))
+        path = os.path.abspath(self.mktemp())
+        clock = Clock()
+        observer = tap.observer_for(relay_config(LOG_FORMAT="json", LOG_LEVEL="warning"),
+                                    LogDestination("file", path), clock)
+        log = Logger(namespace="mterelay.test", observer=observer)
+        log.info("below LOG_LEVEL")
+        log.warn("into the {what}", what="file")
+        clock.advance(0)  # the per-turn flush
+        with open(path, encoding="utf-8") as handle:
+            [record] = [json.loads(line) for line in handle]
+        self.assertEqual((record["level"], record["message"]), ("warn", "into the file"))
+        self.assertIn(signal.SIGUSR1, installed)
+
+    def test_unwritable_file_is_a_one_line_error(self) -> None:
+        from mterelay import tap
+
+        with self.assertRaises(ConfigError) as caught:
+            tap.observer_for(relay_config(), LogDestination("file", "/nonexistent/dir/r.log"),
+                             None)
+        self.assertTrue(str(caught.exception).startswith(
+            "invalid configuration: --logfile cannot be opened"), str(caught.exception))
+
+
 class SyslogObserverTests(SynchronousTestCase):
     def test_records_go_to_syslog_with_log_level_applied(self) -> None:
         sent: list[tuple[int, str]] = []
