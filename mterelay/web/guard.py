@@ -110,27 +110,40 @@ class GuardedHTTPChannel(HTTPChannel):
     """
 
     _deadline: Any = None
+    #: The deadline counts for the headers being read now.
+    _armed = False
     #: Waiting for a request's headers (from connection start or its first byte).
     _awaiting_headers = True
     _header_bytes = 0
     _reading_body = False
 
+    _limits: ConnectionGuard | None = None
+
     def _guard(self) -> ConnectionGuard | None:
-        return getattr(getattr(self, "factory", None), "guard", None)
+        return self._limits
 
     # --- header deadline
 
     def connectionMade(self) -> None:
+        self._limits = getattr(getattr(self, "factory", None), "guard", None)
         super().connectionMade()
-        self._start_deadline()
+        self._arm()
 
-    def _start_deadline(self) -> None:
-        guard = self._guard()
+    def _arm(self) -> None:
+        guard = self._limits
         if guard is None or not guard.header_timeout:
             return
-        self._deadline = self.callLater(guard.header_timeout, self._headers_too_slow)
+        self._armed = True
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            # One timer per connection, moved on for each request: cheaper than
+            # a new timer and a cancellation per request on a kept-alive connection.
+            deadline.reset(guard.header_timeout)
+        else:
+            self._deadline = self.callLater(guard.header_timeout, self._headers_too_slow)
 
     def _cancel_deadline(self) -> None:
+        self._armed = False
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
@@ -139,15 +152,15 @@ class GuardedHTTPChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_headers and data:
             self._header_bytes += len(data)
-            if self._deadline is None and not self._handlingRequest:
-                self._start_deadline()  # a later request on a kept-alive connection
+            if not self._armed and not self._handlingRequest:
+                self._arm()  # a later request on a kept-alive connection
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        self._cancel_deadline()
+        self._armed = False  # the timer stays, disarmed, for the next request
         self._awaiting_headers = False
         self._header_bytes = 0
-        guard = self._guard()
+        guard = self._limits
         if self.length != 0 and guard is not None and guard.body_timeout:
             # A body follows: Twisted's idle timer now measures silence in it.
             self._reading_body = True
@@ -172,8 +185,9 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def _headers_too_slow(self) -> None:
         self._deadline = None
-        if not self._awaiting_headers or self.transport is None or self.transport.disconnecting:
+        if not self._armed or self.transport is None or self.transport.disconnecting:
             return
+        self._armed = False
         guard = self._guard()
         seconds = guard.header_timeout if guard is not None else None
         peer = getattr(self.transport.getPeer(), "host", None)
