@@ -114,6 +114,20 @@ class HeaderDeadlineTests(GuardCase):
         statuses = [r.status for r in connection.responses()]
         self.assertEqual(statuses, [200, 408])
 
+    def test_next_request_soon_after_gets_a_full_deadline(self) -> None:
+        # The connection's timer (due at 3 s from the first request) is moved
+        # on, not left to cut the second request early.
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/one")
+        self.clock.advance(2)
+        connection.channel.dataReceived(b"GET /two HTTP/1.1\r\n")
+        self.clock.advance(2.9)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(0.1)
+        self.assertTrue(connection.closed_by_server)
+        self.assertEqual([r.status for r in connection.responses()], [200, 408])
+
     def test_pipelined_request_gets_its_own_deadline(self) -> None:
         site = self.site()
         connection = Connection(site)
