@@ -109,6 +109,7 @@ class GuardedHTTPChannel(HTTPChannel):
     a factory without one gets Twisted's behaviour.
     """
 
+    #: The connection's header-deadline timer (kept, disarmed, between requests).
     _deadline: Any = None
     #: The deadline counts for the headers being read now.
     _armed = False
@@ -117,10 +118,8 @@ class GuardedHTTPChannel(HTTPChannel):
     _header_bytes = 0
     _reading_body = False
 
+    #: The factory's ConnectionGuard, looked up once per connection.
     _limits: ConnectionGuard | None = None
-
-    def _guard(self) -> ConnectionGuard | None:
-        return self._limits
 
     # --- header deadline
 
@@ -188,7 +187,7 @@ class GuardedHTTPChannel(HTTPChannel):
         if not self._armed or self.transport is None or self.transport.disconnecting:
             return
         self._armed = False
-        guard = self._guard()
+        guard = self._limits
         seconds = guard.header_timeout if guard is not None else None
         peer = getattr(self.transport.getPeer(), "host", None)
         if self._header_bytes:
@@ -218,7 +217,7 @@ class GuardedHTTPChannel(HTTPChannel):
                 # client's silence.  (The fired timer is gone: set a new one.)
                 self.setTimeout(self.timeOut)
                 return
-            guard = self._guard()
+            guard = self._limits
             if guard is not None:
                 guard.cut("body_timeout")
             log.info(
