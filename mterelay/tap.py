@@ -398,6 +398,14 @@ def twistd_log_destination(options: Options, config: Config) -> LogDestination:
     return destination
 
 
+def worker_log_argv(command: list[str], destination: LogDestination) -> list[str]:
+    """Workers log to syslog too when the first process does (twistd options precede the plugin)."""
+    if destination.kind != "syslog" or "mterelay" not in command:
+        return command
+    at = command.index("mterelay")
+    return command[:at] + ["--syslog", f"--prefix={destination.prefix}"] + command[at:]
+
+
 def makeService(options: Options) -> RelayService:
     from twisted.internet import reactor
 
@@ -407,9 +415,7 @@ def makeService(options: Options) -> RelayService:
     command = worker_argv(options, [setting.cli for setting in SETTINGS if setting.cli])
     try:
         destination = twistd_log_destination(options, options.config)
-        if destination.kind == "syslog":
-            command[command.index("mterelay"):command.index("mterelay")] = [
-                "--syslog", f"--prefix={destination.prefix}"]
+        command = worker_log_argv(command, destination)
         observer = observer_for(options.config, destination, reactor)
         service = build_service(options.config, reactor, observer, worker_command=command)
         service.handle_sigterm = True

@@ -55,6 +55,15 @@ class DestinationTests(SynchronousTestCase):
         self.assertEqual(twistd_log_destination(
             self.twistd_options(nodaemon=True, syslog=True, prefix="p"), config).kind, "syslog")
 
+    def test_workers_follow_syslog(self) -> None:
+        from mterelay.tap import worker_log_argv
+
+        command = ["python", "-c", "run()", "-n", "--pidfile=", "mterelay", "--workers=2"]
+        self.assertEqual(worker_log_argv(command, LogDestination("syslog", prefix="b")),
+                         ["python", "-c", "run()", "-n", "--pidfile=", "--syslog", "--prefix=b",
+                          "mterelay", "--workers=2"])
+        self.assertEqual(worker_log_argv(command, LogDestination("stdout")), command)
+
     def test_stdout_for_a_daemon_refused_with_one_line(self) -> None:
         with self.assertRaises(ConfigError) as caught:
             twistd_log_destination(self.twistd_options(nodaemon=False, logfile="-"),
