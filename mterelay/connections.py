@@ -247,7 +247,9 @@ class OriginAgent:
             self._methods.add(method)
         uri = uri.strip()
         if _VISIBLE_ASCII.fullmatch(uri) is None:
-            raise ValueError(f"Invalid URI {uri[:100]!r}")
+            # Never the URL itself: its query may hold secrets, and this
+            # message ends up in a log line.
+            raise ValueError("Invalid URI: not visible ASCII")
         start = uri.find(b"://")
         slash = uri.find(b"/", start + 3) if start > 0 else -1
         base, path = (uri, b"/") if slash < 0 else (uri[:slash], uri[slash:])
