@@ -33,13 +33,14 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
 
 from mterelay.protocol.replay import Verdict
-from mterelay.store.interface import StoreLimits, StoreUnavailable
+from mterelay.store.interface import StoreLimits, StoreUnavailable, pair_generation
 
 from tests.test_store_redis import CID, RedisTestCase
 
 _log = Logger()
 
-A, R, U = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.UNKNOWN
+A, R, U, S = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.UNKNOWN, Verdict.STALE
+OTHER_GENERATION = pair_generation(b"keys this pair id had before")
 LIMITS = StoreLimits(max_messages=10**9)
 
 
@@ -59,6 +60,7 @@ class _Flood:
         self.left = calls
         self.workers = workers
         self.pairs = pairs            # pair id -> secret
+        self.generations = {pid: pair_generation(secret) for pid, secret in pairs.items()}
         self.next_seq = dict.fromkeys(pairs, 0)
         self.accepted = {pid: [] for pid in pairs}
         self.wrong: list[str] = []
@@ -74,7 +76,7 @@ class _Flood:
     def _one(self):
         rng = self.rng
         store = rng.choice(self.stores)
-        kind = rng.randrange(7)
+        kind = rng.randrange(8)
         token = rng.getrandbits(40)
         if kind == 0:
             d, want = _echo(store, "return ARGV[1]", b"t%d" % token), b"t%d" % token
@@ -89,13 +91,17 @@ class _Flood:
         elif kind == 4:
             pid = rng.choice(list(self.pairs))
             seq = self.next_seq[pid] = self.next_seq[pid] + 1
-            d, want = store.accept(CID, pid, seq), A
+            d, want = store.accept(CID, pid, seq, self.generations[pid]), A
             d.addCallback(self._note_accepted, pid, seq)
         elif kind == 5 and any(self.accepted.values()):
             pid = rng.choice([p for p, seqs in self.accepted.items() if seqs])
-            d, want = store.accept(CID, pid, rng.choice(self.accepted[pid])), R
+            seq = rng.choice(self.accepted[pid])
+            d, want = store.accept(CID, pid, seq, self.generations[pid]), R
+        elif kind == 6:
+            pid = rng.choice(list(self.pairs))
+            d, want = store.accept(CID, pid, 1, OTHER_GENERATION), S
         else:
-            d, want = store.accept(CID, "pair_nobody_" + "Z" * 10, 1), U
+            d, want = store.accept(CID, "pair_nobody_" + "Z" * 10, 1, OTHER_GENERATION), U
         what = f"kind {kind} expecting {want!r}"
         return d.addCallbacks(self._check, self._failed, (want, what), None, (what,))
 

@@ -10,12 +10,17 @@ t     highest accepted sequence number, -1 before the first
 W     window width (fixed at creation, so a config change cannot
       reinterpret an existing bitmap)
 w     window ring, W/8 bytes, layout of ``ReplayWindow.bitmap()``
+g     generation, ``pair_generation`` of the secrets (32 hex digits)
+b     the Redis server's run_id when the pair was created: a pair from
+      before a restart (or failover) is void, whatever a reload restored
 ====  ===========================================================
 
 The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
 ``accept`` is one Lua script, hence atomic across any number of replicas and
-connections; ``create`` is another (delete + write + expire); ``get`` is one
-HMGET.  Every call is one round trip (two on the first use of a script after a
+connections, and checks the generation before anything else; ``create`` is
+another (create-if-absent: write + expire only when the key does not exist);
+``get`` is one HMGET; ``delete`` with a generation is a third script.
+Every call is one round trip (two on the first use of a script after a
 Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
 
 Failure policy: calls never wait for a connection.  With no live connection
@@ -44,18 +49,19 @@ from zope.interface import implementer
 from mterelay.protocol.replay import Verdict, validate_seq
 from mterelay.store.atrest import AtRestError, SecretSealer
 from mterelay.store.interface import (
-    IPairStore, StoreLimits, StoreUnavailable, validate_ids)
+    IPairStore, PairExists, StoreLimits, StoreUnavailable, pair_generation,
+    validate_generation, validate_ids)
 from mterelay.store.redisclient import (
     RedisConnection, RedisError, RedisPool, RedisReplyError)
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
-__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "RedisPairStore"]
+__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
 _log = Logger()
 
 #: Verdict codes returned by ACCEPT_SCRIPT, by index.
 _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
-             Verdict.UNKNOWN, Verdict.EXHAUSTED)
+             Verdict.UNKNOWN, Verdict.EXHAUSTED, Verdict.STALE)
 
 # Same semantics as mterelay.protocol.replay.ReplayWindow.accept, plus the
 # pair's lifetime limits.  Numbers are Lua doubles: exact for seq < 2**53,
@@ -63,14 +69,25 @@ _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
 # with %.0f because tostring() would round them to 14 digits.
 ACCEPT_SCRIPT = r"""
 -- KEYS[1] pair key
--- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms
--- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED
+-- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms, generation
+-- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED, 5 STALE
 local key = KEYS[1]
 local seq = tonumber(ARGV[1])
-local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w')
+local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w', 'g', 'b')
 local created, count, top, width, bm =
   tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]), st[5]
 if not created then return 3 end
+-- Generation first, before any write or delete: a message opened under
+-- keys this id had before must not consume, reset or remove today's pair.
+-- A pair without one (made before generations existed) is unusable.
+if not st[6] then return 3 end
+if st[6] ~= ARGV[6] then return 5 end
+-- A pair from before this server started may carry an older window (an
+-- RDB/AOF reload after a crash, a promoted replica): void.
+if st[7] ~= SERVER_BOOT() then
+  redis.call('DEL', key)
+  return 3
+end
 if not (count and top and width and bm) or #bm * 8 ~= width then
   -- corrupt state: forget the pair (the client re-pairs with new keys)
   redis.call('DEL', key)
@@ -112,12 +129,36 @@ return 0
 """
 
 CREATE_SCRIPT = r"""
--- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms
-redis.call('DEL', KEYS[1])
+-- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms, generation
+-- returns 1 created, 0 the key exists (left untouched)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'n', '0', 't', '-1',
-           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8))
+           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8),
+           'g', ARGV[5], 'b', SERVER_BOOT())
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+DELETE_SCRIPT = r"""
+-- KEYS[1] pair key; ARGV: generation.  Deletes only that generation.
+if redis.call('HGET', KEYS[1], 'g') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# The identity of the running Redis process: INFO's run_id changes with every
+# start (and differs on a promoted replica), unlike anything stored in the
+# dataset, which a reload brings back.  INFO costs about a microsecond of
+# server time; where it is refused (an ACL without @dangerous, a service
+# hiding run_id) this is '' and restart detection is off (docs/protocol.md 9.3).
+_SERVER_BOOT = r"""
+local function SERVER_BOOT()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
+end
 """
 
 
@@ -125,12 +166,15 @@ class _Script:
     __slots__ = ("source", "sha")
 
     def __init__(self, source: str) -> None:
+        if "SERVER_BOOT()" in source:
+            source = _SERVER_BOOT + source
         self.source = source.encode("utf-8")
         self.sha = hashlib.sha1(self.source).hexdigest()
 
 
 _ACCEPT = _Script(ACCEPT_SCRIPT)
 _CREATE = _Script(CREATE_SCRIPT)
+_DELETE = _Script(DELETE_SCRIPT)
 
 
 @implementer(IPairStore)
@@ -230,11 +274,12 @@ class RedisPairStore:
             if not isinstance(secrets, (bytes, bytearray, memoryview)):
                 raise ValueError("pair secrets must be bytes")
             sealed = self._sealer.seal(bytes(secrets), key)
-            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms())
+            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms(),
+                    pair_generation(secrets))
         except ValueError:
             return fail()
         d = self._run("create", self._script, _CREATE, key, *args)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(_created, pair_id)
 
     def get(self, client_id: str, pair_id: str) -> Deferred:
         try:
@@ -244,23 +289,29 @@ class RedisPairStore:
         d = self._run("get", lambda conn: conn.execute_command("HMGET", key, "s", "c"))
         return d.addCallback(self._opened, key, pair_id)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
             validate_seq(seq)
+            validate_generation(generation)
         except ValueError:
             return fail()
         args = (seq, self._now_ms(), self._max_age_ms(),
-                self.limits.max_messages, self._idle_ms())
+                self.limits.max_messages, self._idle_ms(), generation)
         d = self._run("accept", self._script, _ACCEPT, key, *args)
         return d.addCallback(_verdict)
 
-    def delete(self, client_id: str, pair_id: str) -> Deferred:
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
+            if generation is not None:
+                validate_generation(generation)
         except ValueError:
             return fail()
-        d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        if generation is None:
+            d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        else:
+            d = self._run("delete", self._script, _DELETE, key, generation)
         return d.addCallback(lambda _: None)
 
     def key_name(self, client_id: str, pair_id: str) -> str:
@@ -381,6 +432,11 @@ class RedisPairStore:
 
 def _verdict(code: int) -> Verdict:
     return _VERDICTS[int(code)]
+
+
+def _created(reply: Any, pair_id: str) -> None:
+    if int(reply) != 1:
+        raise PairExists(f"pair {pair_id} exists")
 
 
 def _load_trust_root(path: str) -> Any:
