@@ -228,8 +228,8 @@ def _census(store, kind: type) -> dict:
         1 for call in reactor.getDelayedCalls()
         if isinstance(getattr(call.func, "__self__", None), owners)
         or type(getattr(call.func, "__self__", None)).__name__ == "_Slot")
-    waiting = sum(len(getattr(conn, "_waiting", ()))
-                  + len(getattr(getattr(conn, "replyQueue", None), "waiting", ()))
+    waiting = sum(conn.pending_calls() if hasattr(conn, "pending_calls")
+                  else len(conn.replyQueue.waiting)  # txredisapi, for comparison
                   for conn in live)
     return {"connections": connections, "waiting": waiting, "store_timers": store_timers,
             "deferreds": deferreds, "blocks": sys.getallocatedblocks(),

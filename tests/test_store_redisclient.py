@@ -273,6 +273,17 @@ class Pool(SynchronousTestCase):
         conn.dataReceived(b"+PONG\r\n")
         self.assertIs(pool.connection(), conn)
 
+    def test_full_server_is_retried_even_when_it_answers_auth(self) -> None:
+        pool = self.make_pool(password="pw")
+        conn, _ = self.endpoint.accept()
+        conn.dataReceived(b"-ERR max number of clients reached\r\n")
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.fatal, [])
+        self.clock.advance(0.2)
+        conn, _ = self.endpoint.accept()
+        conn.dataReceived(b"+OK\r\n+PONG\r\n")
+        self.assertIs(pool.connection(), conn)
+
     def test_poisoned_connection_is_never_handed_out_and_is_replaced(self) -> None:
         pool = self.make_pool(size=2)
         one, _ = self.endpoint.accept(0)

@@ -50,6 +50,7 @@ from mterelay.store.resp import RedisReplyError, RespParser, RespProtocolError, 
 __all__ = ["RedisConnection", "RedisConnectionError", "RedisError", "RedisPool",
            "RedisReplyError"]
 
+
 class RedisConnectionError(Exception):
     """The call's connection was poisoned (timeout, loss, bad bytes, stop)."""
 
@@ -98,11 +99,13 @@ class RedisConnection(Protocol):
         return d
 
     def pending_calls(self) -> int:
+        """Calls sent and not answered yet (tests, diagnostics)."""
         return len(self._waiting)
 
     def _check_deadline(self) -> None:
         # One timer per connection, for the oldest waiting call: replies come
-        # in order, so no later call can be overdue before it.
+        # in order, so a later call cannot be answered before it anyway (a
+        # later call with a shorter timeout waits for the head's deadline).
         self._timer = None
         if not self._waiting:
             return
@@ -294,11 +297,19 @@ class _Slot:
         return conn.when_lost()
 
 
+#: Error replies that say "not now" rather than "never" (a server starting,
+#: busy, full or failing over), even when they answer AUTH or SELECT.
+_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+              "max number of clients")
+
+
 def _refusal(command: str | None, message: str, address: RedisAddress) -> str | None:
     """The fatal error for a set-up command's error reply; None: worth a retry.
 
     Redis never repeats the password in its error messages.
     """
+    if message.startswith(_TRANSIENT):
+        return None
     if message.startswith("NOAUTH"):
         return "Redis error: the server requires a password (NOAUTH)"
     if command == "AUTH":
