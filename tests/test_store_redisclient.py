@@ -260,7 +260,8 @@ class Pool(SynchronousTestCase):
         self.make_pool(db=99)
         conn, _ = self.endpoint.accept()
         conn.dataReceived(b"-ERR DB index is out of range\r\n+PONG\r\n")
-        self.assertEqual(self.fatal, ["Redis error: could not set dbid=99: DB index is out of range"])
+        self.assertEqual(self.fatal,
+                         ["Redis error: could not set dbid=99: DB index is out of range"])
 
     def test_loading_server_is_retried_not_fatal(self) -> None:
         pool = self.make_pool()

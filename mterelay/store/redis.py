@@ -53,7 +53,7 @@ from mterelay.store.interface import (
     validate_generation, validate_ids)
 from mterelay.store.redisclient import (
     RedisConnection, RedisError, RedisPool, RedisReplyError)
-from mterelay.store.redisurl import RedisAddress, parse_redis_url
+from mterelay.store.redisurl import parse_redis_url
 
 __all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
