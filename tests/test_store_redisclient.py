@@ -303,6 +303,25 @@ class Pool(SynchronousTestCase):
         three.dataReceived(b"+PONG\r\n")
         self.assertEqual({pool.connection(), pool.connection()}, {two, three})
 
+    def test_a_closed_connection_is_logged_once_a_stop_is_not(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pool = self.make_pool(size=2)
+        one, _ = self.endpoint.accept(0)
+        two, _ = self.endpoint.accept(1)
+        one.dataReceived(b"+PONG\r\n")
+        two.dataReceived(b"+PONG\r\n")
+        one.execute_command("GET", "a").addErrback(lambda f: None)
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+        one.connectionLost(Failure(ConnectionDone()))
+        pool.stop()
+        warnings = [e for e in events if "Redis connection closed" in e.get("log_format", "")]
+        self.assertEqual([e["reason"] for e in warnings], ["no reply from Redis within 1 s"])
+
     def test_backoff_grows_and_is_capped(self) -> None:
         self.make_pool()
         delays, last = [], 0.0

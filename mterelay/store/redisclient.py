@@ -42,6 +42,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mterelay.store.redisurl import RedisAddress
@@ -49,6 +50,8 @@ from mterelay.store.resp import RedisReplyError, RespParser, RespProtocolError, 
 
 __all__ = ["RedisConnection", "RedisConnectionError", "RedisError", "RedisPool",
            "RedisReplyError"]
+
+_log = Logger()
 
 
 class RedisConnectionError(Exception):
@@ -121,8 +124,7 @@ class RedisConnection(Protocol):
             self._grace = head
             self._timer = self._clock.callLater(0, self._check_deadline)
         else:
-            self.poison("no reply from Redis within "
-                        f"{self.timeout:g} s; connection closed")
+            self.poison(f"no reply from Redis within {self.timeout:g} s")
 
     # -- protocol ---------------------------------------------------------------
 
@@ -269,9 +271,13 @@ class _Slot:
         self._schedule()
 
     def _gone(self, conn: RedisConnection) -> None:
-        self.pool._remove(conn)
+        was_live = self.pool._remove(conn)
         if self.conn is conn:
             self.conn = None
+            if was_live and not self._stopped:
+                # one line per closed connection, at most pool size per backoff
+                _log.warn("Redis connection closed, reconnecting: {reason}",
+                          reason=conn.poisoned)
             self._schedule()
 
     def _schedule(self) -> None:
@@ -368,9 +374,11 @@ class RedisPool:
             self.live.append(conn)
             self._on_ready()
 
-    def _remove(self, conn: RedisConnection) -> None:
+    def _remove(self, conn: RedisConnection) -> bool:
         if conn in self.live:
             self.live.remove(conn)
+            return True
+        return False
 
     def _fatal(self, why: str) -> None:
         if self.fatal is not None:
