@@ -488,24 +488,3 @@ class Tls(RedisTestCase):
             f"rediss://127.0.0.1:{self.tls_port}?ssl_ca_certs={self.ca_path}",
             start=False, connect_timeout=0.5)
         yield self.assertFailure(store.start(), StoreUnavailable)
-
-
-class CommandEncodingTests(SynchronousTestCase):
-    """The store's RESP encoder writes exactly what txredisapi's would."""
-
-    def test_same_bytes_as_txredisapi(self) -> None:
-        import txredisapi
-
-        from mterelay.store.redis import _Protocol
-
-        theirs, ours = txredisapi.RedisProtocol(), _Protocol()
-        commands = [
-            ("EVALSHA", "a" * 40, 1, b"mte:pair:c:p", 12, 1795254549123, 600000, 0, -1),
-            ("SET", "k\u00e9y", 1.5, bytearray(b"z"), True, False, "", b""),
-            ("PING",),
-            ("HMGET", b"k", "s", "c"),
-            ("EVAL", b"return 1\r\n", 0, 2**70),
-        ]
-        for command in commands:
-            self.assertEqual(ours._build_command(*command), theirs._build_command(*command),
-                             command)

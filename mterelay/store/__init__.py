@@ -2,7 +2,7 @@
 
 ``IPairStore`` is the contract; ``MemoryPairStore`` (embedded default) and
 ``RedisPairStore`` (shared by replicas, in ``mterelay.store.redis``, not
-imported here because txredisapi imports the global reactor) implement it.
+imported here so a memory-only relay never loads the Redis client) implement it.
 """
 
 from mterelay.protocol.replay import Verdict

@@ -1,4 +1,4 @@
-"""The shared pair store: Redis via txredisapi, for replicas behind a balancer.
+"""The shared pair store: Redis, for replicas behind a balancer.
 
 One hash per pair at ``{prefix}pair:{client_id}:{pair_id}``:
 
@@ -25,9 +25,11 @@ Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
 
 Failure policy: calls never wait for a connection.  With no live connection
 they fail at once with StoreUnavailable; a command in flight fails when its
-connection drops or after ``timeout`` seconds (which also aborts that
-connection, so a silently dead peer is noticed).  The pool reconnects by
-itself with a short capped backoff.
+connection drops or after ``timeout`` seconds.  A timeout, a lost connection
+or an unreadable reply poisons that connection (``redisclient``): it leaves
+the pool at once, every call waiting on it fails with StoreUnavailable and no
+later reply on it reaches anyone, so a reply can never be read by another
+command.  The pool reconnects by itself with a short capped backoff.
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-import txredisapi
-
 from mterelay.protocol.replay import Verdict, validate_seq
 from mterelay.store.atrest import AtRestError, SecretSealer
 from mterelay.store.interface import (
     IPairStore, PairExists, StoreLimits, StoreUnavailable, pair_generation,
     validate_generation, validate_ids)
-from mterelay.store.redisurl import RedisAddress, parse_redis_url
+from mterelay.store.redisclient import (
+    RedisConnection, RedisError, RedisPool, RedisReplyError)
+from mterelay.store.redisurl import parse_redis_url
 
 __all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
@@ -175,102 +177,6 @@ _CREATE = _Script(CREATE_SCRIPT)
 _DELETE = _Script(DELETE_SCRIPT)
 
 
-class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol, ready only after a full round trip.
-
-    txredisapi calls a connection without password or database ready as soon
-    as TCP is up, i.e. before a TLS handshake (and its certificate check) has
-    even finished, or while the server is frozen.  A PING first makes "ready"
-    mean "answered".  Reply timeouts run on the store's reactor.
-    """
-
-    def connectionMade(self) -> Any:
-        if self.password is not None or self.dbid is not None:
-            return super().connectionMade()  # AUTH / SELECT is a round trip
-        d = self.execute_command("PING")
-        d.addCallbacks(self._answered, self._not_answered)
-        return d
-
-    def _answered(self, reply: Any) -> Any:
-        return super().connectionMade()
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        """txredisapi's RESP encoding, minus its per-argument overhead.
-
-        Every encrypted request runs one EVALSHA on relay B; txredisapi's
-        encoder takes about as long as the round trip's other Python work.
-        bytes, str and int are encoded here the way txredisapi would; any
-        other type goes through txredisapi's own ``_encode_value``.
-        """
-        parts = [b"*%d\r\n" % len(args)]
-        encode = self._encode_value
-        for arg in args:
-            kind = type(arg)
-            if kind is bytes:
-                value = arg
-            elif kind is int:
-                value = b"%d" % arg
-            elif kind is str and self.charset is not None:
-                value = arg.encode(self.charset, self.errors)
-            else:
-                value = encode(arg)
-            parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
-        return b"".join(parts)
-
-    def _not_answered(self, failure: Failure) -> None:
-        if failure.check(txredisapi.ResponseError) and \
-                str(failure.value).startswith("NOAUTH"):
-            # configuration error, like a wrong password: stop retrying
-            self.factory.stopTrying()
-            self.factory.connectionError(
-                "Redis error: the server requires a password (NOAUTH)")
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-
-class _Factory(txredisapi.RedisFactory):
-    """A connection pool that reports readiness and fatal errors.
-
-    Built directly (not through ``lazyConnectionPool``) so the endpoint uses
-    our reactor and TLS settings, and so the store learns about connections
-    coming and going instead of queueing on them.
-    """
-
-    protocol = _Protocol
-
-    def __init__(self, reactor: IReactorTime, address: RedisAddress,
-                 pool_size: int, timeout: float, max_delay: float,
-                 on_ready: Callable[[], None],
-                 on_fatal: Callable[[str], None]) -> None:
-        super().__init__(
-            f"{address.host}:{address.port}", address.db, pool_size,
-            isLazy=True, charset=None, password=address.password,
-            replyTimeout=timeout, convertNumbers=False,
-            username=address.username if address.password is not None else None)
-        self._reactor = reactor
-        self._on_ready = on_ready
-        self._on_fatal = on_fatal
-        self.initialDelay = min(0.1, max_delay)
-        self.maxDelay = max_delay
-        # fired by txredisapi when the pool is full or auth/select fails;
-        # we learn both through the hooks below
-        self.deferred.addErrback(lambda failure: None)
-
-    def buildProtocol(self, addr: Any) -> _Protocol:
-        proto = super().buildProtocol(addr)
-        proto.callLater = self._reactor.callLater
-        return proto
-
-    def addConnection(self, conn: _Protocol) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self._on_ready()
-
-    def connectionError(self, why: str) -> None:
-        super().connectionError(why)
-        self._on_fatal(why)
-
-
 @implementer(IPairStore)
 class RedisPairStore:
     """``IPairStore`` on Redis; see the module docstring for layout and policy.
@@ -312,24 +218,24 @@ class RedisPairStore:
         self._timeout = float(timeout)
         self._connect_timeout = float(connect_timeout)
         self._max_delay = float(reconnect_max_delay)
-        self._factory: _Factory | None = None
+        self._pool: RedisPool | None = None
         self._fatal: str | None = None
         self._waiters: list[Deferred] = []
-        self._next = 0
 
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> Deferred:
-        if self._factory is None:
+        if self._pool is None:
             self._fatal = None
-            factory = _Factory(
-                self._reactor, self.address, self._pool_size, self._timeout,
-                self._max_delay,
+            pool = RedisPool(
+                self._reactor, self._endpoint(), self.address, self._pool_size,
+                timeout=self._timeout, connect_timeout=self._connect_timeout,
+                max_delay=self._max_delay,
                 # a stopped pool's late news must not touch a restarted store
-                lambda: self._ready() if self._factory is factory else None,
-                lambda why: self._failed(why) if self._factory is factory else None)
-            self._factory = factory
-            factory.startConnecting(self._endpoint())
+                on_ready=lambda: self._ready() if self._pool is pool else None,
+                on_fatal=lambda why: self._failed(why) if self._pool is pool else None)
+            self._pool = pool
+            pool.start()
         if self._fatal is not None:
             return fail(StoreUnavailable(self._fatal))
         if self._live_connections():
@@ -345,11 +251,11 @@ class RedisPairStore:
         return waiter.addTimeout(self._connect_timeout, self._reactor, timed_out)
 
     def stop(self) -> Deferred:
-        factory, self._factory = self._factory, None
+        pool, self._pool = self._pool, None
         self._fire_waiters(StoreUnavailable("the pair store was stopped"))
-        if factory is None:
+        if pool is None:
             return succeed(None)
-        return factory.disconnect()
+        return pool.stop("the pair store was stopped").addCallback(lambda _: None)
 
     def ping(self) -> Deferred:
         try:
@@ -459,24 +365,21 @@ class RedisPairStore:
             creator = ssl.optionsForClientTLS(address.host, trustRoot=trust)
         return wrapClientTLS(creator, endpoint)
 
-    def _live_connections(self) -> list:
-        factory = self._factory
-        if factory is None:
-            return []
-        return [conn for conn in factory.pool if conn.connected]
+    def _live_connections(self) -> list[RedisConnection]:
+        pool = self._pool
+        return [] if pool is None else list(pool.live)
 
-    def _connection(self) -> _Protocol:
-        """A live connection, round robin; never waits for one."""
+    def _connection(self) -> RedisConnection:
+        """A ready, unpoisoned connection, round robin; never waits for one."""
         if self._fatal is not None:
             raise StoreUnavailable(self._fatal)
-        if self._factory is None:
+        if self._pool is None:
             raise StoreUnavailable("the pair store is not started")
-        live = self._live_connections()
-        if not live:
+        conn = self._pool.connection()
+        if conn is None:
             raise StoreUnavailable(
                 f"no connection to Redis at {self.address.redacted()}")
-        self._next = (self._next + 1) % len(live)
-        return live[self._next]
+        return conn
 
     def _run(self, op: str, call: Callable[..., Deferred], *args: Any) -> Deferred:
         try:
@@ -486,13 +389,13 @@ class RedisPairStore:
         d = maybeDeferred(call, conn, *args)
         return d.addErrback(self._unavailable, op)
 
-    def _script(self, conn: _Protocol, script: _Script, key: bytes,
+    def _script(self, conn: RedisConnection, script: _Script, key: bytes,
                 *args: Any) -> Deferred:
         """EVALSHA, falling back to EVAL when the server lost its script cache."""
         d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
 
         def no_script(failure: Failure) -> Any:
-            if failure.check(txredisapi.ResponseError) and \
+            if failure.check(RedisReplyError) and \
                     str(failure.value).startswith("NOSCRIPT"):
                 return conn.execute_command("EVAL", script.source, 1, key, *args)
             return failure
@@ -500,7 +403,7 @@ class RedisPairStore:
         return d.addErrback(no_script)
 
     def _unavailable(self, failure: Failure, op: str) -> Failure:
-        if failure.check(txredisapi.RedisError):
+        if failure.check(*RedisError):
             raise StoreUnavailable(
                 f"Redis {op} failed: {type(failure.value).__name__}: "
                 f"{failure.getErrorMessage()}") from failure.value
@@ -510,7 +413,7 @@ class RedisPairStore:
         self._fire_waiters(None)
 
     def _failed(self, why: str) -> None:
-        # auth or SELECT refused: txredisapi stops reconnecting, so do we
+        # auth or SELECT refused: the pool stops reconnecting
         if self._fatal is None:
             self._fatal = f"Redis at {self.address.redacted()} refused us: {why}"
             _log.error("{message}", message=self._fatal)
