@@ -166,8 +166,8 @@ class AddressLimitTests(RelayCase):
         # One entry and 19 KB of white space (~22.6 KB, 5 pairs' worth by length,
         # more than the bucket ever holds): counted as a full request (4) at most.
         client = self.client_id()
-        data = json.dumps(self.entries(client, 1)).encode()[:-1] + b" " * 19_000 + b"]"
         for _ in range(2):
+            data = json.dumps(self.entries(client, 1)).encode()[:-1] + b" " * 19_000 + b"]"
             response, _ = self.relay.call(
                 "POST", "/api/mte-pair",
                 headers={"x-mte-relay": [client], "x-forwarded-for": ["192.0.2.1"]}, data=data)
