@@ -175,7 +175,8 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual([r.uri for r in self.h.upstream.received], [b"/rotated"])
 
     def test_relay_562_retries_once_on_a_new_pair(self) -> None:
-        self.h.switch.inject.append((562, {"error": "Failed to decode.", "code": 562}, {}))
+        self.h.switch.inject.append((562, {"error": "Failed to decode.", "code": 562,
+                                           "upstreamReached": "no"}, {}))
         before = self.pairings()
         response, _ = self.h.call(self.client, "POST", "/once", data=b"1")
         self.assertEqual(response.code, 200)
