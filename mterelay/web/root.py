@@ -27,6 +27,7 @@ from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
 from mterelay.protocol.errors import MissingHeader
+from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
 
 RELAY_HEADER = b"x-mte-relay"
@@ -50,9 +51,13 @@ class RelayRoot(Resource):
         self.store = store
         self.keys = KeyCache(self.store)
         self.secrets = config.client_id_secrets
+        # Every relay accepts batches of 1..64 pair requests (spec 4, 11), whatever
+        # its own pool size: a client cannot know MAX_POOL_SIZE.  The limiter's
+        # burst holds one full batch, or a 64-entry batch would wait for ever.
         self.pairing = PairRoute(
-            self.store, self.keys, self.secrets, config.max_pool_size,
-            PairingLimiter(clock, rate=config.max_pool_size, burst=4 * config.max_pool_size),
+            self.store, self.keys, self.secrets, MAX_PAIRS_PER_REQUEST,
+            PairingLimiter(clock, rate=config.max_pool_size,
+                           burst=max(4 * config.max_pool_size, MAX_PAIRS_PER_REQUEST)),
             metrics=metrics,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
