@@ -174,3 +174,64 @@ class CorsTests(SynchronousTestCase):
         relay = MemoryRelay.build()
         response, _ = relay.call("GET", "/api/mte-echo/x", headers={b"origin": [ORIGIN]})
         self.assertIsNone(response.headers.getRawHeaders(b"access-control-allow-origin"))
+
+
+class SealedAnswerTests(SynchronousTestCase):
+    """Relay B's sealed answers and its own errors after forwarding began."""
+
+    def setUp(self) -> None:
+        from tests.test_inbound import Sealer
+
+        self.relay = MemoryRelay.build(CORS_ORIGINS="https://app.example.com")
+        self.client = Sealer(self.relay)
+        self.keys = self.client.pair()[0]
+
+    def test_sealed_answers_are_no_store(self) -> None:
+        """A shared cache must not keep what only one client can open (missing before)."""
+        from tests.test_inbound import Sealer
+
+        self.relay.upstream.headers = [(b"content-type", b"text/plain"),
+                                       (b"cache-control", b"public, max-age=3600")]
+        for method, streaming in (("GET", True), ("GET", False), ("HEAD", True)):
+            sent = self.client.send(method, "/cached", streaming=streaming,
+                                    clear={"origin": [ORIGIN.decode()]})
+            self.assertEqual(sent.response.code, 200)
+            self.assertEqual(sent.response.headers.getRawHeaders(b"cache-control"),
+                             [b"no-store"], method)
+            self.assertIn(b"Origin", sent.response.headers.getRawHeaders(b"vary"))
+            headers, _ = Sealer.open(sent, self.keys)
+            self.assertEqual(headers["cache-control"], ["public, max-age=3600"])
+
+    def test_cache_control_is_sealed_even_when_asked_in_clear(self) -> None:
+        from tests.test_inbound import Sealer
+
+        self.relay.upstream.headers = [(b"content-type", b"text/plain"),
+                                       (b"cache-control", b"private"), (b"etag", b'"1"')]
+        sent = self.client.send("GET", "/x", {"x-mte-response-headers": ["etag"]})
+        headers, _ = Sealer.open(sent, self.keys)
+        self.assertEqual((headers["cache-control"], headers["etag"]), (["private"], ['"1"']))
+        self.assertEqual(sent.response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    def test_refusals_before_forwarding_say_no(self) -> None:
+        sent = self.client.send("GET", "/x", seq=0)
+        self.assertEqual(sent.response.code, 200)
+        replay = self.client.send("GET", "/x", seq=0)  # the same seq again: 562
+        self.assertEqual(replay.response.code, 562)
+        self.assertEqual(json_of(replay.body)["upstreamReached"], "no")
+        self.assertEqual(replay.response.headers.getRawHeaders(b"x-mte-upstream-reached"),
+                         [b"no"])
+        self.assertEqual(len(self.relay.upstream.received), 1)
+
+    def test_upstream_timeout_says_maybe(self) -> None:
+        self.relay.upstream.hold = True
+        _, target, headers, _ = self.client.wire("GET", "/slow")
+        pending = self.relay.client.request("GET", "http://relay.test" + target,
+                                            headers=headers)
+        answers: list[Any] = []
+        pending.addCallback(answers.append)
+        self.relay.flush()
+        self.relay.clock.advance(self.relay.config.upstream_timeout + 1)
+        self.relay.flush()
+        [response] = answers
+        self.assertEqual(response.code, 504)
+        self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [b"maybe"])
