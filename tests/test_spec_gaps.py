@@ -235,3 +235,16 @@ class SealedAnswerTests(SynchronousTestCase):
         [response] = answers
         self.assertEqual(response.code, 504)
         self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [b"maybe"])
+
+    def test_empty_header_values_are_allowed(self) -> None:
+        """Spec 6.3: an empty value is a field line with an empty value, both ways."""
+        from tests.test_inbound import Sealer
+
+        self.relay.upstream.headers = [(b"content-type", b"text/plain"), (b"x-blank", b"")]
+        sent = self.client.send("GET", "/e", {"x-empty": [""], "x-two": ["", "b"]})
+        self.assertEqual(sent.response.code, 200)
+        [received] = self.relay.upstream.received
+        self.assertEqual((received.headers[b"x-empty"], received.headers[b"x-two"]),
+                         ([b""], [b"", b"b"]))
+        headers, _ = Sealer.open(sent, self.keys)
+        self.assertEqual(headers["x-blank"], [""])
