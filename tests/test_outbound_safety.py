@@ -128,7 +128,8 @@ class ClearAnswerTests(SynchronousTestCase):
         response, body = o.call("POST", "/x", data=b"1")
         self.assertEqual(response.code, 502)
         self.assertEqual(reached(response, body), ("maybe", "maybe"))
-        self.assertEqual(len(o.wire()), 1, "a POST that may have reached the upstream is not resent")
+        self.assertEqual(len(o.wire()), 1,
+                         "a POST that may have reached the upstream is not resent")
 
 class UpstreamNameTests(SynchronousTestCase):
     def test_64_character_label_is_a_clean_400(self) -> None:
