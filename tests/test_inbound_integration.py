@@ -320,11 +320,11 @@ class BadInputTests(EncryptedProxyCase):
     def test_oversize_pair_arrays(self) -> Any:
         headers = {"x-mte-relay": [self.client_id]}
         response = yield self.http.post(self.relay.url + "/api/mte-pair", headers=headers,
-                                        data=b"[" + b"{}," * 100_000 + b"{}]")
+                                        data=b"[" + b"{}," * 200_000 + b"{}]")
         self.assertEqual(response.code, 413)
         self.assertEqual((yield treq.json_content(response))["field"], "$")
         response = yield self.http.post(self.relay.url + "/api/mte-pair", headers=headers,
-                                        data=b"[" + b"{}," * 25 + b"{}]")
+                                        data=b"[" + b"{}," * 64 + b"{}]")
         self.assertEqual(response.code, 400)
         self.assertEqual((yield treq.json_content(response))["field"], "$")
         yield self.assert_alive()
