@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=110_000,
                         help="malformed inputs to send (default 110,000)")
     parser.add_argument("--threads", type=int, default=32, help="cases in flight (default 32)")
-    parser.add_argument("--out", type=Path, default=Path("fuzz-results/campaign"),
+    parser.add_argument("--out", type=Path, default=Path("fuzz/results/campaign"),
                         help="results file stem: writes STEM.md, STEM.json, STEM-logs/")
     parser.add_argument("--attacks", default="all",
                         help="comma-separated attack names, 'all', 'smoke' or 'none'")

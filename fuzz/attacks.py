@@ -39,6 +39,8 @@ class AttackResult:
     evidence: str
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The attack's key in :data:`ATTACKS` (set by the campaign).
+    key: str = ""
 
 
 @dataclass
@@ -145,6 +147,28 @@ class Attacks:
             f"victim before {before.label}; third party re-pairs the victim's pair id with its "
             f"clear client id: {repair.label}; victim's next requests on B1, B2: {after}",
             {"repair": repair.label, "after": after})
+
+    def truncated_final_chunk(self) -> AttackResult:
+        """The sealed body stops before its final chunk is complete: nothing may be executed."""
+        victim = self._victim()
+        out = []
+        for size in (0, 100, 70000):
+            case = self.case(f"trunc{size}")
+            sealed = victim.seal("PUT", f"/api/doc?case={case}", [("content-type", "text/plain")],
+                                 b"x" * size, case=case, options=SealOptions.build(framing="MKE"))
+            p = Parts(b"PUT", sealed.target.encode(),
+                      [(n.encode(), v.encode()) for n, v in sealed.headers], sealed.body,
+                      cut=len(sealed.body) - 13)
+            reply = wire.exchange(self.stack.b1.port, p.raw(), timeout=1.5,  # type: ignore[arg-type]
+                                  method="PUT")
+            time.sleep(0.2)
+            out.append((size, reply.label, self.hits(case)))
+        passed = all(hits == 0 for _, _, hits in out)
+        return AttackResult(
+            "truncated final chunk (MKE body cut 13 bytes short, client stalls)", passed,
+            "new (campaign)",
+            "; ".join(f"{size}-byte body: answer {label}, upstream executed it {hits} time(s)"
+                      for size, label, hits in out), {"results": out})
 
     # ------------------------------------------------------------ header integrity
 
@@ -568,6 +592,7 @@ ATTACKS: dict[str, tuple[Callable[[Attacks], AttackResult], bool]] = {
     "response-header-injection": (Attacks.response_header_injection, True),
     "clear-response-headers": (Attacks.clear_response_headers_control, True),
     "dns-label-64": (Attacks.dns_label_64, True),
+    "truncated-final-chunk": (Attacks.truncated_final_chunk, True),
     "pairing-flood-victim-id": (Attacks.pairing_flood_victim_id, True),
     "store-reply-confusion": (Attacks.store_reply_confusion, True),
     "lost-answer-at-sigterm": (Attacks.lost_answer_at_sigterm, True),

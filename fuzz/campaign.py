@@ -22,13 +22,15 @@ from mterelay.protocol.pairing import start_pairing
 from fuzz import logscan
 from fuzz.attacks import ATTACKS, AttackResult, Attacks
 from fuzz.cases import WEIGHTS, Context, generate, rng_for
+from fuzz.parts import Case
 from fuzz.report import Report
 from fuzz.runner import Outcome, run_cases, tally
 from fuzz.session import Client
 from fuzz.stack import SECRET_B, TOKEN, Stack, start_stack
 
 #: The order the entry points run in (cheap first: a crash shows up early).
-ORDER = ["echo", "relay-head", "raw", "passthrough", "pair", "proxy", "outbound", "abort", "slow"]
+ORDER = ["echo", "relay-head", "raw", "passthrough", "pair", "proxy", "outbound", "abort", "slow",
+         "harness"]
 
 
 def entry_of(seed: int, index: int) -> str:
@@ -52,6 +54,15 @@ def _context(stack: Stack) -> Context:
                    every=[stack.balancer_port, *stack.inbound_ports, stack.a1.port,  # type: ignore[list-item]
                           stack.a2.port],
                    secret_b=SECRET_B, token=TOKEN, clients=clients, pendings=pendings)
+
+
+def _generate(ctx: Context, seed: int, index: int) -> Case:
+    """A case, or (a harness bug) an echo request labelled as such rather than a lost run."""
+    try:
+        return generate(ctx, seed, index)
+    except Exception as error:  # noqa: BLE001
+        return Case(f"f{seed}-{index}", "harness", f"generator-error:{type(error).__name__}",
+                    ctx.balancer, b"GET /api/mte-echo HTTP/1.1\r\nHost: x\r\n\r\n")
 
 
 def _dead(stack: Stack, seen: set[str]) -> list[str]:
@@ -95,7 +106,7 @@ def run(seed: int, cases: int, attacks: list[str], out: Path, threads: int = 32,
                 continue
             t0 = time.time()
             step = max(1000, len(indices) // 4)
-            done = run_cases((generate(ctx, seed, i) for i in indices), threads,
+            done = run_cases((_generate(ctx, seed, i) for i in indices), threads,
                              lambda n, e=entry: n % step == 0 and say(f"fuzz: {e} {n}/{len(indices)}"))
             outcomes += done
             windows.append((entry, t0, time.time() + 0.5))
@@ -104,6 +115,8 @@ def run(seed: int, cases: int, attacks: list[str], out: Path, threads: int = 32,
         for thread in background:
             thread.join()
         if slowloris:
+            for result in holder:
+                result.key = "slowloris"
             results += holder
         for name in attacks:
             method, _ = ATTACKS[name]
@@ -114,6 +127,7 @@ def run(seed: int, cases: int, attacks: list[str], out: Path, threads: int = 32,
                 result = AttackResult(name, False, "harness", f"the attack itself failed: "
                                       f"{type(error).__name__}: {error}")
             result.seconds = round(time.time() - t0, 1)
+            result.key = name
             results.append(result)
             windows.append((f"attack {name}", t0, time.time() + 0.5))
             crashes += [f"{c} (during attack {name})" for c in _dead(stack, dead)]
@@ -130,6 +144,8 @@ def run(seed: int, cases: int, attacks: list[str], out: Path, threads: int = 32,
         for proc in stack.relays + [stack.upstream, stack.network]:
             if proc.log_path.exists():
                 shutil.copy(proc.log_path, logdir / proc.log_path.name)
+        if stack.records_path.exists():
+            shutil.copy(stack.records_path, logdir / stack.records_path.name)
     finally:
         stack.close()
     return Report(seed, cases, time.monotonic() - started, stats, logs, results, crashes,

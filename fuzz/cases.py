@@ -257,7 +257,10 @@ def proxy(ctx: Context, rng: random.Random, case_id: str) -> Case:
     names = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         name, fn = rng.choice(mutators)
-        fn(rng, parts)
+        try:
+            fn(rng, parts)
+        except (ValueError, IndexError, UnicodeError):
+            name += "!"  # this mutation does not apply to what earlier ones left
         names.append(name)
     method = parts.method.decode("latin-1")
     return Case(case_id, "proxy", "+".join(sorted(set(names))), port, parts.raw(),
@@ -534,7 +537,10 @@ def raw(ctx: Context, rng: random.Random, case_id: str) -> Case:
     if rng.random() < 0.1:
         data = rng.randbytes(rng.randint(1, 2000))
         kind = "random"
-    return Case(case_id, "raw", kind, port, data, timeout=6)
+    # Half the time the client then half-closes (EOF after its bytes), else it waits 1 s.
+    half_close = rng.random() < 0.5
+    return Case(case_id, "raw", kind + ("+eof" if half_close else ""), port, data,
+                timeout=1.0, extra={"half_close": half_close})
 
 
 def abort(ctx: Context, rng: random.Random, case_id: str) -> Case:

@@ -64,7 +64,8 @@ class EntryStats:
 
 def run_case(case: Case) -> Outcome:
     reply = wire.exchange(case.port, case.data, timeout=case.timeout, pause=case.pause,
-                          abort=case.abort, method=case.method)
+                          abort=case.abort, method=case.method,
+                          half_close=bool(case.extra.get("half_close")))
     aborted = case.abort or (case.entry == "abort")
     outcome = Outcome(case.id, case.entry, case.kind, reply.label,
                       must_not_reach=is_refusal(reply) or aborted)

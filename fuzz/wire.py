@@ -67,7 +67,7 @@ def connect(port: int, timeout: float = 10.0, source: str | None = None) -> sock
 
 def exchange(port: int, data: bytes | Sequence[bytes], *, timeout: float = 10.0,
              pause: float = 0.0, abort: bool = False, source: str | None = None,
-             method: str = "GET") -> Reply:
+             method: str = "GET", half_close: bool = False) -> Reply:
     """Send ``data`` (pieces separated by ``pause`` seconds) and read one response.
 
     ``abort``: close the socket right after sending (no response expected).
@@ -90,6 +90,11 @@ def exchange(port: int, data: bytes | Sequence[bytes], *, timeout: float = 10.0,
             pass  # the relay may answer (and close) before reading everything
         except socket.timeout:
             return Reply(outcome="timeout")
+        if half_close:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         if abort:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             return Reply(outcome="aborted")
