@@ -11,8 +11,9 @@ from pathlib import Path
 #: Symptoms of a reply delivered to the wrong store command (issue 14, finding 2).
 STORE_CONFUSION = re.compile(r"not 'list'|cannot unpack non-iterable|object is not subscriptable"
                              r"|unexpected (?:store|redis) reply|TypeError", re.I)
-#: Planted in query strings; the README promises no query string in the logs.
-QUERY_MARKER = "fuzzsecret"
+#: Planted as a query parameter; the README promises no query string in the logs.  Only
+#: counted as a query (after ``?`` or ``&``): a mutated target may carry it in its path.
+QUERY_MARKER = re.compile(r"[?&]fuzzsecret=")
 
 
 @dataclass
@@ -76,7 +77,7 @@ def scan(lines: list[LogLine]) -> LogFindings:
                 found.store_confusion.append(line)
         elif line.level == "raw" and STORE_CONFUSION.search(line.text):
             found.store_confusion.append(line)
-        if QUERY_MARKER in line.text and line.level != "debug":
+        if QUERY_MARKER.search(line.text) and line.level != "debug":
             found.query_leaks.append(line)
     return found
 

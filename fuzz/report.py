@@ -34,7 +34,7 @@ class Report:
             "replays_accepted": sum(s.replays_accepted for s in self.entries.values())
             + sum(1 for a in self.attacks if a.name.startswith("replay") and not a.passed),
             "mismatched_store_replies": sum(len(f.store_confusion) for f in self.logs.values())
-            + sum(a.data.get("mismatched", 0) for a in self.attacks),
+            + sum(a.data.get("mismatched_answers", 0) for a in self.attacks),
             "valid_requests_failed": sum(s.valid_failed for s in self.entries.values()),
             "query_strings_logged": sum(len(f.query_leaks) for f in self.logs.values()),
             "attacks_failed": sum(1 for a in self.attacks if not a.passed),

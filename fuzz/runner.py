@@ -132,6 +132,8 @@ def tally(outcomes: list[Outcome], records: list[dict[str, Any]]) -> dict[str, E
             s.valid_failed += 1
             if len(s.valid_failed_examples) < 5:
                 s.valid_failed_examples.append(f"{o.id} {o.kind} -> {o.label}, upstream x{hits}")
-        if o.replay and (o.replay_label != "refused" or hits > 1):
+        # A replay is accepted when the copy got an upstream answer or executed again
+        # (a 503 from an overloaded relay is not an acceptance).
+        if o.replay and (o.replay_label == "200" or hits > 1):
             s.replays_accepted += 1
     return dict(stats)

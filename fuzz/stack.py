@@ -94,11 +94,27 @@ class Stack:
         self.extra.append(proc)
         return proc
 
+    def start_outbound(self, name: str) -> Proc:
+        """One more outbound relay pointed at the balancer (the shutdown attack's victim)."""
+        port = free_port()
+        proc = start_relay(self.procs, name, outbound_env(
+            self.upstream_url, port, f"http://127.0.0.1:{self.balancer_port}"), port, 1)
+        self.extra.append(proc)
+        return proc
+
     def close(self) -> None:
         try:
             self.procs.close()
         finally:
             self.redis.cleanup()
+
+
+def outbound_env(upstream: str, port: int, allow: str | None) -> dict[str, str]:
+    env = {"UPSTREAM": upstream, "CLIENT_ID_SECRET": SECRET_A, "OUTBOUND_TOKEN": TOKEN,
+           "LISTEN": f"tcp:{port}:interface=127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
+    if allow:
+        env["OUTBOUND_UPSTREAMS"] = allow
+    return env
 
 
 def _start_python(procs: ProcessStack, name: str, module: str, args: list[str], port: int
@@ -142,12 +158,8 @@ def start_stack(keep_dir: Path | None = None) -> Stack:
         for name, allow in (("a1", f"http://127.0.0.1:{balancer},http://127.0.0.1:{tamper}"),
                             ("a2", None)):
             port = free_port()
-            env = {"UPSTREAM": upstream.url, "CLIENT_ID_SECRET": SECRET_A,
-                   "OUTBOUND_TOKEN": TOKEN, "LISTEN": f"tcp:{port}:interface=127.0.0.1",
-                   "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
-            if allow:
-                env["OUTBOUND_UPSTREAMS"] = allow
-            stack_parts[name] = start_relay(procs, name, env, port, 1)
+            stack_parts[name] = start_relay(procs, name, outbound_env(upstream.url, port, allow),
+                                            port, 1)
         return Stack(procs, redis, upstream, records, network, balancer, tamper,
                      stack_parts["b1"], stack_parts["b2"], stack_parts["a1"], stack_parts["a2"],
                      metrics)
