@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -445,8 +446,7 @@ class Attacks:
             lines, _ = logscan.read(proc.name, proc.log_path, mark[proc.name])
             found = logscan.scan(lines)
             confusion += [f"{proc.name}: {logscan.first_line(l.text)}" for l in found.store_confusion]
-            store_503 += sum(1 for l in lines if '" 503 ' in l.text or l.text.endswith(" 503")
-                             or " 503 " in l.text[:80])
+            store_503 += sum(1 for l in lines if _ANSWERED_503.search(l.text))
         hits = Counter(r.get("case") for r in stack.records() if str(r.get("case", "")).startswith("atk-srv"))
         duplicates = sum(1 for n in hits.values() if n > 1)
         growth = {name: round((rss2[name] - rss0[name]) / 1024, 1) for name in rss0}
@@ -588,6 +588,38 @@ class Attacks:
             + (f", first after {min(closed_at):.0f} s" if closed_at else ""),
             {"held": held, "opened": len(socks), "fds": fds0})
 
+    def origin_state(self) -> AttackResult:
+        """Relay A without an allow-list, asked for thousands of distinct remote origins.
+
+        Every origin is a closed port on a loopback address (no DNS, nothing
+        listening): what is measured is the state relay A keeps per origin.
+        """
+        proc = self.stack.a2
+        batch = max(300, int(3000 * self.scale))
+
+        def origins(start: int) -> None:
+            def one(i: int) -> None:
+                n = start + i
+                host = f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255 or 1}"
+                raw = wire.request_bytes("GET", "/api/x", [
+                    ("x-mte-outbound-token", TOKEN), ("x-mte-upstream", f"http://{host}:9")])
+                wire.exchange(proc.port, raw, timeout=20)  # type: ignore[arg-type]
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(one, range(batch)))
+
+        origins(1 << 16)          # warm-up: caches, pools and allocator reach their size
+        rss0 = _rss_kib(proc.pid)
+        origins(2 << 16)          # as many new origins again
+        time.sleep(1)
+        rss1 = _rss_kib(proc.pid)
+        per_thousand = (rss1 - rss0) * 1000 / batch
+        passed = per_thousand <= 100
+        return AttackResult(
+            "per-origin state in relay A (distinct x-mte-upstream)", passed, "issue 14 #7",
+            f"{batch} distinct origins after {batch} others: relay A2 RSS {rss0 // 1024} → "
+            f"{rss1 // 1024} MiB, {per_thousand:.0f} KiB per 1,000 origins (target ≤ 100)",
+            {"kib_per_1000": round(per_thousand), "rss_before_kib": rss0, "rss_after_kib": rss1})
+
     def in_flight_gauge(self) -> AttackResult:
         values = {}
         for name, port in self.stack.metrics_ports.items():
@@ -599,6 +631,10 @@ class Attacks:
         return AttackResult(
             "in-flight gauge back to 0 when idle", passed, "issue 14 #7 (GET * / OPTIONS *)",
             f"mterelay_in_flight_requests when idle: {values}", {"values": values})
+
+
+#: An access line of an answer 503 ("POST /path 503 1.2ms").
+_ANSWERED_503 = re.compile(r"^[A-Z]+ \S+ 503 [0-9.]+ms")
 
 
 def _rss_kib(pid: int) -> int:
@@ -630,6 +666,7 @@ ATTACKS: dict[str, tuple[Callable[[Attacks], AttackResult], bool]] = {
     "lost-answer-at-sigterm": (Attacks.lost_answer_at_sigterm, True),
     "pairing-flood-load": (Attacks.pairing_flood_load, False),
     "slowloris": (Attacks.slowloris, False),
+    "origin-state": (Attacks.origin_state, False),
     # Flushes Redis: every pair of the campaign is gone afterwards, so it runs last.
     "replay-after-flush": (Attacks.replay_after_flush, True),
     "in-flight-gauge": (Attacks.in_flight_gauge, True),
