@@ -132,8 +132,9 @@ def tally(outcomes: list[Outcome], records: list[dict[str, Any]]) -> dict[str, E
             s.valid_failed += 1
             if len(s.valid_failed_examples) < 5:
                 s.valid_failed_examples.append(f"{o.id} {o.kind} -> {o.label}, upstream x{hits}")
-        # A replay is accepted when the copy got an upstream answer or executed again
-        # (a 503 from an overloaded relay is not an acceptance).
-        if o.replay and (o.replay_label == "200" or hits > 1):
+        # A replay is accepted when the copy executed again, or when both the request and
+        # its copy were answered 200 (after a refused or failed first try, the copy is the
+        # first delivery; a 503 from an overloaded relay is not an acceptance).
+        if o.replay and (hits > 1 or (o.label == "200" and o.replay_label == "200")):
             s.replays_accepted += 1
     return dict(stats)

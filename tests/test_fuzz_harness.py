@@ -78,13 +78,17 @@ class CountingTests(SynchronousTestCase):
                     Outcome("c4", "proxy", "replay", "200", False, valid=True, replay=True,
                             replay_label="refused"),
                     Outcome("c5", "proxy", "replay", "200", False, valid=True, replay=True,
-                            replay_label="refused")]
+                            replay_label="refused"),
+                    Outcome("c6", "proxy", "replay", "200", False, valid=True, replay=True,
+                            replay_label="200"),
+                    Outcome("c7", "proxy", "replay", "503", False, valid=True, valid_ok=False,
+                            replay=True, replay_label="200")]
         records = [{"case": "c2"}, {"case": "c3"}, {"case": "c3"}, {"case": "c4"},
-                   {"case": "c5"}, {"case": "c5"}]
+                   {"case": "c5"}, {"case": "c5"}, {"case": "c6"}, {"case": "c7"}]
         stats = tally(outcomes, records)["proxy"]
         self.assertEqual(stats.refused_reached, 1)   # c2
-        self.assertEqual(stats.valid_failed, 1)      # c3 executed twice
-        self.assertEqual(stats.replays_accepted, 1)  # c5 executed twice
+        self.assertEqual(stats.valid_failed, 2)      # c3 executed twice, c7 answered 503
+        self.assertEqual(stats.replays_accepted, 2)  # c5 executed twice, c6 answered twice
         self.assertEqual(stats.statuses["562"], 2)
 
 
