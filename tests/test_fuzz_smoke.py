@@ -47,6 +47,14 @@ KNOWN_OPEN = {
                                     "is forwarded before its only, final chunk arrived",
 }
 
+#: Open findings that show only under load (so they may pass here even before the fix):
+#: allowed to fail, never reported as fixed.  Delete with their fix.
+LOAD_DEPENDENT_OPEN = {
+    "attack store-reply-confusion": "#2 store replies confused / RSS not released under a "
+                                    "starved loop (seen in full runs, rarely at smoke scale)",
+    "mismatched store replies": "#2 same",
+}
+
 
 def _run_smoke() -> "object":
     from fuzz.attacks import ATTACKS
@@ -75,10 +83,11 @@ class FuzzSmokeTests(SynchronousTestCase):
         checks = {name.replace("_", " "): value == 0 for name, value in totals.items()
                   if name not in ("cases", "attacks_failed")}
         checks.update({f"attack {a.key}": a.passed for a in report.attacks})  # type: ignore[attr-defined]
-        known = {} if os.environ.get("MTERELAY_FUZZ_STRICT") == "1" else KNOWN_OPEN
+        strict = os.environ.get("MTERELAY_FUZZ_STRICT") == "1"
+        known = {} if strict else {**KNOWN_OPEN, **LOAD_DEPENDENT_OPEN}
         failing = sorted(name for name, ok in checks.items() if not ok)
         unexpected = [name for name in failing if name not in known]
-        fixed = [name for name in known if checks.get(name) is True]
+        fixed = [name for name in KNOWN_OPEN if not strict and checks.get(name) is True]
         if fixed:
             warnings.warn(f"fuzz smoke: now passing, delete from KNOWN_OPEN: {fixed}")
         self.assertEqual(report.crashes, [], "a relay died")  # type: ignore[attr-defined]
