@@ -40,7 +40,7 @@ bench-quick: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # Adversarial campaign (docs/security.md): real relays, Redis, a recording upstream;
-# >= 100,000 malformed inputs plus the attacks of issue 14 (~12 min). Not part of `make test`
+# >= 100,000 malformed inputs plus the attacks of issue 14 (~6 min on 2 cores). Not part of `make test`
 # (tests/test_fuzz_smoke.py runs a short version). Exit status 1 unless clean.
 # FUZZ_ARGS passes options to `python -m fuzz` (e.g. FUZZ_ARGS='--seed 7 --cases 20000').
 FUZZ_ARGS ?=
