@@ -102,6 +102,10 @@ class Config:
     metrics_format: str = "prometheus"
     metrics_interval: float = 60.0
     shutdown_grace: float = 25.0
+    #: Slowloris limits (mterelay.web.guard); max_connections None: from RLIMIT_NOFILE.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int | None = None
     workers: int = 1
     #: DEBUG=true: also echo x-request-id on responses.
     debug: bool = False
@@ -273,6 +277,13 @@ def _grace_seconds(value: Any) -> float:
     number = _seconds(value)
     if not 0 <= number <= 3600:
         raise ValueError("must be between 0 and 3600 seconds")
+    return number
+
+
+def _limit_seconds(value: Any) -> float:
+    number = _seconds(value)
+    if not 0 < number <= 3600:
+        raise ValueError("must be more than 0 and at most 3600 seconds")
     return number
 
 
@@ -475,6 +486,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_grace", "SHUTDOWN_GRACE", "shutdownGrace", _grace_seconds,
             "shutdown-grace", "Seconds in-flight requests may take to finish after SIGTERM"
             " (default 25)."),
+    Setting("header_timeout", "HEADER_TIMEOUT", "headerTimeout", _limit_seconds,
+            "header-timeout", "Seconds a client has to send a request line and headers,"
+            " however slowly they trickle in; then 408 and close (default 10)."),
+    Setting("body_timeout", "BODY_TIMEOUT", "bodyTimeout", _limit_seconds,
+            "body-timeout", "Seconds a request body may go without a byte (default 30)."),
+    Setting("max_connections", "MAX_CONNECTIONS", "maxConnections",
+            _int_between(1, 1_000_000), "max-connections",
+            "Open client connections per listener; more are closed at once"
+            " (default: 10000, or less when the open-files limit is lower)."),
     Setting("workers", "WORKERS", "workers", _int_between(1, 64), "workers",
             "Processes sharing the listening port (default 1; more than 1 needs REDIS_URL)."),
 )

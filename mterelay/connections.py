@@ -10,6 +10,27 @@ connection.  The next request written to it is flushed, then the socket
 closes under it, and a POST — which is never retried — fails with
 ``ResponseNeverReceived(ConnectionDone)``.  :class:`RelayConnectionPool`
 refuses such connections, so they are closed and never handed out again.
+
+It also never resends a request by itself.  Twisted's pool retries an
+idempotent request once when a reused connection is lost before the
+response - also when the request had been written and the server was
+working on it (a relay killed with ``kill -9``), so a GET ran twice at the
+upstream and the caller never knew.  The protocol's rule (docs/protocol.md
+section 10) is that only what certainly did not arrive may be sent again:
+:class:`OriginAgent` resends a request once only when it failed with
+``RequestNotSent`` (not one byte was written).
+
+And it keeps a body's late failure to itself.  When the server answers
+before the request body was fully sent (an upstream answering early, a
+relay refusing a request), Twisted's client is in its
+``TRANSMITTING_AFTER_RECEIVING_RESPONSE`` state and closes the connection;
+if the body's producer then fails - the client that was uploading it went
+away - Twisted logs "Error writing request, but not in valid state to
+finalize request" at critical level - and the connection, still waiting
+for its producer, was left to Twisted's error path.  :class:`_AnsweredBody`
+stands between the body and Twisted: a failure after the response aborts
+the connection (the server sees an incomplete request, never a complete
+truncated one) and is logged at debug only.
 """
 
 from __future__ import annotations
@@ -18,16 +39,19 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web._newclient import Request, _ensureValidMethod
-from twisted.web.client import URI, HTTPConnectionPool
+from twisted.web.client import URI, HTTPConnectionPool, RequestNotSent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from mterelay.nodelay import NoDelayEndpointFactory
+
+log = Logger(namespace="mterelay.connections")
 
 
 def is_closing(connection: Any) -> bool:
@@ -41,12 +65,87 @@ def is_closing(connection: Any) -> bool:
 
 
 class RelayConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` that never keeps a connection that is closing."""
+    """An ``HTTPConnectionPool`` that never keeps a connection that is closing,
+    and never resends a request that may have been received."""
+
+    retryAutomatically = False
 
     def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
         if is_closing(connection):
             return  # its close is under way; connectionLost forgets it
         super()._putConnection(key, connection)
+
+    def _removeConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
+        super()._removeConnection(key, connection)
+        if not self._connections.get(key):
+            self._connections.pop(key, None)  # no empty list left per origin ever seen
+
+    def close_idle(self, key: Any) -> None:
+        """Close the idle connections kept for ``key`` and forget the key.
+
+        For an origin the caller will not use again (an evicted remote
+        relay).  Connections busy with a request are not touched; they come
+        back and time out like any other.
+        """
+        for connection in self._connections.pop(key, []):
+            timer = self._timeouts.pop(connection, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            connection.transport.loseConnection()
+
+
+@implementer(IBodyProducer)
+class _AnsweredBody:
+    """A request body that goes quiet once the response has arrived.
+
+    Twisted hands the response over before the body is done only when the
+    server answered early; the connection is then closed, the rest of the
+    body is not wanted, and its failure (the uploader hung up) is nobody's
+    error.  Before that, everything passes through unchanged.
+    """
+
+    def __init__(self, inner: IBodyProducer) -> None:
+        self.inner = inner
+        self.length = inner.length
+        self.answered = False
+        #: The connection's transport, set when the request is sent on one.
+        self.transport: Any = None
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":  # noqa: N802 (interface)
+        producing = self.inner.startProducing(consumer)
+        result: Deferred[None] = Deferred(lambda _: producing.cancel())
+        producing.addCallbacks(lambda _: self._settle(result, None), lambda failure: self._settle(
+            result, failure))
+        return result
+
+    def _settle(self, result: "Deferred[None]", failure: Failure | None) -> None:
+        if result.called:
+            return
+        if failure is not None and self.answered and self.transport is not None:
+            log.debug("request body failed after the response: {why}",
+                      why=failure.getErrorMessage()[:200])
+            # Twisted is closing this connection and waits for the body;
+            # end it now, as an incomplete request.
+            self.transport.abortConnection()
+            return
+        if failure is None:
+            result.callback(None)
+        else:
+            result.errback(failure)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.inner.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.inner.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.inner.stopProducing()
+
+
+def _answered(response: IResponse, body: _AnsweredBody) -> IResponse:
+    body.answered = True
+    return response
 
 
 #: What Twisted's Agent accepts in a URL: visible ASCII, nothing else.
@@ -113,10 +212,32 @@ class OriginAgent:
             headers = headers.copy()
             headers.addRawHeader(b"host", origin.host)
         pool = self._pool
-        request = Request._construct(method, path, headers, bodyProducer,
+        body = None if bodyProducer is None else _AnsweredBody(bodyProducer)
+        request = Request._construct(method, path, headers, body,
                                      persistent=pool.persistent, parsedURI=_Target(uri))
-        return pool.getConnection(origin.key, origin.endpoint).addCallback(
-            lambda protocol: protocol.request(request))
+
+        def send(protocol: Any) -> "Deferred[IResponse]":
+            if body is not None:
+                body.transport = getattr(protocol, "transport", None)
+            return protocol.request(request)
+
+        def not_sent(failure: Failure) -> "Deferred[IResponse]":
+            # Nothing was written (the connection had closed under us): the
+            # one case a resend cannot run the request twice.
+            failure.trap(RequestNotSent)
+            return pool.getConnection(origin.key, origin.endpoint).addCallback(send)
+
+        sent = pool.getConnection(origin.key, origin.endpoint).addCallback(send).addErrback(
+            not_sent)
+        if body is not None:
+            sent.addCallback(_answered, body)
+        return sent
+
+    def forget_origin(self, base: bytes) -> None:
+        """Drop what was learnt of ``base`` (``scheme://host:port``), close its idle connections."""
+        origin = self._origins.pop(base, None)
+        if origin is not None and hasattr(self._pool, "close_idle"):
+            self._pool.close_idle(origin.key)
 
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:
@@ -126,7 +247,9 @@ class OriginAgent:
             self._methods.add(method)
         uri = uri.strip()
         if _VISIBLE_ASCII.fullmatch(uri) is None:
-            raise ValueError(f"Invalid URI {uri[:100]!r}")
+            # Never the URL itself: its query may hold secrets, and this
+            # message ends up in a log line.
+            raise ValueError("Invalid URI: not visible ASCII")
         start = uri.find(b"://")
         slash = uri.find(b"/", start + 3) if start > 0 else -1
         base, path = (uri, b"/") if slash < 0 else (uri[:slash], uri[slash:])

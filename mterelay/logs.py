@@ -2,20 +2,26 @@
 
 twistd installs the observer it finds as the application's ``ILogObserver``
 component (see :class:`mterelay.tap.RelayService`), so Twisted's own messages
-go through the same level filter and format as ours.  Logs go to stdout, the
-way container platforms (ECS, EKS, systemd's journal) collect them.
+go through the same level filter and format as ours.  Logs go to stdout by
+default, the way container platforms (ECS, EKS, systemd's journal) collect
+them; twistd's ``--logfile`` and ``--syslog`` choose a file or syslog instead,
+as they do for every twistd application (see :func:`log_destination`).
+Because the relay hands twistd its own observer, twistd's options would
+otherwise be ignored.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+import attrs
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LegacyLogObserverWrapper,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -190,6 +196,15 @@ class TextLineObserver:
             self.flusher.wrote()
 
 
+def _predicate(level: str) -> LogLevelFilterPredicate:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    # The connection pool announces every new upstream connection at info.
+    if level in ("info", "warning"):
+        for namespace in QUIET_NAMESPACES:
+            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
+    return predicate
+
+
 def make_observer(level: str, log_format: str, stream: IO[str],
                   call_later: Callable[..., Any] | None = None) -> ILogObserver:
     """The observer for a LOG_LEVEL / LOG_FORMAT pair.
@@ -203,9 +218,52 @@ def make_observer(level: str, log_format: str, stream: IO[str],
         inner: ILogObserver = JsonLineObserver(stream, flusher)
     else:
         inner = TextLineObserver(stream, classic_text(CachedTime()), flusher)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    # The connection pool announces every new upstream connection at info.
-    if level in ("info", "warning"):
-        for namespace in QUIET_NAMESPACES:
-            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
-    return FilteringLogObserver(inner, [predicate])
+    return FilteringLogObserver(inner, [_predicate(level)])
+
+
+@attrs.frozen
+class LogDestination:
+    """Where log lines go: ``"stdout"``, ``"file"`` (``path``) or ``"syslog"`` (``prefix``)."""
+
+    kind: str
+    path: str | None = None
+    prefix: str = ""
+
+
+class LogDestinationError(ValueError):
+    """twistd's logging options ask for something the relay cannot do."""
+
+
+def log_destination(twistd: Mapping[str, Any] | None) -> LogDestination:
+    """Where twistd's own options say to log, decided the way twistd decides.
+
+    ``--syslog`` wins; ``--logfile=-`` or no ``--logfile`` under ``-n`` is
+    stdout; a daemon without ``--logfile`` writes ``twistd.log``.  ``twistd``
+    is twistd's parsed ServerOptions (None outside twistd: stdout).
+    """
+    if twistd is None:
+        return LogDestination("stdout")
+    if twistd.get("syslog"):
+        return LogDestination("syslog", prefix=str(twistd.get("prefix") or "mterelay"))
+    path = twistd.get("logfile") or ""
+    nodaemon = bool(twistd.get("nodaemon"))
+    if path == "-":
+        if not nodaemon:
+            raise LogDestinationError("- (stdout) needs --nodaemon (-n): a daemon has no stdout")
+        return LogDestination("stdout")
+    if not path:
+        return LogDestination("stdout") if nodaemon else LogDestination("file", "twistd.log")
+    return LogDestination("file", path)
+
+
+def syslog_observer(level: str, prefix: str) -> ILogObserver:
+    """LOG_LEVEL applied, then twistd's syslog observer (priority from the level).
+
+    LOG_FORMAT does not apply: syslog records have their own envelope.
+    """
+    if level == "off":
+        return DiscardObserver()
+    from twisted.python.syslog import SyslogObserver
+
+    return FilteringLogObserver(LegacyLogObserverWrapper(SyslogObserver(prefix).emit),
+                                [_predicate(level)])

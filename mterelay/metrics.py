@@ -35,6 +35,7 @@ from mterelay import __version__
 
 __all__ = [
     "CRYPTO_KINDS",
+    "CUT_REASONS",
     "LATENCY_BUCKETS",
     "MAX_REASONS",
     "ROLES",
@@ -60,6 +61,8 @@ CryptoKind = Literal["request_encode", "request_decode", "response_encode", "res
 CRYPTO_KINDS: tuple[CryptoKind, ...] = (
     "request_encode", "request_decode", "response_encode", "response_decode",
 )
+
+CUT_REASONS = ("connection_cap", "header_timeout", "idle_connection", "body_timeout", "other")
 
 # Bounds on relay_errors_total's labels (see relay_error).
 MAX_REASONS = 64
@@ -184,6 +187,14 @@ class RelayMetrics:
         self.draining = Gauge(
             "mterelay_draining", "1 while the relay is shutting down.", registry=r,
             multiprocess_mode="livemax")
+        self.connections_cut = Counter(
+            "mterelay_connections_cut_total",
+            "Client connections the relay closed or refused to protect itself, by reason "
+            "(connection_cap, header_timeout, idle_connection, body_timeout).",
+            ["reason"], registry=r)
+        self.open_connections = Gauge(
+            "mterelay_open_connections", "Client connections open on the main listener.",
+            registry=r, multiprocess_mode="livesum")
         self.build_info = Gauge(
             "mterelay_build_info", "Always 1; the version is in the label.", ["version"],
             registry=r, multiprocess_mode="livemax")
@@ -195,7 +206,7 @@ class RelayMetrics:
             self.requests, self.request_seconds, self.outbound_seconds, self.upstream_seconds,
             *self.crypto_seconds.values(), self.pairs_created, self.relay_errors,
             self.store_seconds, self.store_errors, self.in_flight, self.store_reachable,
-            self.draining, self.build_info,
+            self.draining, self.connections_cut, self.open_connections, self.build_info,
         )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -206,6 +217,7 @@ class RelayMetrics:
             op: (self.store_seconds.labels(op), self.store_errors.labels(op))
             for op in STORE_OPERATIONS
         }
+        self._cut_reasons = {reason: self.connections_cut.labels(reason) for reason in CUT_REASONS}
         self._reasons: set[str] = set()
         self._error_children: dict[tuple[int, str], Counter] = {}
 
@@ -285,6 +297,18 @@ class RelayMetrics:
         children[0].observe(seconds if seconds > 0 else 0.0)
         if failed:
             children[1].inc()
+
+    # -- connections ------------------------------------------------------------
+
+    def connection_cut(self, reason: str) -> None:
+        """A client connection closed or refused by the guard; ``reason`` in ``CUT_REASONS``."""
+        child = self._cut_reasons.get(reason)
+        if child is None:
+            child = self._cut_reasons["other"]
+        child.inc()
+
+    def set_open_connections(self, count: int) -> None:
+        self.open_connections.set(count)
 
     def set_store_reachable(self, reachable: bool) -> None:
         self.store_reachable.set(1 if reachable else 0)

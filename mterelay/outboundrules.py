@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import idna
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -41,6 +43,7 @@ _PATTERN = re.compile(
     r"^(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9*.-]+)(?::(?P<port>\*|\d{1,5}))?/?$"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_IPV4 = re.compile(r"[0-9.]+")
 
 
 class Refused(Exception):
@@ -107,7 +110,39 @@ def parse_origin(value: str) -> Origin:
         raise ValueError("must be an origin only (no path, query or fragment)")
     if port == 0:
         raise ValueError("has an invalid port")
-    return Origin(scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme])
+    host = parts.hostname.lower()
+    if not _connectable(host):
+        raise ValueError("has an invalid host name (DNS labels are 1..63 letters, digits or"
+                         " hyphens, 253 characters in all)")
+    return Origin(scheme, host, port or _DEFAULT_PORTS[scheme])
+
+
+def _connectable(host: str) -> bool:
+    """A host Twisted's endpoints can connect to: an IP literal, or a name IDNA accepts.
+
+    ``HostnameEndpoint`` refuses what ``idna`` cannot encode (a 64-character
+    label, a leading hyphen, an underscore) only when it connects, as a
+    ValueError deep in the request; checking here makes it a 400.
+    """
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    if _IPV4.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    if len(host) > 253:
+        return False
+    try:
+        idna.encode(host)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return False
+    return True
 
 
 @attrs.frozen

@@ -5,7 +5,10 @@ before SIGKILL.  A relay that stops at once cuts every request in flight,
 including uploads the application cannot replay.  The drain closes the port,
 fails readiness so the load balancer stops sending, closes idle keep-alive
 connections, answers busy ones with ``Connection: close`` and waits up to
-SHUTDOWN_GRACE seconds for them.
+SHUTDOWN_GRACE seconds for them.  A request counts as completed only once its
+connection has closed, which Twisted does after the last byte of the answer
+left the write buffer: ``request.finish()`` alone only queues the bytes, and
+stopping the reactor right after it sent some clients nothing at all.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class DrainSummary:
 class Drainer:
     """Runs one drain of a :class:`~mterelay.web.site.RelaySite`.
 
+    The site provides ``start_draining()``, ``when_drained()`` (no request in
+    flight and no connection open) and ``undelivered()`` (requests whose
+    answer is not known to have left the process).
+
     ``stop_accepting`` closes the listening port (a Deferred or None);
     ``on_draining`` flips readiness and the draining gauge.
     """
@@ -60,8 +67,8 @@ class Drainer:
             except Exception:
                 # Never leave the process running because draining broke.
                 log.failure("Draining failed; stopping now")
-                self._drain = succeed(DrainSummary(len(self.site.active), 0,
-                                                   len(self.site.active), 0.0))
+                pending = self.site.undelivered()
+                self._drain = succeed(DrainSummary(pending, 0, pending, 0.0))
         result: Deferred[DrainSummary] = Deferred()
         self._drain.addBoth(lambda outcome: (result.callback(outcome), outcome)[1])
         return result
@@ -85,7 +92,7 @@ class Drainer:
                 return
             if timer.active():
                 timer.cancel()
-            abandoned = len(self.site.active)
+            abandoned = self.site.undelivered()
             summary = DrainSummary(in_flight, max(0, in_flight - abandoned), abandoned,
                                    round(self.clock.seconds() - started, 3))
             if abandoned:
@@ -103,5 +110,5 @@ class Drainer:
             done.callback(summary)
 
         timer = self.clock.callLater(self.grace, finish)
-        self.site.when_idle().addCallback(finish)
+        self.site.when_drained().addCallback(finish)
         return done

@@ -27,12 +27,19 @@ from twisted.web.server import Site
 from mterelay import __version__
 from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
 from mterelay.emf import EmfReporter, emf_dimensions, line_writer
-from mterelay.logs import make_observer
+from mterelay.logs import (
+    LogDestination,
+    LogDestinationError,
+    log_destination,
+    make_observer,
+    syslog_observer,
+)
 from mterelay.metrics import RelayMetrics
 from mterelay.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
 from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
@@ -277,8 +284,14 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
     )
+    guard = ConnectionGuard(
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        max_connections=config.max_connections or default_max_connections(),
+        metrics=metrics,
+    )
     site = RelaySite(RelayRoot(config, forwarder, reactor, top.store, metrics=metrics),
-                     reactor, metrics, echo_request_id=config.debug)
+                     reactor, metrics, echo_request_id=config.debug, guard=guard)
     endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)
     top.listener.setServiceParent(top)
@@ -349,6 +362,50 @@ def _main_endpoint(config: Config, reactor: Any, environ: Mapping[str, str], ind
         raise ConfigError("LISTEN", f"is not a valid endpoint description: {error}") from None
 
 
+def observer_for(config: Config, destination: LogDestination, reactor: Any) -> ILogObserver:
+    """The relay's observer (LOG_LEVEL, LOG_FORMAT) writing where twistd was told to."""
+    if destination.kind == "syslog":
+        return syslog_observer(config.log_level, destination.prefix)
+    stream: Any = sys.stdout
+    if destination.kind == "file":
+        assert destination.path is not None
+        from twisted.python.logfile import LogFile
+
+        try:
+            stream = LogFile.fromFullPath(destination.path)
+        except OSError as error:
+            raise ConfigError("--logfile", f"cannot be opened: {error.strerror}",
+                              destination.path) from None
+        # What twistd does for its own log file: SIGUSR1 reopens it (logrotate).
+        if not signal.getsignal(signal.SIGUSR1):
+            signal.signal(signal.SIGUSR1,
+                          lambda signum, frame: reactor.callFromThread(stream.rotate))
+    return make_observer(config.log_level, config.log_format, stream,
+                         getattr(reactor, "callLater", None))
+
+
+def twistd_log_destination(options: Options, config: Config) -> LogDestination:
+    """Where twistd's --logfile / --syslog / -n (on the parent options) send the logs."""
+    try:
+        destination = log_destination(getattr(options, "parent", None))
+    except LogDestinationError as error:
+        raise ConfigError("--logfile", str(error)) from None
+    if destination.kind == "file" and config.workers > 1:
+        raise ConfigError(
+            "WORKERS", "cannot be combined with twistd --logfile: the worker processes would "
+            "write and rotate one file together; log to stdout (the default under -n) or "
+            "--syslog")
+    return destination
+
+
+def worker_log_argv(command: list[str], destination: LogDestination) -> list[str]:
+    """Workers log to syslog too when the first process does (twistd options precede the plugin)."""
+    if destination.kind != "syslog" or "mterelay" not in command:
+        return command
+    at = command.index("mterelay")
+    return command[:at] + ["--syslog", f"--prefix={destination.prefix}"] + command[at:]
+
+
 def makeService(options: Options) -> RelayService:
     from twisted.internet import reactor
 
@@ -357,7 +414,10 @@ def makeService(options: Options) -> RelayService:
         die_with_parent(os.environ)
     command = worker_argv(options, [setting.cli for setting in SETTINGS if setting.cli])
     try:
-        service = build_service(options.config, reactor, worker_command=command)
+        destination = twistd_log_destination(options, options.config)
+        command = worker_log_argv(command, destination)
+        observer = observer_for(options.config, destination, reactor)
+        service = build_service(options.config, reactor, observer, worker_command=command)
         service.handle_sigterm = True
         return service
     except ConfigError as error:

@@ -15,7 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from mterelay.bodies import BytesProducer
-from mterelay.client import NotARelay, RelayClient
+from mterelay.client import NotARelay, PairingFailed, RelayClient
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, StateNotFound,
                                       UnsupportedVersion)
 from tests.clientsupport import RELAY, ClientHarness, SilentAgent
@@ -308,3 +308,59 @@ class _Plain:
     def render(self, request: Any) -> bytes:
         request.setResponseCode(404)
         return b""
+
+
+class _Racer:
+    """In front of the relay: an on-path attacker who reads each pairing request and
+    pairs its ids first (stored through another replica), ``races`` times."""
+
+    isLeaf = True
+
+    def __init__(self, root: Any, races: int) -> None:
+        self.root = root
+        self.races = races
+        self.claimed: list[list[str]] = []
+
+    def render(self, request: Any) -> Any:
+        if request.path == b"/api/mte-pair" and self.races:
+            self.races -= 1
+            body = request.content.read()
+            request.content.seek(0)
+            client_uuid = request.getHeader(b"x-mte-relay")[:36].decode("ascii")
+            ids = [entry["pairId"] for entry in json.loads(body)]
+            for pair_id in ids:
+                self.root.store.create(client_uuid, pair_id, b"the attacker's pair")
+            self.claimed.append(ids)
+        return self.root.render(request)
+
+
+class PairIdInUseTests(SynchronousTestCase):
+    """A pairing answered 409 (an id in use) is retried once, with fresh ids."""
+
+    def setUp(self) -> None:
+        self.h = ClientHarness.build()
+
+    def pair_requests(self) -> int:
+        return self.h.switch.count(b"POST", b"/api/mte-pair")
+
+    def test_retried_once_with_new_ids(self) -> None:
+        racer = _Racer(self.h.switch.root, races=1)
+        self.h.switch.root = racer
+        client = self.h.client(pairs=2)
+        response, body = self.h.call(client, "POST", "/first", data=b"1")
+        self.assertEqual((response.code, body), (200, b'{"ok":true}'))
+        self.assertEqual(self.pair_requests(), 2)
+        [claimed] = racer.claimed
+        used = {pair.keys.pair_id for pair in client.origin_pool(RELAY).pairs}
+        self.assertEqual(len(used), 2)
+        self.assertFalse(used & set(claimed), "an id in use was paired again")
+        self.assertEqual([r.uri for r in self.h.upstream.received], [b"/first"])
+
+    def test_second_refusal_is_surfaced(self) -> None:
+        self.h.switch.root = _Racer(self.h.switch.root, races=5)
+        client = self.h.client(pairs=1)
+        error = self.assertRaises(PairingFailed, self.h.call, client, "GET", "/never")
+        self.assertEqual(error.status, 409)
+        self.assertIn("pairId", error.reason)
+        self.assertEqual(self.pair_requests(), 2)
+        self.assertEqual(self.h.upstream.received, [])

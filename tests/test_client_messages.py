@@ -157,16 +157,33 @@ class OpenResponseTests(SynchronousTestCase):
                                 has_body=False, options=SealOptions())
         self.relay = RelaySide(self.relay_keys, self.out, "GET")
 
-    def test_round_trip_merges_headers(self) -> None:
+    CLEAR = [("content-type", "application/octet-stream"), ("content-length", "21"),
+             ("x-a", "clear"), ("x-b", "clear"), ("set-cookie", "injected=1"),
+             ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("x-mte-other", "1")]
+
+    def test_round_trip_exposes_only_sealed_headers(self) -> None:
+        # Before the fix the clear x-b and set-cookie were merged in, as if
+        # the upstream had sent them (finding 4).
         wire = self.relay.answer(201, {"content-type": ["text/plain"], "x-a": ["sealed"]},
-                                 clear=[("content-type", "application/octet-stream"),
-                                        ("content-length", "21"), ("x-a", "clear"),
-                                        ("x-b", "clear"), ("connection", "keep-alive")])
+                                 clear=self.CLEAR)
         opened = open_response(self.keys, self.out.header, 201, wire)
         self.assertEqual(sorted(opened.headers), [("content-type", "text/plain"),
-                                                  ("x-a", "sealed"), ("x-b", "clear")])
+                                                  ("x-a", "sealed")])
+        self.assertEqual(sorted(opened.clear), [("set-cookie", "injected=1"),
+                                                ("x-a", "clear"), ("x-b", "clear")])
         sealed = self.relay.response_cipher.seal_body(b"hello")
         self.assertEqual(opened.cipher.open_body(sealed), b"hello")
+
+    def test_clear_headers_taken_only_when_asked_for_and_never_over_sealed(self) -> None:
+        wire = self.relay.answer(201, {"content-type": ["text/plain"], "x-a": ["sealed"]},
+                                 clear=self.CLEAR + [("etag", "forged")])
+        opened = open_response(self.keys, self.out.header, 201, wire, ("x-a", "etag"))
+        # x-a is sealed (the clear one is dropped, not added); etag was asked
+        # to be sealed, so a clear one is not the relay's; the rest was asked
+        # to come in clear.
+        self.assertEqual(sorted(opened.headers), [
+            ("content-type", "text/plain"), ("set-cookie", "injected=1"), ("x-a", "sealed"),
+            ("x-b", "clear")])
 
     def test_wrong_status_fails(self) -> None:
         wire = self.relay.answer(200, {})

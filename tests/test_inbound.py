@@ -497,22 +497,27 @@ class ProxyTests(SynchronousTestCase):
         relay.flush()
         self.assertEqual(responses[0].code, 504)
 
-    def test_replaced_pair_on_another_replica(self) -> None:
-        """A pair re-created with the same id is picked up despite cached keys."""
+    def test_pair_id_in_use_is_refused_on_another_replica(self) -> None:
+        """Re-pairing an existing id is 409 and leaves the pair (and caches) working."""
         replica = MemoryRelay.build(store=self.relay.root.store)
         replica.clock = self.relay.clock
         other = Sealer(replica)
         other.client_id = self.client.client_id
         self.assertEqual(other.send("GET", "/api/items", keys=self.keys, seq=100)
-                         .response.code, 200)  # replica caches the old keys
+                         .response.code, 200)  # replica caches the keys
         pending = start_pairing(self.client.client_id[:36], self.keys.pair_id)
-        response, body = self.relay.call(
-            "POST", "/api/mte-pair", headers={"x-mte-relay": [self.client.client_id]},
-            data=json.dumps([pending.request_entry()]).encode())
-        new_keys = pending.finish(json_of(body)[0])
-        sent = other.send("GET", "/api/items", keys=new_keys, seq=0)
-        self.assertEqual(sent.response.code, 200)
-        self.assertEqual(Sealer.open(sent, new_keys)[1], b'{"ok":true}')
+        for relay in (self.relay, replica):
+            response, body = relay.call(
+                "POST", "/api/mte-pair", headers={"x-mte-relay": [self.client.client_id]},
+                data=json.dumps([pending.request_entry()]).encode())
+            self.assertEqual(response.code, 409)
+            self.assertEqual(json_of(body)["field"], "[0].pairId")
+        for seq, relay in ((101, self.relay), (102, replica)):
+            sealer = Sealer(relay)
+            sealer.client_id = self.client.client_id
+            sent = sealer.send("GET", "/api/items", keys=self.keys, seq=seq)
+            self.assertEqual(sent.response.code, 200)
+            self.assertEqual(Sealer.open(sent, self.keys)[1], b'{"ok":true}')
 
 
 class AbandonedExchangeTests(SynchronousTestCase):

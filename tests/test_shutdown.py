@@ -13,7 +13,7 @@ from mterelay.shutdown import Drainer, DrainSummary
 
 
 class FakeSite:
-    """The part of RelaySite the Drainer uses: ``active``, ``start_draining``, ``when_idle``."""
+    """The part of RelaySite the Drainer uses: ``start_draining``, ``when_drained``, ``undelivered``."""
 
     def __init__(self, active: int = 0) -> None:
         self.active: set[Any] = {object() for _ in range(active)}
@@ -27,7 +27,10 @@ class FakeSite:
             raise RuntimeError("channel bookkeeping broke")
         return len(self.active)
 
-    def when_idle(self) -> Deferred[None]:
+    def undelivered(self) -> int:
+        return len(self.active)
+
+    def when_drained(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
         if not self.active:
             waiter.callback(None)

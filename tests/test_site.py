@@ -467,6 +467,23 @@ class SiteMetricsTests(SiteCase):
         connection.drop()
         self.assertEqual(statuses, [200])
 
+    def test_asterisk_targets_keep_the_in_flight_gauge_balanced(self) -> None:
+        # Twisted answers "OPTIONS *" (200) and "GET *" (405) without
+        # getResourceFor; the gauge used to go to -1 for each.
+        site = self.site()
+        for method in (b"OPTIONS", b"GET", b"OPTIONS"):
+            connection = Connection(site)
+            connection.channel.dataReceived(method + b" * HTTP/1.1\r\nHost: relay.test\r\n\r\n")
+            self.assertEqual(len(connection.responses()), 1)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_in_flight_requests"), 0.0)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_requests_total", role="other",
+                                       status_class="2xx"), 2.0)
+        self.assertEqual(metrics_value(self.metrics, "mterelay_requests_total", role="other",
+                                       status_class="4xx"), 1.0)
+        self.assertEqual([(line["method"], line["path"], line["status"])
+                          for line in self.access_lines()],
+                         [("OPTIONS", "*", 200), ("GET", "*", 405), ("OPTIONS", "*", 200)])
+
     def test_crashing_resource_counts_500(self) -> None:
         site = self.site()
         connection = Connection(site)
@@ -556,6 +573,65 @@ class InMemoryDrainingTests(SiteCase):
         [response] = busy.responses()
         self.assertEqual(response.body, b"part one, part two")
         self.assertTrue(busy.closed_by_server)
+
+
+    def test_drained_only_once_answers_left_the_write_buffer(self) -> None:
+        # finish() queues the answer in the transport; the connection closing
+        # (after loseConnection, which flushes first) is what says it left.
+        site = self.site()
+        busy = Connection(site)
+        busy.send(b"/slow")
+        site.start_draining()
+        drained = site.when_drained()
+        Recording.release(self.resource.held[0])
+        self.assertEqual(site.active, set())
+        self.assertTrue(busy.closed_by_server)  # loseConnection called, close pending
+        self.assertNoResult(drained)
+        self.assertEqual(site.undelivered(), 1)
+        busy.drop()  # the transport flushed and closed
+        self.successResultOf(drained)
+        self.assertEqual(site.undelivered(), 0)
+
+    def test_drained_closes_connections_opened_during_the_drain(self) -> None:
+        site = self.site()
+        busy = Connection(site)
+        busy.send(b"/slow")
+        site.start_draining()
+        late = Connection(site, 40001)  # accepted before the port closed, no request yet
+        drained = site.when_drained()
+        self.assertFalse(late.closed_by_server)
+        Recording.release(self.resource.held[0])
+        self.assertTrue(late.closed_by_server)
+        busy.drop()
+        self.assertNoResult(drained)
+        late.drop()
+        self.successResultOf(drained)
+
+    def test_drained_at_once_when_nothing_open(self) -> None:
+        site = self.site()
+        Connection(site).drop()
+        site.start_draining()
+        self.successResultOf(site.when_drained())
+        self.assertEqual(site.undelivered(), 0)
+
+    def test_not_drained_unless_draining(self) -> None:
+        site = self.site()
+        drained = site.when_drained()
+        self.assertNoResult(drained)
+        site.start_draining()
+        self.successResultOf(drained)
+
+    def test_answers_before_the_drain_not_counted_undelivered(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send()
+        self.assertEqual(len(connection.responses()), 1)
+        site.start_draining()
+        self.assertEqual(site.undelivered(), 0)
+        drained = site.when_drained()
+        self.assertNoResult(drained)  # its close is still pending
+        connection.drop()
+        self.successResultOf(drained)
 
 
 # --- real sockets

@@ -21,13 +21,14 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from mterelay.protocol.replay import ReplayWindow, Verdict
-from mterelay.store.interface import IPairStore, StoreLimits, StoreUnavailable
+from mterelay.store.interface import (IPairStore, PairExists, StoreLimits, StoreUnavailable,
+                                      pair_generation)
 from mterelay.store.memory import MemoryPairStore
 
 from tests.redisserver import RedisServer, SkipRedis
 
 A, R, T = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD
-U, X = Verdict.UNKNOWN, Verdict.EXHAUSTED
+U, X, S = Verdict.UNKNOWN, Verdict.EXHAUSTED, Verdict.STALE
 
 
 def mismatches(actual, expected, limit=5):
@@ -43,6 +44,8 @@ def mismatches(actual, expected, limit=5):
 SECRET = b"state-secret-for-tests-0123456789abcdef"
 CID = "2f1c6f3e-4d0a-4b7e-9a51-3f5d2c1b0a99.ab12"
 PID = "pair_AAAAAAAAAAAAAAAAAAAAAA"
+#: generation of the b"k" secrets most tests store
+K = pair_generation(b"k")
 
 
 class PairStoreConformanceMixin:
@@ -59,10 +62,10 @@ class PairStoreConformanceMixin:
         raise NotImplementedError
 
     @defer.inlineCallbacks
-    def accept_all(self, store, seqs, client_id=CID, pair_id=PID):
+    def accept_all(self, store, seqs, client_id=CID, pair_id=PID, generation=K):
         verdicts = []
         for seq in seqs:
-            verdicts.append((yield store.accept(client_id, pair_id, seq)))
+            verdicts.append((yield store.accept(client_id, pair_id, seq, generation)))
         return verdicts
 
     @defer.inlineCallbacks
@@ -83,7 +86,7 @@ class PairStoreConformanceMixin:
     def test_unknown_pair(self):
         store = yield self.make_store()
         self.assertIsNone((yield store.get(CID, PID)))
-        self.assertEqual((yield store.accept(CID, PID, 0)), U)
+        self.assertEqual((yield store.accept(CID, PID, 0, K)), U)
         self.assertIsNone((yield store.delete(CID, PID)))
         # accepting on an unknown pair must not create it
         self.assertIsNone((yield store.get(CID, PID)))
@@ -92,10 +95,10 @@ class PairStoreConformanceMixin:
     def test_delete(self):
         store = yield self.make_store()
         yield store.create(CID, PID, b"k")
-        yield store.accept(CID, PID, 1)
+        yield store.accept(CID, PID, 1, K)
         yield store.delete(CID, PID)
         self.assertIsNone((yield store.get(CID, PID)))
-        self.assertEqual((yield store.accept(CID, PID, 2)), U)
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), U)
 
     @defer.inlineCallbacks
     def test_verdicts(self):
@@ -127,7 +130,7 @@ class PairStoreConformanceMixin:
         for _ in range(800):
             counter += rng.choice([0, 1, 1, 2, 5, 30, 300, 2000])
             seq = base + max(0, counter + rng.randrange(-1100, 20))
-            verdict = yield store.accept(CID, PID, seq)
+            verdict = yield store.accept(CID, PID, seq, K)
             self.assertEqual(verdict, model.accept(seq), seq)
         self.model_window = model
 
@@ -137,26 +140,104 @@ class PairStoreConformanceMixin:
         store = yield self.make_store()
         yield store.create(CID, PID, b"k")
         first = yield defer.gatherResults(
-            [store.accept(CID, PID, seq) for seq in range(1024)])
+            [store.accept(CID, PID, seq, K) for seq in range(1024)])
         self.assertEqual(mismatches(first, [A] * 1024), [])
-        self.assertEqual((yield store.accept(CID, PID, 1500)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1500, K)), A)
         second = yield defer.gatherResults(
-            [store.accept(CID, PID, seq) for seq in range(1024, 1500)])
+            [store.accept(CID, PID, seq, K) for seq in range(1024, 1500)])
         self.assertEqual(mismatches(second, [A] * 476), [])
         third = yield defer.gatherResults(
-            [store.accept(CID, PID, seq) for seq in range(476, 1501)])
+            [store.accept(CID, PID, seq, K) for seq in range(476, 1501)])
         self.assertEqual(mismatches(third, [T] + [R] * 1024), [])
 
     @defer.inlineCallbacks
-    def test_replace_on_create(self):
+    def test_create_never_replaces(self):
+        """An existing pair id is refused; the pair, window and count stay as they were."""
         store = yield self.make_store(StoreLimits(max_messages=3))
+        old, new = pair_generation(b"old"), pair_generation(b"new")
         yield store.create(CID, PID, b"old")
-        self.assertEqual((yield self.accept_all(store, [10, 11])), [A, A])
-        yield store.create(CID, PID, b"new")
-        self.assertEqual((yield store.get(CID, PID)), b"new")
-        # fresh window and message count
-        self.assertEqual((yield self.accept_all(store, [10, 11, 12, 13])),
-                         [A, A, A, X])
+        self.assertEqual((yield self.accept_all(store, [10, 11], generation=old)), [A, A])
+        failure = yield self.assertFailure(store.create(CID, PID, b"new"), PairExists)
+        self.assertNotIn("old", str(failure))  # never names the secrets
+        yield self.assertFailure(store.create(CID, PID, b"old"), PairExists)
+        self.assertEqual((yield store.get(CID, PID)), b"old")
+        self.assertEqual((yield self.accept_all(store, [11, 10], generation=old)), [R, R])
+        self.assertEqual((yield self.accept_all(store, [10], generation=new)), [S])
+        # the message count went on: 2 accepted before, 1 more, then exhausted
+        self.assertEqual((yield self.accept_all(store, [12, 13], generation=old)), [A, X])
+
+    @defer.inlineCallbacks
+    def test_concurrent_creates_one_wins(self):
+        store = yield self.make_store()
+        results = yield defer.DeferredList(
+            [store.create(CID, PID, b"k%d" % i) for i in range(20)], consumeErrors=True)
+        won = [i for i, (ok, _) in enumerate(results) if ok]
+        self.assertEqual(len(won), 1)
+        for ok, result in results:
+            if not ok:
+                result.trap(PairExists)
+        self.assertEqual((yield store.get(CID, PID)), b"k%d" % won[0])
+
+    @defer.inlineCallbacks
+    def test_stale_generation_changes_nothing(self):
+        """Another generation's message neither records, refreshes, exhausts nor deletes."""
+        store = yield self.make_store(StoreLimits(max_messages=2, idle_ttl=100, max_age=10))
+        current, before = pair_generation(b"current"), pair_generation(b"before")
+        yield store.create(CID, PID, b"current")
+        self.assertEqual((yield self.accept_all(store, [5, 6, 7], generation=before)),
+                         [S, S, S])
+        self.assertEqual((yield self.accept_all(store, [5], generation=current)), [A])
+        yield self.advance_clock(11)  # past max age: a current message would exhaust it
+        self.assertEqual((yield self.accept_all(store, [6, 7], generation=before)), [S, S])
+        self.assertEqual((yield self.accept_all(store, [6], generation=current)), [X])
+        self.assertEqual((yield self.accept_all(store, [7], generation=before)), [U])
+
+    @defer.inlineCallbacks
+    def test_same_id_paired_again_after_loss_has_a_new_generation(self):
+        """Deleted (or expired, or flushed): the id is free, old keys' messages are STALE."""
+        store = yield self.make_store()
+        old, new = pair_generation(b"old keys"), pair_generation(b"new keys")
+        yield store.create(CID, PID, b"old keys")
+        self.assertEqual((yield self.accept_all(store, [1, 2], generation=old)), [A, A])
+        yield store.delete(CID, PID)
+        yield store.create(CID, PID, b"new keys")
+        # the window is fresh, but not for messages opened under the old keys
+        self.assertEqual((yield self.accept_all(store, [1, 2, 3], generation=old)), [S, S, S])
+        self.assertEqual((yield self.accept_all(store, [1, 2], generation=new)), [A, A])
+
+    @defer.inlineCallbacks
+    def test_idle_expired_id_can_be_paired_again(self):
+        store = yield self.make_store(StoreLimits(idle_ttl=0.3))
+        yield store.create(CID, PID, b"old keys")
+        yield self.assertFailure(store.create(CID, PID, b"new keys"), PairExists)
+        yield self.elapse_idle(0.5)
+        yield store.create(CID, PID, b"new keys")
+        self.assertEqual((yield store.get(CID, PID)), b"new keys")
+        self.assertEqual(
+            (yield self.accept_all(store, [0], generation=pair_generation(b"old keys"))), [S])
+
+    @defer.inlineCallbacks
+    def test_delete_with_generation_removes_only_that_generation(self):
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"mine")
+        yield store.delete(CID, PID, pair_generation(b"theirs"))
+        self.assertEqual((yield store.get(CID, PID)), b"mine")
+        yield store.delete(CID, PID, pair_generation(b"mine"))
+        self.assertIsNone((yield store.get(CID, PID)))
+        yield store.delete(CID, PID, pair_generation(b"mine"))  # unknown: no error
+
+    @defer.inlineCallbacks
+    def test_generation_is_the_secrets_fingerprint(self):
+        self.assertEqual(pair_generation(b"k"), pair_generation(bytearray(b"k")))
+        self.assertNotEqual(pair_generation(b"k"), pair_generation(b"k2"))
+        self.assertRegex(pair_generation(os.urandom(64)), "^[0-9a-f]{32}$")
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        for bad in ("", "k", K.upper(), K[:-1], K + "0", None, b"0" * 32):
+            yield self.assertFailure(store.accept(CID, PID, 1, bad), ValueError)
+            if bad is not None:
+                yield self.assertFailure(store.delete(CID, PID, bad), ValueError)
+        self.assertEqual((yield store.get(CID, PID)), b"k")
 
     @defer.inlineCallbacks
     def test_pairs_are_independent(self):
@@ -165,9 +246,11 @@ class PairStoreConformanceMixin:
         yield store.create(CID, PID, b"one")
         yield store.create(other_client, PID, b"two")
         yield store.create(CID, PID + "x", b"three")
-        self.assertEqual((yield store.accept(CID, PID, 7)), A)
-        self.assertEqual((yield store.accept(other_client, PID, 7)), A)
-        self.assertEqual((yield store.accept(CID, PID + "x", 7)), A)
+        self.assertEqual((yield store.accept(CID, PID, 7, pair_generation(b"one"))), A)
+        self.assertEqual((yield store.accept(other_client, PID, 7, pair_generation(b"two"))), A)
+        self.assertEqual((yield store.accept(CID, PID + "x", 7, pair_generation(b"three"))), A)
+        # one client's pair id says nothing about another's
+        self.assertEqual((yield store.accept(other_client, PID, 8, pair_generation(b"one"))), S)
         yield store.delete(CID, PID)
         self.assertEqual((yield store.get(other_client, PID)), b"two")
         self.assertEqual((yield store.get(CID, PID + "x")), b"three")
@@ -180,41 +263,41 @@ class PairStoreConformanceMixin:
         verdicts = yield self.accept_all(store, [0, 0, 1, 2, 2, 3, 4, 5])
         self.assertEqual(verdicts, [A, R, A, A, R, A, A, X])
         self.assertIsNone((yield store.get(CID, PID)))
-        self.assertEqual((yield store.accept(CID, PID, 6)), U)
+        self.assertEqual((yield store.accept(CID, PID, 6, K)), U)
 
     @defer.inlineCallbacks
     def test_max_age(self):
         store = yield self.make_store(StoreLimits(idle_ttl=100, max_age=10))
         yield store.create(CID, PID, b"k")
         yield self.advance_clock(5)
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         yield self.advance_clock(4.9)
-        self.assertEqual((yield store.accept(CID, PID, 2)), A)
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
         self.assertEqual((yield store.get(CID, PID)), b"k")
         yield self.advance_clock(0.2)
         self.assertIsNone((yield store.get(CID, PID)))
-        self.assertEqual((yield store.accept(CID, PID, 3)), X)
-        self.assertEqual((yield store.accept(CID, PID, 4)), U)
+        self.assertEqual((yield store.accept(CID, PID, 3, K)), X)
+        self.assertEqual((yield store.accept(CID, PID, 4, K)), U)
 
     @defer.inlineCallbacks
     def test_idle_expiry_refreshed_by_accept(self):
         store = yield self.make_store(StoreLimits(idle_ttl=1.0))
         yield store.create(CID, PID, b"k")
         yield self.elapse_idle(0.5)
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         yield self.elapse_idle(0.6)  # 1.1 s after creation, 0.6 after accept
         self.assertEqual((yield store.get(CID, PID)), b"k")
         yield self.elapse_idle(0.5)
         self.assertIsNone((yield store.get(CID, PID)))
-        self.assertEqual((yield store.accept(CID, PID, 2)), U)
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), U)
 
     @defer.inlineCallbacks
     def test_idle_not_refreshed_by_refusals_or_get(self):
         store = yield self.make_store(StoreLimits(idle_ttl=1.0))
         yield store.create(CID, PID, b"k")
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         yield self.elapse_idle(0.6)
-        self.assertEqual((yield store.accept(CID, PID, 1)), R)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), R)
         self.assertEqual((yield store.get(CID, PID)), b"k")
         yield self.elapse_idle(0.5)
         self.assertIsNone((yield store.get(CID, PID)))
@@ -224,15 +307,15 @@ class PairStoreConformanceMixin:
         store = yield self.make_store()
         yield store.create(CID, PID, b"k")
         for seq in (-1, 2**53, "1", 1.5, None):
-            yield self.assertFailure(store.accept(CID, PID, seq), ValueError)
+            yield self.assertFailure(store.accept(CID, PID, seq, K), ValueError)
         for client_id, pair_id in ((CID, "a:b"), ("x y", PID), ("", PID),
                                    (CID, ""), (CID, "é"), (None, PID)):
             yield self.assertFailure(store.get(client_id, pair_id), ValueError)
-            yield self.assertFailure(store.accept(client_id, pair_id, 1), ValueError)
+            yield self.assertFailure(store.accept(client_id, pair_id, 1, K), ValueError)
             yield self.assertFailure(store.create(client_id, pair_id, b"k"), ValueError)
             yield self.assertFailure(store.delete(client_id, pair_id), ValueError)
         yield self.assertFailure(store.create(CID, PID, "not bytes"), ValueError)
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
 
 
 class MemoryStoreConformance(PairStoreConformanceMixin, TestCase):
@@ -252,23 +335,31 @@ class MemoryStoreConformance(PairStoreConformanceMixin, TestCase):
     elapse_idle = advance_clock
 
     @defer.inlineCallbacks
-    def test_max_pairs_evicts_least_recently_used(self):
-        store = MemoryPairStore(self.clock, StoreLimits(), max_pairs=3)
+    def test_max_pairs_refuses_newcomers_never_evicts_live_pairs(self):
+        """A pairing flood (anyone can pair) must not remove other clients' pairs."""
+        store = MemoryPairStore(self.clock, StoreLimits(idle_ttl=10), max_pairs=3)
         for name in ("p1xxxxxxxxxxxxxx", "p2xxxxxxxxxxxxxx", "p3xxxxxxxxxxxxxx"):
             yield store.create(CID, name, name.encode())
             self.clock.advance(1)
-        yield store.accept(CID, "p1xxxxxxxxxxxxxx", 0)  # p1 is now the freshest
-        yield store.create(CID, "p4xxxxxxxxxxxxxx", b"p4")
+        failure = yield self.assertFailure(store.create(CID, "p4xxxxxxxxxxxxxx", b"p4"),
+                                           StoreUnavailable)
+        self.assertIn("full", str(failure))
         self.assertEqual(len(store), 3)
-        self.assertIsNone((yield store.get(CID, "p2xxxxxxxxxxxxxx")))
-        for name in ("p1xxxxxxxxxxxxxx", "p3xxxxxxxxxxxxxx", "p4xxxxxxxxxxxxxx"):
-            self.assertIsNotNone((yield store.get(CID, name)))
+        for name in ("p1xxxxxxxxxxxxxx", "p2xxxxxxxxxxxxxx", "p3xxxxxxxxxxxxxx"):
+            self.assertEqual((yield store.get(CID, name)), name.encode())
+        self.assertIsNone((yield store.get(CID, "p4xxxxxxxxxxxxxx")))
+        self.clock.advance(7.5)  # p1 idle for 10.5 s: expired, its place is free
+        yield store.create(CID, "p4xxxxxxxxxxxxxx", b"p4")
+        self.assertIsNone((yield store.get(CID, "p1xxxxxxxxxxxxxx")))
+        self.assertEqual(len(store), 3)
 
     @defer.inlineCallbacks
     def test_flood_stays_bounded_and_expired_pairs_are_swept(self):
         store = MemoryPairStore(self.clock, StoreLimits(idle_ttl=10), max_pairs=1000)
-        for i in range(5000):
-            yield store.create(CID, f"flood{i:011d}", b"k")
+        results = yield defer.DeferredList(
+            [store.create(CID, f"flood{i:011d}", b"k") for i in range(5000)],
+            consumeErrors=True)
+        self.assertEqual(sum(1 for ok, _ in results if ok), 1000)
         self.assertEqual(len(store), 1000)
         self.clock.advance(11)
         yield store.create(CID, PID, b"k")
@@ -360,8 +451,36 @@ class RedisStoreConformance(PairStoreConformanceMixin, TestCase):
         store = yield self.make_store()
         yield store.create(CID, PID, b"k")
         self.server.command("HSET", store.key_name(CID, PID), "w", b"short")
-        self.assertEqual((yield store.accept(CID, PID, 1)), U)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), U)
         self.assertIsNone((yield store.get(CID, PID)))
+
+    @defer.inlineCallbacks
+    def test_flushall_then_same_id_paired_again_is_a_new_generation(self):
+        store = yield self.make_store()
+        other_replica = yield self.make_store()
+        old = pair_generation(b"old keys")
+        yield store.create(CID, PID, b"old keys")
+        self.assertEqual((yield other_replica.accept(CID, PID, 1, old)), A)
+        self.server.command("FLUSHALL")
+        yield other_replica.create(CID, PID, b"new keys")
+        for replica in (store, other_replica):
+            self.assertEqual((yield replica.accept(CID, PID, 1, old)), S)
+        key = store.key_name(CID, PID)
+        self.assertEqual(self.server.command("HGET", key, "g"),
+                         pair_generation(b"new keys").encode())
+        self.assertEqual(self.server.command("HGET", key, "n"), b"0")
+
+    @defer.inlineCallbacks
+    def test_pair_without_generation_is_unusable_and_untouched(self):
+        """A pair stored before generations existed answers UNKNOWN and is left to expire."""
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        key = store.key_name(CID, PID)
+        self.server.command("HDEL", key, "g")
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), U)
+        self.assertEqual(self.server.command("HGET", key, "n"), b"0")
+        self.assertGreater(self.server.command("PTTL", key), 0)
+        yield self.assertFailure(store.create(CID, PID, b"k2"), PairExists)
 
     @defer.inlineCallbacks
     def test_unreachable_after_stop(self):

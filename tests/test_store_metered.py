@@ -11,12 +11,14 @@ from zope.interface.verify import verifyObject
 
 from mterelay.metrics import RelayMetrics
 from mterelay.protocol.replay import Verdict
-from mterelay.store.interface import IPairStore, StoreLimits, StoreUnavailable
+from mterelay.store.interface import (IPairStore, PairExists, StoreLimits, StoreUnavailable,
+                                      pair_generation)
 from mterelay.store.memory import MemoryPairStore
 from mterelay.store.metered import MeteredStore
 
 CID = "2f1c6f3e-4d0a-4b7e-9a51-3f5d2c1b0a99.ab12"
 PID = "pair_AAAAAAAAAAAAAAAAAAAAAA"
+GEN = pair_generation(b"secrets")
 
 
 @implementer(IPairStore)
@@ -50,11 +52,13 @@ class ScriptedStore:
     def get(self, client_id: str, pair_id: str) -> defer.Deferred:
         return self._call("get", client_id, pair_id)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> defer.Deferred:
-        return self._call("accept", client_id, pair_id, seq)
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str
+               ) -> defer.Deferred:
+        return self._call("accept", client_id, pair_id, seq, generation)
 
-    def delete(self, client_id: str, pair_id: str) -> defer.Deferred:
-        return self._call("delete", client_id, pair_id)
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None
+               ) -> defer.Deferred:
+        return self._call("delete", client_id, pair_id, generation)
 
 
 def result_of(d: defer.Deferred) -> list:
@@ -101,11 +105,14 @@ class WithMemoryStore(Base):
         self.assertIs(self.successResultOf(self.store.ping()), True)
         self.assertIsNone(self.successResultOf(self.store.create(CID, PID, b"secrets")))
         self.assertEqual(self.successResultOf(self.store.get(CID, PID)), b"secrets")
-        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 0)), Verdict.ACCEPTED)
-        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 0)), Verdict.REPLAYED)
+        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 0, GEN)),
+                      Verdict.ACCEPTED)
+        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 0, GEN)),
+                      Verdict.REPLAYED)
         self.assertIsNone(self.successResultOf(self.store.delete(CID, PID)))
         self.assertIsNone(self.successResultOf(self.store.get(CID, PID)))
-        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 1)), Verdict.UNKNOWN)
+        self.assertIs(self.successResultOf(self.store.accept(CID, PID, 1, GEN)),
+                      Verdict.UNKNOWN)
         self.assertIsNone(self.successResultOf(self.store.stop()))
         for op, count in (("start", 1), ("ping", 1), ("create", 1), ("get", 2), ("accept", 3),
                           ("delete", 1), ("stop", 1)):
@@ -116,7 +123,7 @@ class WithMemoryStore(Base):
     def test_invalid_arguments_fail_unchanged_and_count(self) -> None:
         failure = self.failureResultOf(self.store.create("bad:id", PID, b"x"), ValueError)
         self.assertIn("client id", str(failure.value))
-        self.failureResultOf(self.store.accept(CID, PID, -1), ValueError)
+        self.failureResultOf(self.store.accept(CID, PID, -1, GEN), ValueError)
         self.assertEqual(self.errors("create"), 1.0)
         self.assertEqual(self.errors("accept"), 1.0)
         self.assertEqual(self.seconds("create")[0], 1.0)
@@ -136,11 +143,13 @@ class WithScriptedStore(Base):
     def test_arguments_passed_unchanged(self) -> None:
         self.store.create(CID, PID, b"s")
         self.store.get(CID, PID)
-        self.store.accept(CID, PID, 42)
+        self.store.accept(CID, PID, 42, GEN)
         self.store.delete(CID, PID)
+        self.store.delete(CID, PID, GEN)
         self.assertEqual([(name, args) for name, args, _ in self.inner.calls], [
-            ("create", (CID, PID, b"s")), ("get", (CID, PID)), ("accept", (CID, PID, 42)),
-            ("delete", (CID, PID))])
+            ("create", (CID, PID, b"s")), ("get", (CID, PID)),
+            ("accept", (CID, PID, 42, GEN)), ("delete", (CID, PID, None)),
+            ("delete", (CID, PID, GEN))])
 
     def test_duration_is_the_clock_time_until_the_answer(self) -> None:
         d = self.store.get(CID, PID)
@@ -152,13 +161,13 @@ class WithScriptedStore(Base):
         self.assertEqual(self.seconds("get"), (1.0, 0.25))
 
     def test_same_deferred_chain_for_the_caller(self) -> None:
-        d = self.store.accept(CID, PID, 1)
+        d = self.store.accept(CID, PID, 1, GEN)
         seen = result_of(d)
         self.inner.calls[0][2].callback(Verdict.TOO_OLD)
         self.assertEqual(seen, [Verdict.TOO_OLD])
 
     def test_store_unavailable_propagated_counted_and_gauge_down(self) -> None:
-        d = self.store.accept(CID, PID, 1)
+        d = self.store.accept(CID, PID, 1, GEN)
         self.clock.advance(1.5)
         error = StoreUnavailable("no connection to Redis at redis://h:6379/0")
         self.inner.calls[0][2].errback(error)
@@ -186,6 +195,15 @@ class WithScriptedStore(Base):
         d = self.store.delete(CID, PID)
         self.inner.calls[1][2].errback(RuntimeError("bug"))
         self.failureResultOf(d, RuntimeError)
+        self.assertEqual(self.reachable(), 1.0)
+
+    def test_pair_exists_is_an_answer_not_a_store_error(self) -> None:
+        self.metrics.set_store_reachable(False)
+        d = self.store.create(CID, PID, b"s")
+        self.inner.calls[0][2].errback(PairExists("pair exists"))
+        self.failureResultOf(d, PairExists)
+        self.assertEqual(self.errors("create"), 0.0)
+        self.assertEqual(self.seconds("create")[0], 1.0)
         self.assertEqual(self.reachable(), 1.0)
 
     def test_ping_false_means_unreachable(self) -> None:

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mterelay.protocol.replay import Verdict
 from mterelay.store import MemoryPairStore, build_store
-from mterelay.store.interface import StoreLimits, StoreUnavailable
+from mterelay.store.interface import StoreLimits, StoreUnavailable, pair_generation
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
 from tests.redisserver import RedisServer, SkipRedis
@@ -24,6 +24,7 @@ A, R, T = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD
 SECRET = b"state-secret-for-tests-0123456789abcdef"
 CID = "2f1c6f3e-4d0a-4b7e-9a51-3f5d2c1b0a99.ab12"
 PID = "pair_AAAAAAAAAAAAAAAAAAAAAA"
+K = pair_generation(b"k")
 _log = Logger()
 
 
@@ -76,7 +77,7 @@ class ConcurrentReplicas(RedisTestCase):
 
         started = time.monotonic()
         verdicts = yield defer.gatherResults(
-            [replicas[i % 2].accept(CID, PID, seq) for i, seq in enumerate(seqs)])
+            [replicas[i % 2].accept(CID, PID, seq, K) for i, seq in enumerate(seqs)])
         elapsed = time.monotonic() - started
         _log.info("1000 concurrent accepts over 2 replicas: {ms:.1f} ms", ms=elapsed * 1000)
         self.assertEqual(mismatches(verdicts, [A] * 1000), [])
@@ -85,7 +86,7 @@ class ConcurrentReplicas(RedisTestCase):
 
         random.Random(2).shuffle(seqs)
         replays = yield defer.gatherResults(
-            [replicas[i % 2].accept(CID, PID, seq) for i, seq in enumerate(seqs)])
+            [replicas[i % 2].accept(CID, PID, seq, K) for i, seq in enumerate(seqs)])
         self.assertEqual(mismatches(replays, [R] * 1000), [])
         self.assertLess(elapsed, 5.0)
 
@@ -99,7 +100,7 @@ class ConcurrentReplicas(RedisTestCase):
         seqs = [rng.randrange(3000) for _ in range(800)]
         seqs += seqs  # every number at least twice, concurrently
         rng.shuffle(seqs)
-        calls = [(one if rng.random() < 0.5 else two).accept(CID, PID, seq) for seq in seqs]
+        calls = [(one if rng.random() < 0.5 else two).accept(CID, PID, seq, K) for seq in seqs]
         verdicts = yield defer.gatherResults(calls)
         accepted = [seq for seq, verdict in zip(seqs, verdicts) if verdict is A]
         self.assertEqual(len(accepted), len(set(accepted)))
@@ -113,19 +114,19 @@ class Outages(RedisTestCase):
     def test_redis_stopped_fails_fast_then_recovers(self):
         store = yield self.make_store(pool_size=3, timeout=2.0)
         yield store.create(CID, PID, b"k")
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
 
         self.server.stop()
         started = time.monotonic()
         # in flight while the connections die, and after they are gone
         results = yield defer.DeferredList(
-            [store.accept(CID, PID, seq) for seq in range(2, 52)]
+            [store.accept(CID, PID, seq, K) for seq in range(2, 52)]
             + [store.get(CID, PID), store.create(CID, PID + "2", b"k")],
             consumeErrors=True)
         in_flight = time.monotonic() - started
         yield _wait(0.05)
         later = yield defer.DeferredList(
-            [store.accept(CID, PID, 100), store.get(CID, PID), store.delete(CID, PID)],
+            [store.accept(CID, PID, 100, K), store.get(CID, PID), store.delete(CID, PID)],
             consumeErrors=True)
         elapsed = time.monotonic() - started
         _log.info("52 calls in flight at the outage failed within {ms:.1f} ms",
@@ -140,9 +141,49 @@ class Outages(RedisTestCase):
         recovered_in = yield self.wait_until_ready(store)
         _log.info("store recovered {s:.2f} s after Redis came back", s=recovered_in)
         # the data were not persisted, so the pair is gone: clients re-pair
-        self.assertEqual((yield store.accept(CID, PID, 2)), Verdict.UNKNOWN)
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), Verdict.UNKNOWN)
         yield store.create(CID, PID, b"k")  # scripts re-sent after NOSCRIPT
-        self.assertEqual((yield store.accept(CID, PID, 2)), A)
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+
+    @defer.inlineCallbacks
+    def test_restart_from_an_older_snapshot_voids_its_pairs(self):
+        """A reload (RDB after a crash, AOF losing its last second, a promoted replica)
+        brings back an older window: no pair from before the restart accepts anything."""
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
+        self.server.command("SAVE")  # the snapshot knows seq 1 only
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+        self.server.restart()  # no save at shutdown: dump.rdb is the older snapshot
+        yield self.wait_until_ready(store)
+        key = store.key_name(CID, PID)
+        self.assertEqual(self.server.command("HGET", key, "n"), b"1")  # it did come back
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), Verdict.UNKNOWN)
+        self.assertEqual(self.server.command("EXISTS", key), 0)
+        yield store.create(CID, PID, b"k")  # the id is free again, a new pair
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+
+    @defer.inlineCallbacks
+    def test_pairs_survive_while_the_server_runs(self):
+        """The boot check never voids a pair of the running server (run_id is stable)."""
+        store = yield self.make_store()
+        yield store.create(CID, PID, b"k")
+        run_id = self.server.command("INFO", "server").split(b"run_id:")[1][:40]
+        key = store.key_name(CID, PID)
+        self.assertEqual(self.server.command("HGET", key, "b"), run_id)
+        for seq in range(5):
+            self.assertEqual((yield store.accept(CID, PID, seq, K)), A)
+
+    @defer.inlineCallbacks
+    def test_info_refused_by_acl_degrades_to_no_restart_detection(self):
+        self.server.command("ACL", "SETUSER", "relay", "on", ">relay-pw", "~mterelay:*",
+                            "+@all", "-info")
+        store = yield self.make_store(
+            f"redis://relay:relay-pw@127.0.0.1:{self.server.port}")
+        yield store.create(CID, PID, b"k")
+        self.assertEqual(self.server.command("HGET", store.key_name(CID, PID), "b"), b"")
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), R)
 
     @defer.inlineCallbacks
     def test_frozen_redis_times_out_then_recovers(self):
@@ -152,7 +193,7 @@ class Outages(RedisTestCase):
         try:
             started = time.monotonic()
             failures = yield defer.DeferredList(
-                [store.accept(CID, PID, 1), store.get(CID, PID)], consumeErrors=True)
+                [store.accept(CID, PID, 1, K), store.get(CID, PID)], consumeErrors=True)
             elapsed = time.monotonic() - started
         finally:
             self.server.resume()
@@ -161,7 +202,7 @@ class Outages(RedisTestCase):
             result.trap(StoreUnavailable)
         self.assertLess(elapsed, 0.9)
         yield self.wait_until_ready(store)
-        verdict = yield store.accept(CID, PID, 2)
+        verdict = yield store.accept(CID, PID, 2, K)
         self.assertEqual(verdict, A)
 
     @defer.inlineCallbacks
@@ -171,7 +212,7 @@ class Outages(RedisTestCase):
         started = time.monotonic()
         yield self.assertFailure(store.start(), StoreUnavailable)
         self.assertLess(time.monotonic() - started, 1.0)
-        yield self.assertFailure(store.accept(CID, PID, 1), StoreUnavailable)
+        yield self.assertFailure(store.accept(CID, PID, 1, K), StoreUnavailable)
         self.server.start()
         yield self.wait_until_ready(store)
         yield store.start()  # already connected: fires at once
@@ -189,10 +230,13 @@ class Outages(RedisTestCase):
         store = yield self.make_store()
         yield store.create(CID, PID, b"k")
         self.server.command("SCRIPT", "FLUSH")
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         self.server.command("SCRIPT", "FLUSH")
-        yield store.create(CID, PID, b"k2")
-        self.assertEqual((yield store.get(CID, PID)), b"k2")
+        yield store.create(CID, PID + "2", b"k2")
+        self.assertEqual((yield store.get(CID, PID + "2")), b"k2")
+        self.server.command("SCRIPT", "FLUSH")
+        yield store.delete(CID, PID + "2", pair_generation(b"k2"))
+        self.assertIsNone((yield store.get(CID, PID + "2")))
 
 
 class PasswordAndDatabase(RedisTestCase):
@@ -242,7 +286,7 @@ class PasswordAndDatabase(RedisTestCase):
                             "+@all")
         store = yield self.make_store(f"redis://relay:relay-pw@127.0.0.1:{self.server.port}")
         yield store.create(CID, PID, b"k")
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         # the ACL confines this user to the mterelay: prefix
         other = yield self.make_store(f"redis://relay:relay-pw@127.0.0.1:{self.server.port}",
                                       key_prefix="elsewhere:")
@@ -256,10 +300,10 @@ class KeyPrefix(RedisTestCase):
         b = yield self.make_store(key_prefix="b:")
         yield a.create(CID, PID, b"from a")
         self.assertIsNone((yield b.get(CID, PID)))
-        self.assertEqual((yield b.accept(CID, PID, 1)), Verdict.UNKNOWN)
+        self.assertEqual((yield b.accept(CID, PID, 1, K)), Verdict.UNKNOWN)
         yield b.create(CID, PID, b"from b")
-        self.assertEqual((yield a.accept(CID, PID, 1)), A)
-        self.assertEqual((yield b.accept(CID, PID, 1)), A)
+        self.assertEqual((yield a.accept(CID, PID, 1, pair_generation(b"from a"))), A)
+        self.assertEqual((yield b.accept(CID, PID, 1, pair_generation(b"from b"))), A)
         self.assertEqual((yield a.get(CID, PID)), b"from a")
         self.assertEqual(sorted(self.server.command("KEYS", "*")),
                          [f"a:pair:{CID}:{PID}".encode(), f"b:pair:{CID}:{PID}".encode()])
@@ -429,7 +473,7 @@ class Tls(RedisTestCase):
             f"rediss://localhost:{self.tls_port}?ssl_ca_certs={self.ca_path}")
         yield store.create(CID, PID, b"over tls")
         self.assertEqual((yield store.get(CID, PID)), b"over tls")
-        self.assertEqual((yield store.accept(CID, PID, 1)), A)
+        self.assertEqual((yield store.accept(CID, PID, 1, pair_generation(b"over tls"))), A)
 
     @defer.inlineCallbacks
     def test_tls_refuses_untrusted_certificate(self):
@@ -444,24 +488,3 @@ class Tls(RedisTestCase):
             f"rediss://127.0.0.1:{self.tls_port}?ssl_ca_certs={self.ca_path}",
             start=False, connect_timeout=0.5)
         yield self.assertFailure(store.start(), StoreUnavailable)
-
-
-class CommandEncodingTests(SynchronousTestCase):
-    """The store's RESP encoder writes exactly what txredisapi's would."""
-
-    def test_same_bytes_as_txredisapi(self) -> None:
-        import txredisapi
-
-        from mterelay.store.redis import _Protocol
-
-        theirs, ours = txredisapi.RedisProtocol(), _Protocol()
-        commands = [
-            ("EVALSHA", "a" * 40, 1, b"mte:pair:c:p", 12, 1795254549123, 600000, 0, -1),
-            ("SET", "k\u00e9y", 1.5, bytearray(b"z"), True, False, "", b""),
-            ("PING",),
-            ("HMGET", b"k", "s", "c"),
-            ("EVAL", b"return 1\r\n", 0, 2**70),
-        ]
-        for command in commands:
-            self.assertEqual(ours._build_command(*command), theirs._build_command(*command),
-                             command)

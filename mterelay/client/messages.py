@@ -169,6 +169,8 @@ class OutgoingRequest:
     target: str
     headers: HeaderList
     has_body: bool
+    #: The ``response_headers`` choice it was sealed with ("*" or names).
+    response_headers: str | tuple[str, ...] = "*"
 
     def wire_headers(self) -> Headers:
         """The clear headers as twisted ``Headers`` (values UTF-8)."""
@@ -208,16 +210,25 @@ def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: 
     if has_body:
         wire.append((CONTENT_TYPE, SEALED_CONTENT_TYPE))
     wire.extend(clear)
-    return OutgoingRequest(header, cipher, wire_target, wire, has_body)
+    return OutgoingRequest(header, cipher, wire_target, wire, has_body,
+                           options.response_headers)
 
 
 @attrs.frozen
 class OpenedResponse:
-    """A response whose header checked out and whose headers item opened."""
+    """A response whose header checked out and whose headers item opened.
+
+    ``headers`` is what a caller may take as the upstream's: the sealed
+    headers, plus - only when the request asked for some response headers
+    in clear - the clear ones it let the relay send in clear.  ``clear`` is
+    every clear end-to-end header of the wire response, unauthenticated,
+    for inspection only.
+    """
 
     header: RelayHeader
     cipher: MessageCipher
     headers: HeaderList
+    clear: HeaderList = attrs.field(factory=list)
 
     @property
     def body_enc(self) -> bool:
@@ -231,17 +242,23 @@ def _single(headers: HeaderList, name: str) -> str:
     return values[0]
 
 
-def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: HeaderList
-                  ) -> OpenedResponse:
+def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: HeaderList,
+                  response_headers: str | Sequence[str] = "*") -> OpenedResponse:
     """Check the response's ``x-mte-relay`` against our own request, open its headers.
 
     The response header must repeat our client id, pair id, seq and streaming
     flag, with urlEnc=0, headersEnc=1 and MKE only if we asked for streaming;
     the items are opened under the header built from *our* request (spec 5),
     so an old response cannot be replayed as the answer to a new request.
-    Every failure is 562 (:class:`DecodeFailed`).  The returned headers are
-    the clear end-to-end ones with the sealed ones merged over them (a sealed
-    name replaces a clear one), minus the relay's own and the wire framing.
+    Every failure is 562 (:class:`DecodeFailed`).
+
+    The returned headers are the sealed ones only (spec 8.1): anybody on the
+    path can add a clear header, so a clear ``Set-Cookie`` must not pass for
+    the upstream's.  ``response_headers`` is the request's choice: with
+    ``"*"`` the relay sealed every header and no clear one is taken; with a
+    list of names the relay sent the others in clear, so clear headers not
+    named in it (and not sealed) are taken too - unauthenticated, as the
+    caller asked.  A clear header never replaces or adds to a sealed name.
     """
     value = _single(wire, RELAY_HEADER)
     try:
@@ -256,11 +273,12 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
         raise DecodeFailed("response x-mte-relay does not answer this request")
     cipher = MessageCipher(keys, expected, Direction.S2C)
     sealed = cipher.open_response_headers(_single(wire, ITEM_HEADER), status)
-    drop = {RELAY_HEADER, ITEM_HEADER, CONTENT_TYPE, "content-length", *_HOP}
-    merged = [(n, v) for n, v in wire if n not in drop and n not in sealed]
-    for name, values in sealed.items():
-        merged.extend((name, v) for v in values)
-    return OpenedResponse(expected, cipher, merged)
+    clear = end_to_end([(n, v) for n, v in wire if n != CONTENT_TYPE])
+    merged = [(name, v) for name, values in sealed.items() for v in values]
+    if response_headers != "*":
+        asked = {*response_headers, CONTENT_TYPE}
+        merged.extend((n, v) for n, v in clear if n not in asked and n not in sealed)
+    return OpenedResponse(expected, cipher, merged, clear)
 
 
 def relay_error(status: int, body: bytes) -> RelayError:
@@ -279,4 +297,6 @@ def relay_error(status: int, body: bytes) -> RelayError:
             if isinstance(payload.get(key), str):
                 info = payload[key][:300]
                 break
-    return error_for_code(status, info)
+    error = error_for_code(status, info)
+    error.remote = True
+    return error

@@ -10,7 +10,9 @@ Per relay origin (scheme://host:port) it validates once (``HEAD
 /api/mte-relay``), pairs lazily (:class:`~mterelay.client.pool.PairPool`),
 seals each request on a pair of the pool and opens the answer.  It recovers
 by itself, once per request: 566 → validate again, re-pair, retry; 559, 560,
-562, 563, 564 → replace that pair, retry on a fresh one.  The retry is safe
+562, 563, 564 → replace that pair, retry on a fresh one.  Pair ids are fresh
+random ids, never reused; a pairing answered 409 (an id in use) is sent
+once more with new ids.  The retry is safe
 because a 55x relay answer means nothing reached the upstream (spec 10),
 and possible only when the body can be sent again (bytes, a seekable file).
 """
@@ -18,6 +20,7 @@ and possible only when the body can be sent again (bytes, a seekable file).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -59,6 +62,8 @@ RETRY_REPAIR = frozenset({559, 560, 562, 563, 564})
 RETRY_REVALIDATE = 566
 RELAY_PATH = "/api/mte-relay"
 PAIR_PATH = "/api/mte-pair"
+#: The relay's answer to a pairing whose pairId is already a pair (spec 2, 10).
+PAIR_ID_IN_USE = 409
 #: A relay-made error is a small JSON object; read no more than this of it.
 ERROR_BODY_LIMIT = 64 * 1024
 #: 64 pair entries are ~250 KB of JSON.
@@ -166,6 +171,22 @@ class _Origin:
         return self._bounded(ensureDeferred(self._make_pairs(client_id, count)), "pairing")
 
     async def _make_pairs(self, client_id: str, count: int) -> list[PairKeys]:
+        """Pair ``count`` fresh ids; a 409 (an id in use) is retried once with new ids.
+
+        Ids are 128 random bits, never reused, so a 409 means someone (who
+        saw this very request on the wire) paired them first; the relay
+        stored none of the batch.  Retrying with the same ids would only be
+        refused again.
+        """
+        try:
+            return await self._pair_batch(client_id, count)
+        except PairingFailed as error:
+            if error.status != PAIR_ID_IN_USE:
+                raise
+            log.info("pairing refused: a pair id is already in use; pairing new ids once")
+        return await self._pair_batch(client_id, count)
+
+    async def _pair_batch(self, client_id: str, count: int) -> list[PairKeys]:
         bare = client_uuid(client_id)
         pending = [start_pairing(bare) for _ in range(count)]
         body = json.dumps([p.request_entry() for p in pending],
@@ -224,15 +245,23 @@ class RelayClient:
     :param pool_size: persistent connections per relay (own agent only).
     :param timeout: seconds until a request (pairing included, body reading
         excluded) fails with ``twisted.internet.defer.TimeoutError``.
+    :param max_origins: relay origins whose state (client id, pairs, idle
+        connections) is kept; the least recently used is dropped past it, so
+        a caller naming ever new origins (relay A's ``x-mte-upstream``)
+        cannot grow memory without bound.
     """
 
     def __init__(self, reactor: Any, *, pairs: int = 5, agent: IAgent | None = None,
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
                  framing: str = "MKE", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
-                 connect_timeout: float = 10.0, metrics: Any = None) -> None:
+                 connect_timeout: float = 10.0, metrics: Any = None,
+                 max_origins: int = 256) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
+        if max_origins < 1:
+            raise ValueError("max_origins must be at least 1")
+        self.max_origins = max_origins
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         self.reactor: IReactorTime = reactor
@@ -246,7 +275,7 @@ class RelayClient:
         if agent is None:
             agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent
-        self._origins: dict[str, _Origin] = {}
+        self._origins: OrderedDict[str, _Origin] = OrderedDict()
 
     def close(self) -> "Deferred[None]":
         """Close the cached connections of the client's own pool."""
@@ -260,8 +289,18 @@ class RelayClient:
 
     def _origin(self, origin: str) -> _Origin:
         state = self._origins.get(origin)
-        if state is None:
-            state = self._origins[origin] = _Origin(self, origin)
+        if state is not None:
+            self._origins.move_to_end(origin)
+            return state
+        state = self._origins[origin] = _Origin(self, origin)
+        while len(self._origins) > self.max_origins:
+            evicted, _ = self._origins.popitem(last=False)
+            # Requests in flight keep their _Origin; the pairs die with it.
+            forget = getattr(self.agent, "forget_origin", None)
+            if forget is not None:
+                forget(evicted.encode("ascii"))
+            log.debug("forgot relay {origin} (least recently used of {count})",
+                      origin=evicted, count=self.max_origins)
         return state
 
     # ------------------------------------------------------------ requests
@@ -408,20 +447,22 @@ class RelayClient:
         decoding = crypto_stopwatch(self.metrics, "response_decode")
         try:
             opened = decoding.time(open_response, lease.keys, outgoing.header, wire.code,
-                                   wire_headers)
+                                   wire_headers, outgoing.response_headers)
             length: int | object = UNKNOWN_LENGTH
             if opened.body_enc and isinstance(wire.length, int):
                 length = plain_length(wire.length, opened.header.mode)
         except DecodeFailed:
             discard(wire)
             raise
-        headers = Headers()
+        headers, clear = Headers(), Headers()
         for name, value in opened.headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        for name, value in opened.clear:
+            clear.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,
-                                 deliver, sealed=True)
+                                 deliver, sealed=True, clear_headers=clear)
 
         if not opened.body_enc:
             # HEAD, 1xx, 204, 304: no body item; clear bytes here would be unauthenticated.

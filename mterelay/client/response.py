@@ -36,6 +36,13 @@ class RelayResponse:
 
     ``length`` is the plaintext length when the wire length told it, else
     UNKNOWN_LENGTH.  The body can be delivered once, like any IResponse.
+
+    ``headers`` of a sealed response are the authenticated (sealed) ones,
+    plus the clear ones the request explicitly let the relay send in clear
+    (``response_headers=[...]``).  ``clear_headers`` holds every clear
+    end-to-end header of the wire response: unauthenticated, anybody on the
+    path may have added or changed them.  For a clear error both are the
+    wire headers (none of it is authenticated).
     """
 
     version = (b"HTTP", 1, 1)
@@ -43,10 +50,11 @@ class RelayResponse:
 
     def __init__(self, code: int, phrase: bytes, headers: Headers, length: int | object,
                  request: IClientRequest, deliver: Callable[[Any], None], *,
-                 sealed: bool) -> None:
+                 sealed: bool, clear_headers: Headers | None = None) -> None:
         self.code = code
         self.phrase = phrase
         self.headers = headers
+        self.clear_headers = headers if clear_headers is None else clear_headers
         self.length = length
         self.request = request
         self.sealed = sealed

@@ -36,6 +36,9 @@ class RelayError(Exception):
 
     code: ClassVar[int] = 0
     message: ClassVar[str] = ""
+    #: True when a relay answered with it (a 55x received), False when raised
+    #: locally.  A received 55x means nothing reached the upstream (spec 10).
+    remote: bool = False
 
     def __init__(self, info: str | None = None) -> None:
         super().__init__(self.message if info is None else f"{self.message} ({info})")

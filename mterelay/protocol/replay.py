@@ -59,7 +59,8 @@ class Verdict(enum.Enum):
 
     Lives here (the leaf module) so ``mterelay.store`` can import it without
     an import cycle.  The relay maps REPLAYED/TOO_OLD to 562, UNKNOWN to 560
-    and EXHAUSTED to 559.
+    and EXHAUSTED to 559; STALE makes it re-read the pair (see
+    ``mterelay.web.inbound``).
     """
 
     ACCEPTED = "accepted"
@@ -69,6 +70,9 @@ class Verdict(enum.Enum):
     UNKNOWN = "unknown"
     #: store only: the pair reached its maximum age or message count
     EXHAUSTED = "exhausted"
+    #: store only: the pair now under this id has another generation (other
+    #: keys) than the one the message was opened with; nothing was recorded
+    STALE = "stale"
 
 
 def validate_width(width: int) -> int:

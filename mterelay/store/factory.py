@@ -2,8 +2,8 @@
 
 Without a Redis URL the relay keeps pairs in process memory (one process, no
 set-up); with one, replicas share them.  ``mterelay.store.redis`` is imported
-only when needed because txredisapi imports (and so installs) the global
-reactor at import time, which must not happen before twistd picks one.
+only when needed; neither it nor its client (``redisclient``) imports the
+global reactor, which must not be installed before twistd picks one.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ suite (tests/test_store_conformance.py) holds both to the same behaviour.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import attr
@@ -18,11 +19,17 @@ from mterelay.protocol.replay import DEFAULT_WIDTH, Verdict, validate_width
 
 __all__ = [
     "IPairStore",
+    "PairExists",
     "StoreLimits",
     "StoreUnavailable",
     "Verdict",
+    "pair_generation",
+    "validate_generation",
     "validate_ids",
 ]
+
+#: Domain separation for :func:`pair_generation` (never used as a key).
+_GENERATION_LABEL = b"mterelay pair generation v1\x00"
 
 
 class StoreUnavailable(Exception):
@@ -33,6 +40,40 @@ class StoreUnavailable(Exception):
     that failed this way may or may not have consumed its sequence number:
     a retry must be re-sealed with a fresh one.
     """
+
+
+class PairExists(Exception):
+    """``create`` refused: that (client id, pair id) is already a pair.
+
+    Pair ids are never replaced: whoever sees a client id and a pair id on
+    the wire (both travel in clear) must not be able to swap the keys of
+    someone else's pair or reset its replay window.  The existing pair is
+    left exactly as it was.
+    """
+
+
+def pair_generation(secrets: bytes) -> str:
+    """The generation of a pair: a fingerprint of the secrets ``create`` stored.
+
+    Why: an id can be paired again once its pair is gone (expired, deleted,
+    Redis flushed or restarted), and a replica may still cache the old keys.
+    Binding the generation to the secrets themselves lets ``accept`` tell
+    "this request opened under the pair's *current* keys" from "it opened
+    under keys this id had before", whoever holds which cache.  It is a
+    one-way function of 256-bit random keys, so storing it in clear reveals
+    nothing about them; 128 bits make two pairings' generations collide
+    with negligible probability.  32 lowercase hex digits.
+    """
+    if not isinstance(secrets, (bytes, bytearray, memoryview)):
+        raise ValueError("pair secrets must be bytes")
+    return hashlib.sha256(_GENERATION_LABEL + bytes(secrets)).hexdigest()[:32]
+
+
+def validate_generation(generation: str) -> str:
+    """Return ``generation`` if it has :func:`pair_generation`'s shape, else ValueError."""
+    if not isinstance(generation, str) or not _GENERATION.fullmatch(generation):
+        raise ValueError("invalid pair generation")
+    return generation
 
 
 class IPairStore(Interface):
@@ -59,9 +100,14 @@ class IPairStore(Interface):
         """Fire True when the backend answers, False otherwise (readiness)."""
 
     def create(client_id, pair_id, secrets):
-        """Store ``secrets`` (bytes) for a new pair, replacing any old one.
+        """Store ``secrets`` (bytes) for a new pair, if and only if the id is free.
 
-        The replacement has a fresh window, message count and age.
+        Atomic create-if-absent: fails with :class:`PairExists` (the existing
+        pair untouched) while (client id, pair id) holds a pair, i.e. from
+        its creation until it is removed (idle expiry, exhaustion by
+        ``accept``, ``delete``, or loss of the store's data).  The new pair
+        has a fresh window, message count, age and the generation
+        ``pair_generation(secrets)``.
         """
 
     def get(client_id, pair_id):
@@ -71,17 +117,27 @@ class IPairStore(Interface):
         alive.
         """
 
-    def accept(client_id, pair_id, seq):
+    def accept(client_id, pair_id, seq, generation):
         """Atomically check-and-record ``seq``; fire a Verdict.
 
-        ACCEPTED (recorded, idle timer refreshed), REPLAYED, TOO_OLD,
-        UNKNOWN (no such pair) or EXHAUSTED (max age or max messages
-        reached; the pair is deleted).  Safe under any number of concurrent
-        callers, across processes for shared stores.
+        ``generation`` is ``pair_generation`` of the secrets the caller
+        opened the message with.  The check runs first: a pair of another
+        generation answers STALE and nothing changes (no seq recorded, no
+        deletion), so a message sealed under keys this id had before cannot
+        consume, reset or remove the current pair.  Then ACCEPTED (recorded,
+        idle timer refreshed), REPLAYED, TOO_OLD, UNKNOWN (no such pair) or
+        EXHAUSTED (max age or max messages reached; the pair is deleted).
+        Safe under any number of concurrent callers, across processes for
+        shared stores.
         """
 
-    def delete(client_id, pair_id):
-        """Forget the pair (no error if unknown); fire None."""
+    def delete(client_id, pair_id, generation=None):
+        """Forget the pair (no error if unknown); fire None.
+
+        With ``generation``, only a pair of that generation is removed, so a
+        caller undoing its own ``create`` can never remove a pair someone
+        else made under the same id since.
+        """
 
 
 @attr.s(frozen=True, slots=True, kw_only=True)
@@ -120,6 +176,7 @@ class StoreLimits:
 # set could make two different (client, pair) tuples share a key.  The relay
 # validates the real formats (uuid.hmac, base64url); this is defence in depth.
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+_GENERATION = re.compile(r"[0-9a-f]{32}")
 
 
 def validate_ids(client_id: str, pair_id: str) -> None:

@@ -5,9 +5,12 @@ every ``create``: the dict is kept in order of last accept/create, which is
 exactly idle-expiry order, so expired pairs are always at the front and the
 sweep pops them in O(1) each.  A pair past its maximum age but still active
 is removed by its next ``accept`` (EXHAUSTED) or later by the idle sweep, so
-nothing outlives ``idle_ttl`` after its last use.  ``max_pairs`` caps memory
-against pairing floods by evicting the least recently used pair.  No timers,
-so ``stop()`` has nothing to cancel.
+nothing outlives ``idle_ttl`` after its last use.  Each pair keeps the
+generation of its secrets; ``create`` never replaces a live pair and
+``accept`` refuses another generation (STALE) before touching anything.
+``max_pairs`` caps memory against pairing floods: when that many pairs are
+live, ``create`` fails with StoreUnavailable (503, retry later) rather than
+evicting someone's live pair.  No timers, so ``stop()`` has nothing to cancel.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from mterelay.protocol.replay import ReplayWindow, Verdict, validate_seq
-from mterelay.store.interface import IPairStore, StoreLimits, validate_ids
+from mterelay.store.interface import (IPairStore, PairExists, StoreLimits, StoreUnavailable,
+                                      pair_generation, validate_generation, validate_ids)
 
 __all__ = ["MemoryPairStore"]
 
 
 class _Pair:
-    __slots__ = ("secrets", "created", "last_used", "count", "window")
+    __slots__ = ("secrets", "generation", "created", "last_used", "count", "window")
 
     def __init__(self, secrets: bytes, now: float, width: int) -> None:
         self.secrets = secrets
+        self.generation = pair_generation(secrets)
         self.created = now
         self.last_used = now
         self.count = 0
@@ -77,11 +82,15 @@ class MemoryPairStore:
             return fail()
         now = self._clock.seconds()
         key = (client_id, pair_id)
-        self._pairs.pop(key, None)
-        self._pairs[key] = _Pair(secrets, now, self.limits.window)
+        if self._live(client_id, pair_id, now) is not None:
+            return fail(PairExists(f"pair {pair_id} exists"))
         self._sweep(now)
-        while len(self._pairs) > self.max_pairs:
-            self._pairs.popitem(last=False)
+        if len(self._pairs) >= self.max_pairs:
+            # Evicting a live pair would let anyone who can pair (anyone)
+            # remove other clients' pairs; refuse the newcomer instead.
+            return fail(StoreUnavailable(
+                f"the memory pair store is full ({self.max_pairs} live pairs)"))
+        self._pairs[key] = _Pair(secrets, now, self.limits.window)
         return succeed(None)
 
     def get(self, client_id: str, pair_id: str) -> Deferred:
@@ -95,16 +104,19 @@ class MemoryPairStore:
             return succeed(None)
         return succeed(pair.secrets)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
         try:
             validate_ids(client_id, pair_id)
             validate_seq(seq)
+            validate_generation(generation)
         except ValueError:
             return fail()
         now = self._clock.seconds()
         pair = self._live(client_id, pair_id, now)
         if pair is None:
             return succeed(Verdict.UNKNOWN)
+        if pair.generation != generation:
+            return succeed(Verdict.STALE)
         if self._aged(pair, now) or pair.count >= self.limits.max_messages:
             del self._pairs[(client_id, pair_id)]
             return succeed(Verdict.EXHAUSTED)
@@ -115,12 +127,17 @@ class MemoryPairStore:
             self._pairs.move_to_end((client_id, pair_id))
         return succeed(verdict)
 
-    def delete(self, client_id: str, pair_id: str) -> Deferred:
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
         try:
             validate_ids(client_id, pair_id)
+            if generation is not None:
+                validate_generation(generation)
         except ValueError:
             return fail()
-        self._pairs.pop((client_id, pair_id), None)
+        key = (client_id, pair_id)
+        pair = self._pairs.get(key)
+        if pair is not None and (generation is None or pair.generation == generation):
+            del self._pairs[key]
         return succeed(None)
 
     def _live(self, client_id: str, pair_id: str, now: float) -> _Pair | None:

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mterelay.metrics import RelayMetrics
-from mterelay.store.interface import IPairStore, StoreLimits, StoreUnavailable
+from mterelay.store.interface import IPairStore, PairExists, StoreLimits, StoreUnavailable
 
 __all__ = ["MeteredStore"]
 
@@ -57,11 +57,11 @@ class MeteredStore:
     def get(self, client_id: str, pair_id: str) -> Deferred:
         return self._timed("get", self.store.get, client_id, pair_id)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
-        return self._timed("accept", self.store.accept, client_id, pair_id, seq)
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
+        return self._timed("accept", self.store.accept, client_id, pair_id, seq, generation)
 
-    def delete(self, client_id: str, pair_id: str) -> Deferred:
-        return self._timed("delete", self.store.delete, client_id, pair_id)
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
+        return self._timed("delete", self.store.delete, client_id, pair_id, generation)
 
     def _timed(self, op: str, call: Callable[..., Deferred], *args: Any) -> Deferred:
         started = self._clock.seconds()
@@ -82,6 +82,9 @@ class MeteredStore:
 
         def failed(failure: Failure) -> Failure:
             if failure.check(CancelledError):
+                return failure
+            if failure.check(PairExists):
+                answered(None)  # an answer (the id is taken), not a failing backend
                 return failure
             self._metrics.observe_store(op, self._clock.seconds() - started, failed=True)
             if failure.check(StoreUnavailable):

@@ -1,4 +1,4 @@
-"""The shared pair store: Redis via txredisapi, for replicas behind a balancer.
+"""The shared pair store: Redis, for replicas behind a balancer.
 
 One hash per pair at ``{prefix}pair:{client_id}:{pair_id}``:
 
@@ -10,19 +10,26 @@ t     highest accepted sequence number, -1 before the first
 W     window width (fixed at creation, so a config change cannot
       reinterpret an existing bitmap)
 w     window ring, W/8 bytes, layout of ``ReplayWindow.bitmap()``
+g     generation, ``pair_generation`` of the secrets (32 hex digits)
+b     the Redis server's run_id when the pair was created: a pair from
+      before a restart (or failover) is void, whatever a reload restored
 ====  ===========================================================
 
 The key's PEXPIRE is the idle TTL, refreshed by every accepted message.
 ``accept`` is one Lua script, hence atomic across any number of replicas and
-connections; ``create`` is another (delete + write + expire); ``get`` is one
-HMGET.  Every call is one round trip (two on the first use of a script after a
+connections, and checks the generation before anything else; ``create`` is
+another (create-if-absent: write + expire only when the key does not exist);
+``get`` is one HMGET; ``delete`` with a generation is a third script.
+Every call is one round trip (two on the first use of a script after a
 Redis restart: EVALSHA answers NOSCRIPT, EVAL follows).
 
 Failure policy: calls never wait for a connection.  With no live connection
 they fail at once with StoreUnavailable; a command in flight fails when its
-connection drops or after ``timeout`` seconds (which also aborts that
-connection, so a silently dead peer is noticed).  The pool reconnects by
-itself with a short capped backoff.
+connection drops or after ``timeout`` seconds.  A timeout, a lost connection
+or an unreadable reply poisons that connection (``redisclient``): it leaves
+the pool at once, every call waiting on it fails with StoreUnavailable and no
+later reply on it reaches anyone, so a reply can never be read by another
+command.  The pool reconnects by itself with a short capped backoff.
 """
 
 from __future__ import annotations
@@ -39,21 +46,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-import txredisapi
-
 from mterelay.protocol.replay import Verdict, validate_seq
 from mterelay.store.atrest import AtRestError, SecretSealer
 from mterelay.store.interface import (
-    IPairStore, StoreLimits, StoreUnavailable, validate_ids)
-from mterelay.store.redisurl import RedisAddress, parse_redis_url
+    IPairStore, PairExists, StoreLimits, StoreUnavailable, pair_generation,
+    validate_generation, validate_ids)
+from mterelay.store.redisclient import (
+    RedisConnection, RedisError, RedisPool, RedisReplyError)
+from mterelay.store.redisurl import parse_redis_url
 
-__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "RedisPairStore"]
+__all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
 _log = Logger()
 
 #: Verdict codes returned by ACCEPT_SCRIPT, by index.
 _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
-             Verdict.UNKNOWN, Verdict.EXHAUSTED)
+             Verdict.UNKNOWN, Verdict.EXHAUSTED, Verdict.STALE)
 
 # Same semantics as mterelay.protocol.replay.ReplayWindow.accept, plus the
 # pair's lifetime limits.  Numbers are Lua doubles: exact for seq < 2**53,
@@ -61,14 +69,25 @@ _VERDICTS = (Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD,
 # with %.0f because tostring() would round them to 14 digits.
 ACCEPT_SCRIPT = r"""
 -- KEYS[1] pair key
--- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms
--- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED
+-- ARGV: seq, now_ms, max_age_ms, max_messages, idle_ttl_ms, generation
+-- returns 0 ACCEPTED, 1 REPLAYED, 2 TOO_OLD, 3 UNKNOWN, 4 EXHAUSTED, 5 STALE
 local key = KEYS[1]
 local seq = tonumber(ARGV[1])
-local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w')
+local st = redis.call('HMGET', key, 'c', 'n', 't', 'W', 'w', 'g', 'b')
 local created, count, top, width, bm =
   tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]), st[5]
 if not created then return 3 end
+-- Generation first, before any write or delete: a message opened under
+-- keys this id had before must not consume, reset or remove today's pair.
+-- A pair without one (made before generations existed) is unusable.
+if not st[6] then return 3 end
+if st[6] ~= ARGV[6] then return 5 end
+-- A pair from before this server started may carry an older window (an
+-- RDB/AOF reload after a crash, a promoted replica): void.
+if st[7] ~= SERVER_BOOT() then
+  redis.call('DEL', key)
+  return 3
+end
 if not (count and top and width and bm) or #bm * 8 ~= width then
   -- corrupt state: forget the pair (the client re-pairs with new keys)
   redis.call('DEL', key)
@@ -110,12 +129,36 @@ return 0
 """
 
 CREATE_SCRIPT = r"""
--- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms
-redis.call('DEL', KEYS[1])
+-- KEYS[1] pair key; ARGV: sealed secrets, now_ms, width, idle_ttl_ms, generation
+-- returns 1 created, 0 the key exists (left untouched)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'n', '0', 't', '-1',
-           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8))
+           'W', ARGV[3], 'w', string.rep('\0', tonumber(ARGV[3]) / 8),
+           'g', ARGV[5], 'b', SERVER_BOOT())
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+DELETE_SCRIPT = r"""
+-- KEYS[1] pair key; ARGV: generation.  Deletes only that generation.
+if redis.call('HGET', KEYS[1], 'g') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# The identity of the running Redis process: INFO's run_id changes with every
+# start (and differs on a promoted replica), unlike anything stored in the
+# dataset, which a reload brings back.  INFO costs about a microsecond of
+# server time; where it is refused (an ACL without @dangerous, a service
+# hiding run_id) this is '' and restart detection is off (docs/protocol.md 9.3).
+_SERVER_BOOT = r"""
+local function SERVER_BOOT()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
+end
 """
 
 
@@ -123,108 +166,15 @@ class _Script:
     __slots__ = ("source", "sha")
 
     def __init__(self, source: str) -> None:
+        if "SERVER_BOOT()" in source:
+            source = _SERVER_BOOT + source
         self.source = source.encode("utf-8")
         self.sha = hashlib.sha1(self.source).hexdigest()
 
 
 _ACCEPT = _Script(ACCEPT_SCRIPT)
 _CREATE = _Script(CREATE_SCRIPT)
-
-
-class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol, ready only after a full round trip.
-
-    txredisapi calls a connection without password or database ready as soon
-    as TCP is up, i.e. before a TLS handshake (and its certificate check) has
-    even finished, or while the server is frozen.  A PING first makes "ready"
-    mean "answered".  Reply timeouts run on the store's reactor.
-    """
-
-    def connectionMade(self) -> Any:
-        if self.password is not None or self.dbid is not None:
-            return super().connectionMade()  # AUTH / SELECT is a round trip
-        d = self.execute_command("PING")
-        d.addCallbacks(self._answered, self._not_answered)
-        return d
-
-    def _answered(self, reply: Any) -> Any:
-        return super().connectionMade()
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        """txredisapi's RESP encoding, minus its per-argument overhead.
-
-        Every encrypted request runs one EVALSHA on relay B; txredisapi's
-        encoder takes about as long as the round trip's other Python work.
-        bytes, str and int are encoded here the way txredisapi would; any
-        other type goes through txredisapi's own ``_encode_value``.
-        """
-        parts = [b"*%d\r\n" % len(args)]
-        encode = self._encode_value
-        for arg in args:
-            kind = type(arg)
-            if kind is bytes:
-                value = arg
-            elif kind is int:
-                value = b"%d" % arg
-            elif kind is str and self.charset is not None:
-                value = arg.encode(self.charset, self.errors)
-            else:
-                value = encode(arg)
-            parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
-        return b"".join(parts)
-
-    def _not_answered(self, failure: Failure) -> None:
-        if failure.check(txredisapi.ResponseError) and \
-                str(failure.value).startswith("NOAUTH"):
-            # configuration error, like a wrong password: stop retrying
-            self.factory.stopTrying()
-            self.factory.connectionError(
-                "Redis error: the server requires a password (NOAUTH)")
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-
-class _Factory(txredisapi.RedisFactory):
-    """A connection pool that reports readiness and fatal errors.
-
-    Built directly (not through ``lazyConnectionPool``) so the endpoint uses
-    our reactor and TLS settings, and so the store learns about connections
-    coming and going instead of queueing on them.
-    """
-
-    protocol = _Protocol
-
-    def __init__(self, reactor: IReactorTime, address: RedisAddress,
-                 pool_size: int, timeout: float, max_delay: float,
-                 on_ready: Callable[[], None],
-                 on_fatal: Callable[[str], None]) -> None:
-        super().__init__(
-            f"{address.host}:{address.port}", address.db, pool_size,
-            isLazy=True, charset=None, password=address.password,
-            replyTimeout=timeout, convertNumbers=False,
-            username=address.username if address.password is not None else None)
-        self._reactor = reactor
-        self._on_ready = on_ready
-        self._on_fatal = on_fatal
-        self.initialDelay = min(0.1, max_delay)
-        self.maxDelay = max_delay
-        # fired by txredisapi when the pool is full or auth/select fails;
-        # we learn both through the hooks below
-        self.deferred.addErrback(lambda failure: None)
-
-    def buildProtocol(self, addr: Any) -> _Protocol:
-        proto = super().buildProtocol(addr)
-        proto.callLater = self._reactor.callLater
-        return proto
-
-    def addConnection(self, conn: _Protocol) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self._on_ready()
-
-    def connectionError(self, why: str) -> None:
-        super().connectionError(why)
-        self._on_fatal(why)
+_DELETE = _Script(DELETE_SCRIPT)
 
 
 @implementer(IPairStore)
@@ -268,24 +218,24 @@ class RedisPairStore:
         self._timeout = float(timeout)
         self._connect_timeout = float(connect_timeout)
         self._max_delay = float(reconnect_max_delay)
-        self._factory: _Factory | None = None
+        self._pool: RedisPool | None = None
         self._fatal: str | None = None
         self._waiters: list[Deferred] = []
-        self._next = 0
 
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> Deferred:
-        if self._factory is None:
+        if self._pool is None:
             self._fatal = None
-            factory = _Factory(
-                self._reactor, self.address, self._pool_size, self._timeout,
-                self._max_delay,
+            pool = RedisPool(
+                self._reactor, self._endpoint(), self.address, self._pool_size,
+                timeout=self._timeout, connect_timeout=self._connect_timeout,
+                max_delay=self._max_delay,
                 # a stopped pool's late news must not touch a restarted store
-                lambda: self._ready() if self._factory is factory else None,
-                lambda why: self._failed(why) if self._factory is factory else None)
-            self._factory = factory
-            factory.startConnecting(self._endpoint())
+                on_ready=lambda: self._ready() if self._pool is pool else None,
+                on_fatal=lambda why: self._failed(why) if self._pool is pool else None)
+            self._pool = pool
+            pool.start()
         if self._fatal is not None:
             return fail(StoreUnavailable(self._fatal))
         if self._live_connections():
@@ -301,11 +251,11 @@ class RedisPairStore:
         return waiter.addTimeout(self._connect_timeout, self._reactor, timed_out)
 
     def stop(self) -> Deferred:
-        factory, self._factory = self._factory, None
+        pool, self._pool = self._pool, None
         self._fire_waiters(StoreUnavailable("the pair store was stopped"))
-        if factory is None:
+        if pool is None:
             return succeed(None)
-        return factory.disconnect()
+        return pool.stop("the pair store was stopped").addCallback(lambda _: None)
 
     def ping(self) -> Deferred:
         try:
@@ -324,11 +274,12 @@ class RedisPairStore:
             if not isinstance(secrets, (bytes, bytearray, memoryview)):
                 raise ValueError("pair secrets must be bytes")
             sealed = self._sealer.seal(bytes(secrets), key)
-            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms())
+            args = (sealed, self._now_ms(), self.limits.window, self._idle_ms(),
+                    pair_generation(secrets))
         except ValueError:
             return fail()
         d = self._run("create", self._script, _CREATE, key, *args)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(_created, pair_id)
 
     def get(self, client_id: str, pair_id: str) -> Deferred:
         try:
@@ -338,23 +289,29 @@ class RedisPairStore:
         d = self._run("get", lambda conn: conn.execute_command("HMGET", key, "s", "c"))
         return d.addCallback(self._opened, key, pair_id)
 
-    def accept(self, client_id: str, pair_id: str, seq: int) -> Deferred:
+    def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
             validate_seq(seq)
+            validate_generation(generation)
         except ValueError:
             return fail()
         args = (seq, self._now_ms(), self._max_age_ms(),
-                self.limits.max_messages, self._idle_ms())
+                self.limits.max_messages, self._idle_ms(), generation)
         d = self._run("accept", self._script, _ACCEPT, key, *args)
         return d.addCallback(_verdict)
 
-    def delete(self, client_id: str, pair_id: str) -> Deferred:
+    def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
         try:
             key = self._key(client_id, pair_id)
+            if generation is not None:
+                validate_generation(generation)
         except ValueError:
             return fail()
-        d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        if generation is None:
+            d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+        else:
+            d = self._run("delete", self._script, _DELETE, key, generation)
         return d.addCallback(lambda _: None)
 
     def key_name(self, client_id: str, pair_id: str) -> str:
@@ -408,24 +365,21 @@ class RedisPairStore:
             creator = ssl.optionsForClientTLS(address.host, trustRoot=trust)
         return wrapClientTLS(creator, endpoint)
 
-    def _live_connections(self) -> list:
-        factory = self._factory
-        if factory is None:
-            return []
-        return [conn for conn in factory.pool if conn.connected]
+    def _live_connections(self) -> list[RedisConnection]:
+        pool = self._pool
+        return [] if pool is None else list(pool.live)
 
-    def _connection(self) -> _Protocol:
-        """A live connection, round robin; never waits for one."""
+    def _connection(self) -> RedisConnection:
+        """A ready, unpoisoned connection, round robin; never waits for one."""
         if self._fatal is not None:
             raise StoreUnavailable(self._fatal)
-        if self._factory is None:
+        if self._pool is None:
             raise StoreUnavailable("the pair store is not started")
-        live = self._live_connections()
-        if not live:
+        conn = self._pool.connection()
+        if conn is None:
             raise StoreUnavailable(
                 f"no connection to Redis at {self.address.redacted()}")
-        self._next = (self._next + 1) % len(live)
-        return live[self._next]
+        return conn
 
     def _run(self, op: str, call: Callable[..., Deferred], *args: Any) -> Deferred:
         try:
@@ -435,13 +389,13 @@ class RedisPairStore:
         d = maybeDeferred(call, conn, *args)
         return d.addErrback(self._unavailable, op)
 
-    def _script(self, conn: _Protocol, script: _Script, key: bytes,
+    def _script(self, conn: RedisConnection, script: _Script, key: bytes,
                 *args: Any) -> Deferred:
         """EVALSHA, falling back to EVAL when the server lost its script cache."""
         d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
 
         def no_script(failure: Failure) -> Any:
-            if failure.check(txredisapi.ResponseError) and \
+            if failure.check(RedisReplyError) and \
                     str(failure.value).startswith("NOSCRIPT"):
                 return conn.execute_command("EVAL", script.source, 1, key, *args)
             return failure
@@ -449,7 +403,7 @@ class RedisPairStore:
         return d.addErrback(no_script)
 
     def _unavailable(self, failure: Failure, op: str) -> Failure:
-        if failure.check(txredisapi.RedisError):
+        if failure.check(*RedisError):
             raise StoreUnavailable(
                 f"Redis {op} failed: {type(failure.value).__name__}: "
                 f"{failure.getErrorMessage()}") from failure.value
@@ -459,7 +413,7 @@ class RedisPairStore:
         self._fire_waiters(None)
 
     def _failed(self, why: str) -> None:
-        # auth or SELECT refused: txredisapi stops reconnecting, so do we
+        # auth or SELECT refused: the pool stops reconnecting
         if self._fatal is None:
             self._fatal = f"Redis at {self.address.redacted()} refused us: {why}"
             _log.error("{message}", message=self._fatal)
@@ -478,6 +432,11 @@ class RedisPairStore:
 
 def _verdict(code: int) -> Verdict:
     return _VERDICTS[int(code)]
+
+
+def _created(reply: Any, pair_id: str) -> None:
+    if int(reply) != 1:
+        raise PairExists(f"pair {pair_id} exists")
 
 
 def _load_trust_root(path: str) -> Any:

@@ -1,7 +1,7 @@
 """Parsing of ``REDIS_URL`` (``redis://`` and ``rediss://``).
 
 Kept apart from the store so configuration validation can use it without
-importing txredisapi (which imports the global reactor).
+importing any Twisted networking code.
 
 Accepted form::
 

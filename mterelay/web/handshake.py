@@ -23,7 +23,8 @@ from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_c
 from mterelay.protocol.errors import (InvalidClientId, MalformedPairRequest, MissingHeader,
                                      RelayError)
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST, respond_all
-from mterelay.store.interface import IPairStore, StoreUnavailable
+from mterelay.protocol.keys import PairKeys
+from mterelay.store.interface import IPairStore, PairExists, StoreUnavailable, pair_generation
 from mterelay.store.keycache import KeyCache
 from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
@@ -162,20 +163,7 @@ class PairRoute:
                                         f"{wait:.1f} s"))
             return
         blobs = [keys.to_bytes() for keys in pair_keys]
-        stored = DeferredList(
-            [self.store.create(client, keys.pair_id, blob)
-             for keys, blob in zip(pair_keys, blobs)],
-            fireOnOneErrback=True, consumeErrors=True)
-        try:
-            await stored
-        except Exception as error:  # FirstError wrapping the store's failure
-            cause = getattr(error, "subFailure", None)
-            why = cause.getErrorMessage() if cause is not None else str(error)
-            log.warn("pairing not stored: {why}", why=why, request_id=request_id(request))
-            if cause is not None and not cause.check(StoreUnavailable):
-                log.failure("pair store failed", cause, request_id=request_id(request))
-            _finish(request, error_body(request, 503, "Pair store unavailable",
-                                        "the relay cannot store pairs right now; retry"))
+        if not await self._store_all(request, client, pair_keys, blobs):
             return
         for keys, blob in zip(pair_keys, blobs):
             self.keys.remember(keys, blob)
@@ -183,6 +171,42 @@ class PairRoute:
         if self.metrics is not None:
             self.metrics.pair_created("inbound", len(pair_keys))
         _finish(request, json_body(request, 200, entries))
+
+    async def _store_all(self, request: IRequest, client: str, pair_keys: list[PairKeys],
+                         blobs: list[bytes]) -> bool:
+        """Create every pair, or none: True when all are stored, else answered.
+
+        Pair ids are never replaced (the store's create-if-absent), so a
+        pairId in use answers 409 and the existing pair is untouched.  The
+        batch stays all or nothing: the pairs this request did create are
+        removed again, by generation, so the undo can only ever remove
+        what this request wrote.
+        """
+        results = await DeferredList(
+            [self.store.create(client, keys.pair_id, blob)
+             for keys, blob in zip(pair_keys, blobs)], consumeErrors=True)
+        failures = [(index, result) for index, (ok, result) in enumerate(results) if not ok]
+        if not failures:
+            return True
+        created = [index for index, (ok, _) in enumerate(results) if ok]
+        await DeferredList([self.store.delete(client, pair_keys[index].pair_id,
+                                              pair_generation(blobs[index]))
+                            for index in created], consumeErrors=True)
+        taken = [index for index, failure in failures if failure.check(PairExists)]
+        if taken:
+            _finish(request, error_body(
+                request, 409, "Pair id in use",
+                f"pairId of entry {taken[0]} is already in use; pair with new ids "
+                "(nothing was stored)", field=f"[{taken[0]}].pairId"))
+            return False
+        cause = failures[0][1]
+        log.warn("pairing not stored: {why}", why=cause.getErrorMessage(),
+                 request_id=request_id(request))
+        if not cause.check(StoreUnavailable):
+            log.failure("pair store failed", cause, request_id=request_id(request))
+        _finish(request, error_body(request, 503, "Pair store unavailable",
+                                    "the relay cannot store pairs right now; retry"))
+        return False
 
     def _crashed(self, failure: Failure, request: IRequest) -> None:
         log.failure("pairing failed", failure, request_id=request_id(request))

@@ -33,9 +33,10 @@ from mterelay.protocol.replay import Verdict
 from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, MessageCipher,
                                        plain_length, sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
-from mterelay.store.keycache import KeyCache
+from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.timing import Stopwatch, crypto_stopwatch
-from mterelay.upstream import HOP_BY_HOP, UpstreamError, UpstreamForwarder, stream_body
+from mterelay.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
+                               stream_body)
 from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import error_body, json_body, relay_error, request_id
 from mterelay.web.paths import path_problem
@@ -92,11 +93,20 @@ def parse_response_selection(value: str | None) -> frozenset[str] | None:
     return frozenset(names | {"content-type"})
 
 
-def response_selection(clear: Headers, sealed: dict[str, list[str]]) -> frozenset[str] | None:
-    """The client's choice of sealed response headers; the sealed item wins."""
+def response_selection(clear: Headers, sealed: dict[str, list[str]],
+                       headers_enc: bool = True) -> frozenset[str] | None:
+    """The client's choice of sealed response headers (spec 8.3).
+
+    The sealed item's value is authentic.  A clear value is honoured only
+    with headersEnc=0, where the item cannot carry it: with headersEnc=1 a
+    client seals its choice, so a clear one was added on the way, and taking
+    it would let an on-path attacker have the response headers sent in clear.
+    """
     if RESPONSE_HEADERS_CONTROL in sealed:
         return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL]))
-    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
+    if headers_enc:
+        return None
+    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL.encode("ascii"))
     if values:
         return parse_response_selection(",".join(_text(value) for value in values))
     return None
@@ -112,11 +122,19 @@ def _text(value: bytes) -> str:
 
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
                              body_enc: bool) -> Headers:
-    """Clear headers, minus the relay's own, with the sealed ones merged over them."""
+    """Clear headers, minus this hop's and the relay's own, with the sealed ones over them.
+
+    Hop-by-hop rules (including the names a clear ``Connection`` nominates)
+    apply to the clear headers of this hop only: a ``Connection`` header
+    added on the way must not strip an authenticated header.  The result
+    carries no ``Connection`` header, so nothing later re-applies them.
+    """
     merged = Headers()
+    hop = hop_by_hop_names(clear)
     for name, values in clear.getAllRawHeaders():
         lower = name.lower()
-        if lower.startswith(b"x-mte-") or (body_enc and lower == b"content-type"):
+        if (lower in hop or lower.startswith(b"x-mte-")
+                or (body_enc and lower == b"content-type")):
             continue
         merged.setRawHeaders(name, list(values))
     for name, values in sealed.items():
@@ -378,31 +396,35 @@ class Exchange:
 
     # ---------------------------------------------------------------- request
 
-    async def _keys(self) -> tuple[MessageCipher, dict[str, list[str]]]:
+    async def _keys(self) -> tuple[MessageCipher, dict[str, list[str]], CachedPair]:
         """Find the pair and open the headers item, the first authenticated step.
 
         Cached keys that fail are re-read from the store once: the pair may
-        have been replaced (same id, new keys) through another replica.
+        have been lost and its id paired again (new keys) through another
+        replica.
         """
-        cache = self.proxy.keys
-        pair_id = self.header.pair_id
-        keys = cache.peek(self.client, pair_id)
-        from_cache = keys is not None
-        if keys is None:
-            keys = await cache.fetch(self.client, pair_id)
-            if keys is None:
-                raise StateNotFound("unknown or expired pair")
+        pair = self.proxy.keys.peek(self.client, self.header.pair_id)
+        if pair is None:
+            pair = await self._fetch()
+            return (*self._open_headers(pair.keys), pair)
         try:
-            return self._open_headers(keys)
+            return (*self._open_headers(pair.keys), pair)
         except DecodeFailed:
-            if not from_cache:
-                raise
-        fresh = await cache.fetch(self.client, pair_id)
-        if fresh is None:
+            return await self._reopen(pair)
+
+    async def _fetch(self) -> CachedPair:
+        pair = await self.proxy.keys.fetch(self.client, self.header.pair_id)
+        if pair is None:
             raise StateNotFound("unknown or expired pair")
-        if fresh is keys:
+        return pair
+
+    async def _reopen(self, tried: CachedPair
+                      ) -> tuple[MessageCipher, dict[str, list[str]], CachedPair]:
+        """Open the headers item with the store's pair, when ``tried`` was not it."""
+        fresh = await self._fetch()
+        if fresh.generation == tried.generation:
             raise DecodeFailed("headers item failed authentication")
-        return self._open_headers(fresh)
+        return (*self._open_headers(fresh.keys), fresh)
 
     def _open_headers(self, keys: PairKeys) -> tuple[MessageCipher, dict[str, list[str]]]:
         """The request's cipher (reused for url and body) and its opened headers."""
@@ -412,17 +434,34 @@ class Exchange:
             cipher.open_request_headers, self.token, request.method, request.uri,
             has_body=has_body(request.requestHeaders))
 
-    async def _accept(self) -> None:
-        verdict = await self.proxy.store.accept(self.client, self.header.pair_id, self.header.seq)
+    async def _accepted(self, opened: tuple[MessageCipher, dict[str, list[str]], CachedPair]
+                        ) -> tuple[MessageCipher, dict[str, list[str]]]:
+        """Accept seq for the generation that opened the message (spec 8.2 step 5).
+
+        STALE means the message opened under keys the pair id had before
+        (a cache still holding them after the pair was lost and the id
+        paired again): the request is re-opened with the store's current
+        pair, which a message of the old pair cannot pass (562), and
+        nothing was recorded, so the current pair is untouched.
+        """
+        cipher, sealed, pair = opened
+        verdict = await self._accept(pair)
+        if verdict is Verdict.STALE:
+            self.proxy.keys.forget(self.client, self.header.pair_id)
+            cipher, sealed, pair = await self._reopen(pair)
+            verdict = await self._accept(pair)  # STALE again: 560 below
         if verdict is Verdict.ACCEPTED:
-            return
+            return cipher, sealed
         if verdict in (Verdict.REPLAYED, Verdict.TOO_OLD):
             raise DecodeFailed(f"sequence number {verdict.value.replace('_', ' ')}")
-        if verdict is Verdict.EXHAUSTED:
-            self.proxy.keys.forget(self.client, self.header.pair_id)
-            raise RepairRequired("pair reached its maximum age or message count")
         self.proxy.keys.forget(self.client, self.header.pair_id)
+        if verdict is Verdict.EXHAUSTED:
+            raise RepairRequired("pair reached its maximum age or message count")
         raise StateNotFound("unknown or expired pair")
+
+    def _accept(self, pair: CachedPair) -> "Deferred[Verdict]":
+        return self.proxy.store.accept(self.client, self.header.pair_id, self.header.seq,
+                                       pair.generation)
 
     def _target(self, cipher: MessageCipher) -> bytes:
         uri = self.request.uri
@@ -457,17 +496,17 @@ class Exchange:
         return OpeningProducer(source, opener, plain, self.decoding)
 
     async def _exchange(self) -> None:
-        cipher, sealed_headers = await self._keys()
+        opened = await self._keys()
+        adopt_request_id(self.request, opened[1].get("x-request-id"))
+        cipher, sealed_headers = await self._accepted(opened)
         keys = cipher.keys
-        adopt_request_id(self.request, sealed_headers.get("x-request-id"))
-        await self._accept()
         target = self._target(cipher)
         body = await self._body(cipher)
         if body is None:
             self.decoding.report()
         request = self.request
         clear = request.requestHeaders
-        self.selection = response_selection(clear, sealed_headers)
+        self.selection = response_selection(clear, sealed_headers, self.header.headers_enc)
         merged = upstream_request_headers(clear, sealed_headers, self.header.body_enc)
         forwarder = self.proxy.forwarder
         outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),

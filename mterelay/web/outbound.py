@@ -9,6 +9,13 @@ remote origin, re-paired and re-validated by itself after a remote restart
 or secret change - seals the request, and the decrypted answer is streamed
 back to the application as if it had called the remote API directly.
 
+Every answer the relay makes itself (refusals, failures) says whether the
+request may have reached the remote relay's upstream, in
+``x-mte-upstream-reached`` and the JSON body's ``upstreamReached``: ``no``
+only when that is certain (refused here, never sent, or a 55x from the
+remote relay, spec 10), else ``maybe`` - so an application knows when a
+POST is safe to send again.
+
 Bodies: up to :data:`REPLAYABLE_BODY` bytes (by Content-Length) are read
 first and sent as bytes, so the client's one automatic retry after a 55x
 (a remote relay that restarted and lost its pairs) works.  Larger and
@@ -46,7 +53,7 @@ from mterelay.web.paths import path_problem
 from mterelay.web.responses import error_body, json_body, request_id
 from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
 
-__all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS"]
+__all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS", "REACHED_HEADER", "reached"]
 
 log = Logger(namespace="mterelay.outbound")
 
@@ -58,7 +65,9 @@ MAX_PAIRS = 64
 #: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
 #: connection the other side is closing (not retried for POST: a 502).
 IDLE_CONNECTION_TIMEOUT = 50
-#: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin).
+#: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin),
+#: and remote relays whose pairs and idle connections are kept (least recently
+#: used dropped first).
 MAX_REMEMBERED_ORIGINS = 256
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
@@ -66,6 +75,34 @@ _NOT_FORWARDED = (b"host", b"content-length", b"expect")
 _UNREACHABLE = (ConnectError, ConnectingCancelledError, DNSLookupError, ResponseNeverReceived,
                 ResponseFailed, RequestTransmissionFailed, RequestNotSent,
                 RequestGenerationFailed)
+#: ... of them, those where not one byte of the request was written.
+_NOT_SENT = (ConnectError, ConnectingCancelledError, DNSLookupError, RequestNotSent)
+#: On every answer relay A makes itself: may the request have reached the upstream?
+REACHED_HEADER = b"x-mte-upstream-reached"
+NOT_REACHED, MAYBE_REACHED = "no", "maybe"
+
+
+def reached(error: BaseException) -> str:
+    """``no`` when ``error`` proves nothing reached the remote upstream, else ``maybe``.
+
+    Certain are only: nothing written to the remote relay (no connection,
+    RequestNotSent), a handshake that failed before the request was sent,
+    our own sealing refusal (561), and a 55x answered by the remote relay
+    (spec 10: nothing reached its upstream).  A connection lost after the
+    request was written, a timeout or an answer that failed to authenticate
+    guarantee nothing.
+    """
+    if isinstance(error, RelayError):
+        return NOT_REACHED if error.remote or error.code == 561 else MAYBE_REACHED
+    if isinstance(error, (NotARelay, PairingFailed, *_NOT_SENT)):
+        return NOT_REACHED
+    return MAYBE_REACHED
+
+
+def refuse(request: IRequest, status: int, message: str, reason: str) -> bytes:
+    """A refusal before anything was sent: certainly not at the upstream."""
+    request.setHeader(REACHED_HEADER, NOT_REACHED.encode("ascii"))
+    return error_body(request, status, message, reason, upstreamReached=NOT_REACHED)
 
 
 class OutboundProxy:
@@ -97,24 +134,25 @@ class OutboundProxy:
         if self._client is None:
             agent = self._agent if self._agent is not None else remote_agent(self.clock)
             self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
-                                       timeout=self.timeout, metrics=self.metrics)
+                                       timeout=self.timeout, metrics=self.metrics,
+                                       max_origins=MAX_REMEMBERED_ORIGINS)
         return self._client
 
     def render(self, request: IRequest) -> Any:
         """Refuse at once (401/400/403) or start the exchange with the remote relay."""
         headers = request.requestHeaders
         if not token_matches(headers.getRawHeaders(TOKEN_HEADER, []), self.token):
-            return error_body(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
+            return refuse(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
         try:
             origin = self._origin(headers)
             options = SealOptions.build(**seal_choices(headers))
         except Refused as refused:
-            return error_body(request, refused.status, refused.message, refused.reason)
+            return refuse(request, refused.status, refused.message, refused.reason)
         problem = path_problem(request.path)
         if problem is None and not (request.uri.startswith(b"/") and request.uri.isascii()):
             problem = "the request target must be an ASCII path (percent-encoded) and query"
         if problem:
-            return error_body(request, 400, "Bad request", problem)
+            return refuse(request, 400, "Bad request", problem)
         _Exchange(self, request, origin, options).start()
         return NOT_DONE_YET
 
@@ -183,17 +221,20 @@ class _Exchange:
     def _crashed(self, failure: Failure) -> None:
         log.failure("outbound request failed", failure, request_id=request_id(self.request))
         self._answer(502, {"error": "Bad gateway", "code": 502,
-                           "reason": "the relay failed to handle this request"})
+                           "reason": "the relay failed to handle this request"}, MAYBE_REACHED)
 
-    def _answer(self, status: int, payload: dict[str, Any]) -> None:
+    def _answer(self, status: int, payload: dict[str, Any], upstream_reached: str) -> None:
         if self.gone or self.request.finished or self.request.startedWriting:
             return
+        payload["upstreamReached"] = upstream_reached
+        self.request.setHeader(REACHED_HEADER, upstream_reached.encode("ascii"))
         body = json_body(self.request, status, payload)
         self.request.setHeader(b"content-length", b"%d" % len(body))
         self.request.write(body)
         self.request.finish()
 
-    def _failed(self, status: int, message: str, reason: str) -> None:
+    def _failed(self, status: int, message: str, reason: str,
+                upstream_reached: str = MAYBE_REACHED) -> None:
         """A failure on the way to the remote relay: logged once, answered as JSON."""
         if self.gone:
             # The application hung up and its request was cancelled: not a
@@ -201,11 +242,13 @@ class _Exchange:
             log.debug("outbound request abandoned by the application",
                       request_id=request_id(self.request))
             return
-        log.warn("outbound {method} to {origin} failed: {status} {message} ({reason})",
+        log.warn("outbound {method} to {origin} failed: {status} {message} ({reason};"
+                 " upstream reached: {reached})",
                  method=self.request.method.decode("latin-1"), origin=self.origin.url,
-                 status=status, message=message, reason=reason,
+                 status=status, message=message, reason=reason, reached=upstream_reached,
                  request_id=request_id(self.request))
-        self._answer(status, {"error": message, "code": status, "reason": reason})
+        self._answer(status, {"error": message, "code": status, "reason": reason},
+                     upstream_reached)
 
     async def _body(self) -> Any:
         """None, bytes (replayable) or the streaming BodyPipe / buffered file."""
@@ -243,19 +286,20 @@ class _Exchange:
                 self.proxy.metrics.observe_outbound(clock.seconds() - started)
         except CancelledError:
             return
-        except DeferredTimeout:
+        except DeferredTimeout as error:
             self._failed(504, "Remote relay timed out",
-                         f"no answer from {self.origin.url} within {self.proxy.timeout:g} s")
+                         f"no answer from {self.origin.url} within {self.proxy.timeout:g} s",
+                         reached(error))
             return
         except RelayError as error:
             reason = f"{error.code} {error.message}" + (f" ({error.info})" if error.info else "")
-            self._failed(502, "Remote relay error", reason)
+            self._failed(502, "Remote relay error", reason, reached(error))
             return
         except (NotARelay, PairingFailed) as error:
-            self._failed(502, "Remote relay error", str(error)[:300])
+            self._failed(502, "Remote relay error", str(error)[:300], reached(error))
             return
         except _UNREACHABLE as error:
-            self._failed(502, "Remote relay unreachable", _describe(error))
+            self._failed(502, "Remote relay unreachable", _describe(error), reached(error))
             return
         finally:
             self.pending = None
@@ -265,18 +309,32 @@ class _Exchange:
         await self._respond(response)
 
     async def _respond(self, response: IResponse) -> None:
-        """Status, end-to-end headers and the body streamed with back-pressure.
+        """Status, authenticated headers and the body streamed with back-pressure.
 
-        A decrypted answer and a remote relay's own clear error (``sealed``
-        False, e.g. its 502 when its upstream is down) are passed on alike.
+        A decrypted answer carries the upstream's sealed headers (the client
+        drops clear ones added on the way).  A remote relay's own clear error
+        (``sealed`` False, e.g. its 502 when its upstream is down) is not
+        authenticated at all: its status and body are passed on, of its
+        headers only ``content-type``, with ``x-mte-upstream-reached``.
         """
         request = self.request
         request.setResponseCode(response.code, response.phrase or None)
-        for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
-            if response.headers.hasHeader(own):
-                request.responseHeaders.removeHeader(own)
-        copy_end_to_end(response.headers, request.responseHeaders, drop=(b"content-length",),
-                        drop_prefixes=(b"x-mte-", b"access-control-"))
+        if getattr(response, "sealed", True):
+            for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
+                if response.headers.hasHeader(own):
+                    request.responseHeaders.removeHeader(own)
+            copy_end_to_end(response.headers, request.responseHeaders,
+                            drop=(b"content-length",),
+                            drop_prefixes=(b"x-mte-", b"access-control-"))
+        else:
+            kind = response.headers.getRawHeaders(b"content-type")
+            if kind:
+                request.responseHeaders.setRawHeaders(b"content-type", kind[:1])
+            # A relay or load balancer in front refuses (4xx) before forwarding;
+            # a 5xx (its upstream failed, timed out) guarantees nothing.
+            certain = 400 <= response.code < 500
+            request.setHeader(REACHED_HEADER,
+                              (NOT_REACHED if certain else MAYBE_REACHED).encode("ascii"))
         if (isinstance(response.length, int) and request.method != b"HEAD"
                 and response.code not in (204, 304)):
             request.setHeader(b"content-length", b"%d" % response.length)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["path_problem"]
+__all__ = ["path_problem", "target_problem"]
+
+#: RFC 9112's request-target: visible ASCII.  Twisted accepts more (0x7F and
+#: 0x80-0xFF), which its client then refuses to send, far from the cause.
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 
 
 def path_problem(path: bytes) -> str | None:
@@ -22,3 +27,10 @@ def path_problem(path: bytes) -> str | None:
     if b"\x00" in decoded or b"\\" in decoded:
         return "path contains a forbidden character"
     return None
+
+
+def target_problem(target: bytes) -> str | None:
+    """Why a whole request target (path and query) is refused, or None."""
+    if _VISIBLE_ASCII.fullmatch(target) is None:
+        return "request target must be visible ASCII (percent-encode other bytes)"
+    return path_problem(target.split(b"?", 1)[0])

@@ -25,7 +25,7 @@ from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
 from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
-from mterelay.web.paths import path_problem
+from mterelay.web.paths import path_problem, target_problem
 from mterelay.web.responses import error_body
 
 RELAY_HEADER = b"x-mte-relay"
@@ -63,8 +63,22 @@ class RelayRoot(Resource):
         ]
 
     def render(self, request: IRequest) -> Any:
+        body = self._render(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            # Twisted would drop the body too, but log a warning carrying the
+            # request's repr, query string included.
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _render(self, request: IRequest) -> Any:
         for name, value in self.extra_headers:
             request.setHeader(name, value)
+        problem = target_problem(request.uri)
+        if problem:
+            # Before any route: nothing malformed is forwarded, and the
+            # forwarding agent's error (which quotes the URL) never happens.
+            return error_body(request, 400, "Bad request", problem)
         if self.cors.is_preflight(request):
             allowed, reason = self.cors.preflight(request)
             if not allowed:

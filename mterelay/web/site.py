@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from mterelay.logs import TEXT
 from mterelay.metrics import RelayMetrics
 from mterelay.nodelay import set_no_delay
+from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
 from mterelay.web.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
@@ -43,33 +44,52 @@ class RelaySite(Site):
 
     noisy = False
     displayTracebacks = False
+    protocol = guarded_channel_factory
 
     def __init__(self, resource: IResource, clock: IReactorTime,
                  metrics: RelayMetrics | None = None, *, echo_request_id: bool = False,
-                 **kwargs: Any) -> None:
+                 guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("requestFactory", StreamingRequest)
         super().__init__(resource, **kwargs)
         self.clock = clock
         self.metrics = metrics if metrics is not None else RelayMetrics()
+        #: Header deadline, body idle timeout, connection cap (mterelay.web.guard).
+        self.guard = guard if guard is not None else ConnectionGuard(metrics=self.metrics)
+        if self.guard.metrics is None:
+            self.guard.metrics = self.metrics
         self.echo_request_id = echo_request_id
         self.active: set[Any] = set()
         self.channels: set[Any] = set()
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
+        self._drained_waiters: list[Deferred[None]] = []
+        # Answered while draining, connection not closed yet: the answer may
+        # still sit in the transport's write buffer (channel -> requests).
+        self._flushing: dict[Any, set[Any]] = {}
 
     # --- connections
 
     def buildProtocol(self, addr: Any) -> Any:
+        if not self.guard.admit(len(self.channels)):
+            return None  # the listener closes the socket at once
         channel = super().buildProtocol(addr)
         if channel is None:
             return None
         channels = self.channels
         channels.add(channel)
+        metrics = self.metrics
+        metrics.set_open_connections(len(channels))
+        # Requests see the inner HTTP/1.1 channel; remember the one tracked here.
+        _http11(channel).mterelay_outer = channel
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> None:
             channels.discard(channel)
+            metrics.set_open_connections(len(channels))
+            # Closed after loseConnection: Twisted wrote the whole buffer first.
+            self._flushing.pop(channel, None)
             lost(reason)
+            self._check_drained()
 
         channel.connectionLost = connection_lost
         # A connection accepted just before the port closed while draining
@@ -94,6 +114,7 @@ class RelaySite(Site):
         if self.draining:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             _http11(request.channel).persistent = False
+        request.mterelay_channel = _outer(channel)
         self.active.add(request)
         self.metrics.request_started()
         request.notifyFinish().addBoth(self._request_done, request)
@@ -106,14 +127,28 @@ class RelaySite(Site):
             # line was written, but the request still counts (as 499, nginx's
             # "client closed request").
             self._observe(request, 499)
+        if self.draining:
+            channel = getattr(request, "mterelay_channel", None)
+            if channel in self.channels:
+                # finish() only queued the bytes; they are out when the
+                # connection closes (non-persistent while draining).
+                self._flushing.setdefault(channel, set()).add(request)
         if not self.active and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        self._check_drained()
 
     def _observe(self, request: Any, status: int) -> float:
         started = getattr(request, "mterelay_started", None)
-        seconds = self.clock.seconds() - started if started is not None else 0.0
+        if started is None:
+            # Never reached getResourceFor: Twisted answers "OPTIONS *" and
+            # "GET *" itself.  Counted in and out here so the in-flight gauge
+            # stays balanced.
+            self.metrics.request_started()
+            seconds = 0.0
+        else:
+            seconds = self.clock.seconds() - started
         self.metrics.request_finished(getattr(request, "mterelay_role", "other"), status, seconds)
         refusal = getattr(request, "mterelay_refusal", None)
         if refusal is not None:
@@ -157,7 +192,42 @@ class RelaySite(Site):
         for request in self.active:
             if not request.startedWriting:
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        return len(self.active)
+        in_flight = len(self.active)
+        self._check_drained()
+        return in_flight
+
+    def undelivered(self) -> int:
+        """Requests in flight plus answers not known to be flushed to their client."""
+        return len(self.active) + sum(len(requests) for requests in self._flushing.values())
+
+    def when_drained(self) -> Deferred[None]:
+        """Fires once draining left no request in flight and no connection open.
+
+        A request counts as done when ``finish()`` ran, but its answer may
+        still be in the transport's write buffer, and stopping the reactor
+        drops that buffer: the client gets a closed connection and no bytes.
+        Waiting for every connection to close waits for those buffers, since
+        Twisted flushes a transport before it closes it.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._drained_waiters.append(waiter)
+        self._check_drained()
+        return waiter
+
+    def _check_drained(self) -> None:
+        if not self.draining or self.active or not self._drained_waiters:
+            return
+        for channel in list(self.channels):
+            inner = _http11(channel)
+            # Idle now (opened during the drain and never used, or done): close
+            # it after whatever it still has to write.
+            if not getattr(inner, "requests", None) and not _closing(inner):
+                inner.persistent = False
+                inner.loseConnection()
+        if not self.channels:
+            waiters, self._drained_waiters = self._drained_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no request is in flight (at once when none is)."""
@@ -172,3 +242,13 @@ class RelaySite(Site):
 def _http11(channel: Any) -> Any:
     """The HTTP/1.1 channel inside twisted.web's protocol-negotiating wrapper."""
     return getattr(channel, "_channel", channel)
+
+
+def _outer(channel: Any) -> Any:
+    """The protocol the site built (and tracks in ``channels``) for ``channel``."""
+    return getattr(channel, "mterelay_outer", channel)
+
+
+def _closing(channel: Any) -> bool:
+    transport = getattr(channel, "transport", None)
+    return transport is None or bool(getattr(transport, "disconnecting", False))

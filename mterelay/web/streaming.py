@@ -20,10 +20,14 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
+
+
+_log = Logger(namespace="mterelay.web")
 
 
 class BodyTooLarge(Exception):
@@ -60,6 +64,11 @@ class BodyPipe:
     @property
     def complete(self) -> bool:
         return self._outcome is not False
+
+    @property
+    def paused(self) -> bool:
+        """True while this pipe holds the client's socket back (its consumer is slower)."""
+        return self._paused_by_us
 
     # --- fed by the request
 
@@ -194,6 +203,14 @@ class StreamingRequest(Request):
     #: DEBUG: send x-request-id back (set by RelaySite; the id is ``request_id``).
     echo_request_id = False
 
+    def __repr__(self) -> str:
+        # Twisted puts repr(request) in some of its log lines; the query
+        # string may hold secrets and never goes into a log.
+        path = getattr(self, "path", None) or b""
+        return (f"<{type(self).__name__} at 0x{id(self):x} method="
+                f"{self.method.decode('latin-1')} path={path.decode('latin-1')[:200]} "
+                f"clientproto={self.clientproto.decode('latin-1')}>")
+
     def write(self, data: bytes) -> None:
         if self.echo_request_id and not self.startedWriting:
             # Set as the headers go out, so it replaces any the upstream sent.
@@ -236,6 +253,11 @@ class StreamingRequest(Request):
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._cleanup_pending = True
             return
+        if self.producer:
+            # Twisted would log this with the full URI, query included.
+            _log.failure("", Failure(RuntimeError(
+                f"Producer was not unregistered for {self.path.decode('latin-1')[:200]}")))
+            self.unregisterProducer()
         super()._cleanup()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -31,6 +31,7 @@ from mterelay.protocol.errors import RelayError  # noqa: E402
 from mterelay.protocol.header import RelayHeader  # noqa: E402
 from mterelay.protocol.items import encode_headers  # noqa: E402
 from mterelay.protocol.keys import PairKeys  # noqa: E402
+from mterelay.store.interface import pair_generation  # noqa: E402
 
 DIRS = ("c2s", "s2c")
 
@@ -135,6 +136,7 @@ def pairing_vector(name: str, pair_id: str, personalization_lengths: tuple[int, 
         "c2sKey": client_keys.c2s_key.hex(),
         "s2cKey": client_keys.s2c_key.hex(),
         "pairKeysBlob": client_keys.to_bytes().hex(),
+        "pairGeneration": pair_generation(client_keys.to_bytes()),
     }
 
 
