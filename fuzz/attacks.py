@@ -430,18 +430,28 @@ class Attacks:
                     replays_accepted[0] += 1
                 checks[f"copy-{again.label}"] += 1
 
-        checkers = [threading.Thread(target=check) for _ in range(2)]
-        for t in checkers:
-            t.start()
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(64) as pool:
-            list(pool.map(aborted, range(flood_count)))
-        flood_seconds = time.monotonic() - t0
-        done.set()
-        for t in checkers:
-            t.join()
+        settle = 5 if self.scale >= 1 else 1
+
+        def flood(offset: int) -> float:
+            done.clear()
+            checkers = [threading.Thread(target=check) for _ in range(2)]
+            for t in checkers:
+                t.start()
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(64) as pool:
+                list(pool.map(aborted, range(offset, offset + flood_count)))
+            elapsed = time.monotonic() - t0
+            done.set()
+            for t in checkers:
+                t.join()
+            time.sleep(settle)
+            return elapsed
+
+        # CPython rarely hands memory back to the OS, so "back to baseline" is measured as
+        # "a second, identical flood does not grow it again": a leak grows with every flood.
+        flood_seconds = flood(0)
         rss1 = {p.name: _rss_kib(p.pid) for p in (stack.b1, stack.b2)}
-        time.sleep(5 if self.scale >= 1 else 1)
+        flood(flood_count)
         rss2 = {p.name: _rss_kib(p.pid) for p in (stack.b1, stack.b2)}
         confusion = []
         store_503 = 0
@@ -452,18 +462,19 @@ class Attacks:
             store_503 += sum(1 for l in lines if _ANSWERED_503.search(l.text))
         hits = Counter(r.get("case") for r in stack.records() if str(r.get("case", "")).startswith("atk-srv"))
         duplicates = sum(1 for n in hits.values() if n > 1)
-        growth = {name: round((rss2[name] - rss0[name]) / 1024, 1) for name in rss0}
+        growth = {name: round((rss2[name] - rss1[name]) / 1024, 1) for name in rss0}
         not_authentic = checks.get("200-not-authentic", 0)
         passed = (not confusion and replays_accepted[0] == 0 and duplicates == 0
-                  and not_authentic == 0 and all(g <= 25 for g in growth.values()))
+                  and not_authentic == 0 and all(g <= 10 for g in growth.values()))
         return AttackResult(
             "store replies under a starved loop (aborted-mid-body flood)", passed, "issue 14 #2",
-            f"{flood_count} requests aborted mid-body in {flood_seconds:.1f} s through the "
-            f"balancer; {checks['n']} checked requests during it: "
+            f"2 × {flood_count} requests aborted mid-body (the first in {flood_seconds:.1f} s) "
+            f"through the balancer; {checks['n']} checked requests during them: "
             f"{ {k: v for k, v in checks.items() if k != 'n'} }; replays accepted "
             f"{replays_accepted[0]}; executed twice {duplicates}; store-confusion log lines "
             f"{len(confusion)}{' (first: ' + confusion[0] + ')' if confusion else ''}; 503 log "
-            f"lines {store_503}; RSS MiB before/after/+5 s "
+            f"lines {store_503}; RSS MiB before / after flood 1 / after flood 2 (target: flood 2 "
+            f"adds ≤ 10) "
             + ", ".join(f"{n} {rss0[n] // 1024}/{rss1[n] // 1024}/{rss2[n] // 1024}" for n in rss0),
             {"checks": dict(checks), "replays_accepted": replays_accepted[0],
              "confusion": len(confusion), "rss_growth_mib": growth, "flood": flood_count,

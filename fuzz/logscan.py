@@ -12,8 +12,9 @@ from pathlib import Path
 STORE_CONFUSION = re.compile(r"not 'list'|cannot unpack non-iterable|object is not subscriptable"
                              r"|unexpected (?:store|redis) reply|TypeError", re.I)
 #: Planted as a query parameter; the README promises no query string in the logs.  Only
-#: counted as a query (after ``?`` or ``&``): a mutated target may carry it in its path.
-QUERY_MARKER = re.compile(r"[?&]fuzzsecret=")
+#: counted inside a query (after a ``?``): a mutated target that lost its ``?`` carries
+#: it in its path, which may be logged.
+QUERY_MARKER = re.compile(r"\?[^\s\"]*fuzzsecret=")
 
 
 @dataclass

@@ -103,11 +103,13 @@ class LogScanTests(SynchronousTestCase):
              "message": "HEAD request uri=/a?fuzzsecret=1"},
             {"time": "2026-12-01T10:00:00.300Z", "level": "info",
              "message": "GET /a_fuzzsecret_path 562"},
+            {"time": "2026-12-01T10:00:00.400Z", "level": "info",  # lost its "?": a path
+             "message": "GET /api/fuzz/79case=f1&fuzzsecret=q5 562", "path": "/x"},
         ]
         path.write_text("\n".join(json.dumps(l) for l in lines) + "\nUnhandled Error\nTraceback",
                         "utf-8")
         read, offset = logscan.read("b1", path)
-        self.assertEqual(len(read), 5)  # the unterminated last line waits for its newline
+        self.assertEqual(len(read), 6)  # the unterminated last line waits for its newline
         found = logscan.scan(read)
         self.assertEqual(len(found.critical), 1)
         self.assertEqual(len(found.store_confusion), 1)

@@ -23,38 +23,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.redisserver import SkipRedis, find_redis_server
 
-#: check name -> the finding that makes it fail today (issue 14 numbering).
+#: check name -> the finding that makes it fail today.  Flipped (deleted) after the
+#: merges of issue 14's fixes: the replay, knock-out, header-stripping, injection,
+#: clear x-mte-response-headers, DNS label, shutdown and in-flight-gauge attacks, and the
+#: critical-line, query-string, valid-request and replay totals.
 KNOWN_OPEN = {
-    "attack replay-after-repair": "#1 re-pairing an existing pair id resets its window; the "
-                                  "other replica's key cache keeps the old keys",
-    "attack replay-after-flush": "#1 same, after FLUSHALL + re-pair",
-    "attack knockout-via-repair": "#1 anyone with the clear client id and pair id can replace a pair",
-    "attack header-stripping": "#3 relay B applies a clear Connection header to sealed headers",
-    "attack response-header-injection": "#4 clients merge clear response headers into sealed ones",
-    "attack clear-response-headers": "#7 clear x-mte-response-headers -> 500 + traceback",
-    "attack dns-label-64": "#7 64-char DNS label -> ValueError, 502 + traceback",
-    "attack pairing-flood-victim-id": "#5 a flood keyed on the victim's client id locks it out",
-    "attack lost-answer-at-sigterm": "#6 relay A (outbound) loses about half of 100 in-flight "
-                                     "answers at SIGTERM while logging them as completed",
-    "attack in-flight-gauge": "#7 GET * / OPTIONS * decrement mterelay_in_flight_requests",
-    "critical log lines": "#7 tracebacks: clear x-mte-response-headers (AttributeError), "
-                          "64-char label (ValueError); new: 'MESSAGE LOST' for echo paths with "
-                          "bytes >= 0x80",
-    "query strings logged": "#7 Twisted's HEAD-with-body warning logs the full URI",
-    "valid requests failed": "#7 seal_headers='none' with response_headers=[...] -> 500",
-    "replays accepted": "#1 (counted from the replay attacks)",
+    "attack pairing-flood-victim-id": "#5 a flood keyed on the victim's client id locks it out "
+                                      "(pairing-flood branch not merged yet)",
     "attack truncated-final-chunk": "new: an MKE request with an empty body (Content-Length 16) "
                                     "is forwarded before its only, final chunk arrived",
 }
-
-#: Open findings that show only under load (so they may pass here even before the fix):
-#: allowed to fail, never reported as fixed.  Delete with their fix.
-LOAD_DEPENDENT_OPEN = {
-    "attack store-reply-confusion": "#2 store replies confused / RSS not released under a "
-                                    "starved loop (seen in full runs, rarely at smoke scale)",
-    "mismatched store replies": "#2 same",
-}
-
 
 def _run_smoke() -> "object":
     from fuzz.attacks import ATTACKS
@@ -84,10 +62,10 @@ class FuzzSmokeTests(SynchronousTestCase):
                   if name not in ("cases", "attacks_failed")}
         checks.update({f"attack {a.key}": a.passed for a in report.attacks})  # type: ignore[attr-defined]
         strict = os.environ.get("MTERELAY_FUZZ_STRICT") == "1"
-        known = {} if strict else {**KNOWN_OPEN, **LOAD_DEPENDENT_OPEN}
+        known = {} if strict else KNOWN_OPEN
         failing = sorted(name for name, ok in checks.items() if not ok)
         unexpected = [name for name in failing if name not in known]
-        fixed = [name for name in KNOWN_OPEN if not strict and checks.get(name) is True]
+        fixed = [name for name in known if checks.get(name) is True]
         if fixed:
             warnings.warn(f"fuzz smoke: now passing, delete from KNOWN_OPEN: {fixed}")
         self.assertEqual(report.crashes, [], "a relay died")  # type: ignore[attr-defined]
