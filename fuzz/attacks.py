@@ -462,10 +462,14 @@ class Attacks:
             store_503 += sum(1 for l in lines if _ANSWERED_503.search(l.text))
         hits = Counter(r.get("case") for r in stack.records() if str(r.get("case", "")).startswith("atk-srv"))
         duplicates = sum(1 for n in hits.values() if n > 1)
+        first = {name: (rss1[name] - rss0[name]) / 1024 for name in rss0}
         growth = {name: round((rss2[name] - rss1[name]) / 1024, 1) for name in rss0}
+        # A leak grows about as much on every flood; the allocator's high-water mark only
+        # once.  Allowed on the second flood: 10 MiB or a third of the first flood's growth.
+        memory_ok = all(growth[n] <= max(10.0, first[n] / 3) for n in rss0)
         not_authentic = checks.get("200-not-authentic", 0)
         passed = (not confusion and replays_accepted[0] == 0 and duplicates == 0
-                  and not_authentic == 0 and all(g <= 10 for g in growth.values()))
+                  and not_authentic == 0 and memory_ok)
         return AttackResult(
             "store replies under a starved loop (aborted-mid-body flood)", passed, "issue 14 #2",
             f"2 × {flood_count} requests aborted mid-body (the first in {flood_seconds:.1f} s) "
@@ -474,7 +478,7 @@ class Attacks:
             f"{replays_accepted[0]}; executed twice {duplicates}; store-confusion log lines "
             f"{len(confusion)}{' (first: ' + confusion[0] + ')' if confusion else ''}; 503 log "
             f"lines {store_503}; RSS MiB before / after flood 1 / after flood 2 (target: flood 2 "
-            f"adds ≤ 10) "
+            f"adds ≤ max(10, a third of flood 1's growth)) "
             + ", ".join(f"{n} {rss0[n] // 1024}/{rss1[n] // 1024}/{rss2[n] // 1024}" for n in rss0),
             {"checks": dict(checks), "replays_accepted": replays_accepted[0],
              "confusion": len(confusion), "rss_growth_mib": growth, "flood": flood_count,
