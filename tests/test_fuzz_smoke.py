@@ -30,8 +30,6 @@ from tests.redisserver import SkipRedis, find_redis_server
 KNOWN_OPEN = {
     "attack pairing-flood-victim-id": "#5 a flood keyed on the victim's client id locks it out "
                                       "(pairing-flood branch not merged yet)",
-    "attack truncated-final-chunk": "new: an MKE request with an empty body (Content-Length 16) "
-                                    "is forwarded before its only, final chunk arrived",
 }
 
 def _run_smoke() -> "object":

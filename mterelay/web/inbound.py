@@ -30,8 +30,8 @@ from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHead
 from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.replay import Verdict
-from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, MessageCipher,
-                                       plain_length, sealed_length)
+from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer, Direction,
+                                       MessageCipher, plain_length, sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.timing import Stopwatch, crypto_stopwatch
@@ -513,15 +513,20 @@ class Exchange:
             return None
         request = self.request
         opener = cipher.body_opener()
-        if self.header.mode == MODE_MTE:
-            sealed = await read_body(request, self.proxy.mte_body_limit)
+        length = declared_length(request.requestHeaders)
+        if self.header.mode == MODE_MTE or (length is not None and length <= SEALED_CHUNK_SIZE):
+            # MTE, and an MKE body that is a single (final) chunk: opened whole
+            # before anything is forwarded.  For MKE this is what keeps an
+            # empty body (Content-Length 0 upstream, complete the moment it is
+            # sent) from reaching the upstream before its chunk authenticated.
+            limit = self.proxy.mte_body_limit if self.header.mode == MODE_MTE else length
+            sealed = await read_body(request, limit)
             plain = self.decoding.time(lambda: opener.feed(sealed) + opener.finish())
             self.decoding.report()
             return BytesProducer(plain)
         source = request_body(request)
         if source is None:  # bodyEnc=1 with no body at all: the final chunk is missing
             raise DecodeFailed("body truncated")
-        length = declared_length(request.requestHeaders)
         plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
         return OpeningProducer(source, opener, plain, self.decoding)
 
