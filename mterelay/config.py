@@ -89,6 +89,7 @@ class Config:
     mte_routes: tuple[RoutePattern, ...] | None = None
     cors_origins: tuple[str, ...] = ()
     cors_methods: tuple[str, ...] = DEFAULT_CORS_METHODS + ALWAYS_ALLOWED_METHODS
+    cors_max_age: int = 600
     headers: tuple[tuple[str, str], ...] = ()
     max_pool_size: int = 25
     upstream_timeout: float = 30.0
@@ -489,6 +490,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated origins allowed to make cross-origin requests."),
     Setting("cors_methods", "CORS_METHODS", "corsMethods", _methods, "cors-methods",
             "Comma-separated CORS methods (default GET, POST, PUT, DELETE)."),
+    Setting("cors_max_age", "CORS_MAX_AGE", "corsMaxAge", _int_between(0, 86400),
+            "cors-max-age",
+            "Seconds a browser may cache a CORS preflight answer (default 600)."),
     Setting("headers", "HEADERS", "headers", _headers, "headers",
             "JSON object of headers added to every request and response."),
     Setting("max_pool_size", "MAX_POOL_SIZE", "maxPoolSize", _int_between(1, 1000),

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
@@ -44,9 +45,18 @@ HOP_BY_HOP = frozenset(
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or did not answer (HTTP 502)."""
+    """The upstream could not be reached or did not answer (HTTP 502).
+
+    ``not_sent`` is True only when not one byte of the request was written
+    (no connection, or the pool's connection was found closed first): the
+    one case in which a relay can promise its client ``upstreamReached: no``.
+    """
 
     status = 502
+
+    def __init__(self, message: str = "", not_sent: bool = False) -> None:
+        super().__init__(message)
+        self.not_sent = not_sent
 
 
 class UpstreamTimeout(UpstreamError):
@@ -182,10 +192,14 @@ class UpstreamForwarder:
                     raise UpstreamTimeout(f"no answer within {self.timeout:g} s")
                 if result.check(CancelledError):
                     return result
-                raise UpstreamError(_describe(result))
+                raise UpstreamError(_describe(result), not_sent=bool(result.check(*_NOT_SENT)))
             return result
 
         return requested.addBoth(done)
+
+
+#: Agent failures that prove not one byte of the request was written.
+_NOT_SENT = (ConnectError, DNSLookupError, RequestNotSent)
 
 
 def _describe(failure: Failure) -> str:

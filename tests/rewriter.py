@@ -2,7 +2,8 @@
 
 It stands where a hostile network, or a TLS-terminating load balancer an
 attacker controls, stands between relay A (or a RelayClient) and relay B:
-it receives each request on 127.0.0.1, lets the test edit its headers,
+it receives each request on 127.0.0.1, lets the test edit its headers and
+its body (``body_edits``: the tampering of a sealed body on the way),
 forwards it to the target, lets the test edit the response's headers and
 passes the response back.  Bodies are passed through byte for byte (read
 whole: the tests send small ones).  What it forwarded and received is kept
@@ -30,6 +31,8 @@ _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"tr
                   b"transfer-encoding", b"upgrade", b"host", b"content-length"})
 
 Edit = Callable[[Headers], None]
+#: ``(request headers as forwarded, body) -> body to forward``.
+BodyEdit = Callable[[Headers, bytes], bytes]
 
 
 class Rewriter(Resource):
@@ -49,6 +52,7 @@ class Rewriter(Resource):
         self.agent = Agent(reactor, pool=self.pool)
         self.request_edits: list[Edit] = []
         self.response_edits: list[Edit] = []
+        self.body_edits: list[BodyEdit] = []
         self.requests: list[tuple[bytes, bytes, Headers]] = []
         self.responses: list[tuple[int, Headers]] = []
         self.port: Any = None
@@ -80,6 +84,8 @@ class Rewriter(Resource):
         for edit in self.request_edits:
             edit(headers)
         body = request.content.read()
+        for body_edit in self.body_edits:
+            body = body_edit(headers, body)
         framed = (request.requestHeaders.hasHeader(b"content-length")
                   or request.requestHeaders.hasHeader(b"transfer-encoding"))
         self.requests.append((request.method, request.uri, headers))

@@ -175,7 +175,8 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual([r.uri for r in self.h.upstream.received], [b"/rotated"])
 
     def test_relay_562_retries_once_on_a_new_pair(self) -> None:
-        self.h.switch.inject.append((562, {"error": "Failed to decode.", "code": 562}, {}))
+        self.h.switch.inject.append((562, {"error": "Failed to decode.", "code": 562,
+                                           "upstreamReached": "no"}, {}))
         before = self.pairings()
         response, _ = self.h.call(self.client, "POST", "/once", data=b"1")
         self.assertEqual(response.code, 200)
@@ -183,6 +184,49 @@ class RecoveryTests(SynchronousTestCase):
         first, retry = [h[b"x-mte-relay"][0].split(b",")[1]
                         for _, _, h in self.h.switch.encrypted()[-2:]]
         self.assertNotEqual(first, retry)
+
+    def inject_562(self, payload: dict[str, Any] | None = None,
+                   headers: dict[bytes, bytes] | None = None) -> None:
+        body = {"error": "Failed to decode.", "code": 562}
+        body.update(payload or {})
+        self.h.switch.inject.append((562, body, headers or {}))
+
+    def test_562_saying_maybe_is_not_resent_for_a_post(self) -> None:
+        """Relay B refused a streamed body after forwarding part of it (spec 10.2)."""
+        self.inject_562({"upstreamReached": "maybe"})
+        error = self.assertRaises(DecodeFailed, self.h.call, self.client, "POST", "/pay",
+                                  data=b"1")
+        self.assertEqual((error.remote, error.upstream_reached), (True, "maybe"))
+        self.assertEqual(len(self.h.switch.encrypted()), 1 + 1)  # /warm, then one
+        self.h.call(self.client, "GET", "/then")  # the pair was replaced, the client is fine
+
+    def test_header_alone_says_maybe(self) -> None:
+        self.inject_562(headers={b"x-mte-upstream-reached": b"maybe"})
+        self.assertRaises(DecodeFailed, self.h.call, self.client, "POST", "/pay", data=b"1")
+        self.assertEqual(len(self.h.switch.encrypted()), 1 + 1)  # /warm, then one
+
+    def test_562_saying_maybe_is_resent_for_a_put(self) -> None:
+        """Idempotent, body replayable: the one retry is safe."""
+        self.inject_562({"upstreamReached": "maybe"})
+        response, _ = self.h.call(self.client, "PUT", "/doc", data=b"1")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.h.switch.encrypted()), 1 + 2)  # /warm, then two
+
+    def test_562_of_an_older_relay_after_a_streamed_body_is_not_resent(self) -> None:
+        """No upstreamReached: an MKE body may have been forwarded in part."""
+        self.inject_562()
+        error = self.assertRaises(DecodeFailed, self.h.call, self.client, "POST", "/pay",
+                                  data=b"1")
+        self.assertEqual(error.upstream_reached, "maybe")
+        self.assertEqual(len(self.h.switch.encrypted()), 1 + 1)  # /warm, then one
+
+    def test_562_of_an_older_relay_is_resent_when_nothing_streamed(self) -> None:
+        """An MTE body is opened whole before forwarding; no body: nothing to stream."""
+        client = self.h.client(pairs=1, framing="MTE")
+        for method, data in (("POST", b"1"), ("POST", None)):
+            self.inject_562()
+            response, _ = self.h.call(client, method, "/once", data=data)
+            self.assertEqual(response.code, 200)
 
     def test_second_failure_is_surfaced(self) -> None:
         for _ in range(2):
@@ -237,6 +281,29 @@ class TamperTests(SynchronousTestCase):
         self.assertRaises(DecodeFailed, self.h.call, self.client, "GET", "/x")
         self.assertEqual(len(self.h.upstream.received), 1, "the request did reach the upstream")
         self.assertEqual(len(self.h.switch.encrypted()), 1, "so it is not retried")
+
+    def test_unauthentic_answer_drops_its_pair(self) -> None:
+        """The answer's keys may not be the relay's (a tampered pairing): stop using the pair."""
+        self.h.call(self.client, "GET", "/first")
+        pool = self.client.origin_pool(RELAY)
+        [pair] = pool.pairs
+
+        def rewrite(response: Any) -> Any:
+            value = response.headers.getRawHeaders(b"x-mte-relay-eh")
+            if value:
+                token = value[0]
+                response.headers.setRawHeaders(
+                    b"x-mte-relay-eh", [token[:4] + (b"A" if token[4:5] != b"A" else b"B")
+                                        + token[5:]])
+            return response
+
+        self.h.tamper.rewrite = rewrite
+        self.assertRaises(DecodeFailed, self.h.call, self.client, "POST", "/x", data=b"1")
+        self.assertEqual(len(self.h.upstream.received), 2, "the request did reach the upstream")
+        self.assertNotIn(pair, pool.pairs)
+        self.h.tamper.rewrite = None
+        self.h.call(self.client, "GET", "/after")
+        self.assertEqual(len(self.h.upstream.received), 3)
 
     def test_truncated_body_fails_the_read(self) -> None:
         self.h.upstream.body = b"y" * 100_000

@@ -89,9 +89,9 @@ class ClientAgainstRelayTests(SynchronousTestCase):
     """A RelayClient and a real RelayRoot: the whole 429 path."""
 
     def test_client_waits_out_the_relays_retry_after(self) -> None:
-        harness = ClientHarness.build(PAIRING_ADDRESS_RATE="1")  # burst 25 (MAX_POOL_SIZE)
+        harness = ClientHarness.build(PAIRING_ADDRESS_RATE="1")  # burst 64 (a full batch)
         pairs = harness.switch.root.pairing
-        greedy = harness.client(pairs=25)
+        greedy = harness.client(pairs=64)
         self.assertEqual(harness.call(greedy, "GET", "/api/a")[0].code, 200)
         late = harness.client(pairs=5)  # same source address: no budget left
         with self.assertRaises(PairingFailed) as caught:
@@ -121,8 +121,8 @@ class OutboundBusyTests(SynchronousTestCase):
         from tests.test_outbound import Outbound, payload
 
         outbound = Outbound()
-        outbound.b.restart(PAIRING_ADDRESS_RATE="1")  # burst 25: one full pool
-        greedy = outbound.b.client(pairs=25)  # same loopback source as relay A
+        outbound.b.restart(PAIRING_ADDRESS_RATE="1")  # burst 64: one full batch
+        greedy = outbound.b.client(pairs=64)  # same loopback source as relay A
         self.assertEqual(outbound.b.call(greedy, "GET", "/api/a")[0].code, 200)
         response, body = outbound.call("GET", "/api/b")
         self.assertEqual(response.code, 503)

@@ -126,6 +126,13 @@ class ErrorTests(SynchronousTestCase):
         self.check(env(PORT="0"), "PORT", "must be between 1 and 65535")
         self.check(env(PORT="70000"), "PORT", "must be between 1 and 65535")
 
+    def test_cors_max_age(self) -> None:
+        self.assertEqual(load_config(env()).cors_max_age, 600)
+        self.assertEqual(load_config(env(CORS_MAX_AGE="0")).cors_max_age, 0)
+        self.assertEqual(load_config(env(), parse_yaml("corsMaxAge: 120\n")).cors_max_age, 120)
+        self.check(env(CORS_MAX_AGE="-1"), "CORS_MAX_AGE", "must be between 0 and 86400")
+        self.check(env(CORS_MAX_AGE="ten"), "CORS_MAX_AGE", "must be a whole number")
+
     def test_bad_log_level(self) -> None:
         self.check(env(LOG_LEVEL="verbose"), "LOG_LEVEL", "must be one of trace, debug")
 

@@ -45,7 +45,7 @@ class PairingSettingsTests(SynchronousTestCase):
         self.assertEqual(config.pairing_concurrency, 32)
         limits = pairing_limits(config)
         self.assertEqual((limits.address_rate, limits.client_rate, limits.global_rate,
-                          limits.concurrency, limits.max_entries), (100.0, 25.0, 200.0, 32, 25))
+                          limits.concurrency, limits.max_entries), (100.0, 25.0, 200.0, 32, 64))
 
     def test_environment(self) -> None:
         config = load_config(env(TRUSTED_PROXIES="10.0.0.0/8, 192.168.1.7,2001:db8::/32",

@@ -191,7 +191,7 @@ class PairingTests(SynchronousTestCase):
             (b"not json", "$"),
             (b"{}", "$"),
             (b"[]", "$"),
-            (self.entries(5), "$"),  # above MAX_POOL_SIZE
+            (self.entries(65), "$"),  # above the protocol's 64 (MAX_POOL_SIZE is no limit)
             ([1], "[0]"),
             (entries, "[1].c2s.x25519"),
         ]
@@ -219,15 +219,16 @@ class PairingTests(SynchronousTestCase):
         self.assertEqual(len(self.relay.root.store), 0)
 
     def test_body_size_capped(self) -> None:
-        response, answer = self.post(b"[" + b" " * 100_000 + b"]")
+        response, answer = self.post(b"[" + b" " * 400_000 + b"]")  # cap: 64 entries
         self.assertEqual(response.code, 413)
         self.assertEqual(answer["field"], "$")
 
     def test_rate_limited(self) -> None:
-        # Burst is 4 s of PAIRING_CLIENT_RATE (16 pairs), refilled at 4 per second.
+        # Burst is 4 s of PAIRING_CLIENT_RATE but at least one full batch (64),
+        # refilled at PAIRING_CLIENT_RATE (4) per second.
         self.relay = MemoryRelay.build(MAX_POOL_SIZE="4", PAIRING_CLIENT_RATE="4")
         self.client = Sealer(self.relay)
-        for _ in range(4):
+        for _ in range(16):
             self.assertEqual(self.post(self.entries(4))[0].code, 200)
         response, answer = self.post(self.entries(1))
         self.assertEqual(response.code, 429)

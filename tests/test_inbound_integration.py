@@ -306,6 +306,32 @@ class BadInputTests(EncryptedProxyCase):
         yield self.assert_alive()
 
     @defer.inlineCallbacks
+    def test_empty_body_waits_for_its_final_chunk(self) -> Any:
+        # An empty MKE body is one sealed final chunk (16 bytes): the plain
+        # request has Content-Length 0, so the upstream would execute it the
+        # moment it was forwarded.  It must not be, until that chunk opened.
+        head, sealed = self.wire("PUT", "/api/doc", b"")
+        self.assertEqual(len(sealed), 16)
+        answer = yield defer.ensureDeferred(
+            send_raw(self.relay.port, head + sealed[:3], close=True))
+        self.assertEqual(answer, b"")
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(self.upstream.seen, [])
+        head, sealed = self.wire("PUT", "/api/doc", b"")
+        forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        answer = yield defer.ensureDeferred(send_raw(self.relay.port, head + forged))
+        self.assertIn(b" 562 ", answer.split(b"\r\n", 1)[0])
+        self.assertIn(b'"upstreamReached":"no"', answer)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(self.upstream.seen, [])
+        head, sealed = self.wire("PUT", "/api/doc", b"")
+        answer = yield defer.ensureDeferred(send_raw(self.relay.port, head + sealed))
+        self.assertIn(b" 200 ", answer.split(b"\r\n", 1)[0])
+        [seen] = self.upstream.seen
+        self.assertEqual((seen["method"], seen["size"]), (b"PUT", 0))
+        yield self.assert_alive()
+
+    @defer.inlineCallbacks
     def test_forged_body_chunk_aborts_upstream(self) -> Any:
         head, sealed = self.wire("POST", "/api/upload", os.urandom(300_000))
         forged = bytearray(sealed)
@@ -320,11 +346,11 @@ class BadInputTests(EncryptedProxyCase):
     def test_oversize_pair_arrays(self) -> Any:
         headers = {"x-mte-relay": [self.client_id]}
         response = yield self.http.post(self.relay.url + "/api/mte-pair", headers=headers,
-                                        data=b"[" + b"{}," * 100_000 + b"{}]")
+                                        data=b"[" + b"{}," * 200_000 + b"{}]")
         self.assertEqual(response.code, 413)
         self.assertEqual((yield treq.json_content(response))["field"], "$")
         response = yield self.http.post(self.relay.url + "/api/mte-pair", headers=headers,
-                                        data=b"[" + b"{}," * 25 + b"{}]")
+                                        data=b"[" + b"{}," * 64 + b"{}]")
         self.assertEqual(response.code, 400)
         self.assertEqual((yield treq.json_content(response))["field"], "$")
         yield self.assert_alive()

@@ -109,6 +109,28 @@ class ClearAnswerTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [b"no"])
 
 
+    def test_remote_relay_verdict_is_passed_on(self) -> None:
+        """Relay B's own x-mte-upstream-reached (spec 10.1) wins over a guess from the status."""
+        for status, said in ((502, b"no"), (400, b"maybe")):
+            o = Outbound()
+            o.b.switch.inject.append((status, {"error": "x", "code": status},
+                                      {b"x-mte-upstream-reached": said}))
+            response, _ = o.call("GET", "/x")
+            self.assertEqual(response.code, status)
+            self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [said])
+
+    def test_remote_55x_saying_maybe_is_maybe(self) -> None:
+        """A 55x is no longer proof that nothing reached the upstream (562 mid-body)."""
+        o = Outbound()
+        for _ in range(2):
+            o.b.switch.inject.append((562, {"error": "Failed to decode.", "code": 562,
+                                            "upstreamReached": "maybe"}, {}))
+        response, body = o.call("POST", "/x", data=b"1")
+        self.assertEqual(response.code, 502)
+        self.assertEqual(reached(response, body), ("maybe", "maybe"))
+        self.assertEqual(len(o.wire()), 1,
+                         "a POST that may have reached the upstream is not resent")
+
 class UpstreamNameTests(SynchronousTestCase):
     def test_64_character_label_is_a_clean_400(self) -> None:
         # Failed before: ValueError from HostnameEndpoint, 502 "Bad gateway"

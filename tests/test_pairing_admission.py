@@ -129,9 +129,9 @@ class AddressLimitTests(RelayCase):
     settings = {"PAIRING_ADDRESS_RATE": "1", "PAIRING_CLIENT_RATE": "100"}
 
     def test_refused_before_the_work_with_retry_after(self) -> None:
-        # Burst: max(4 s * 1/s, MAX_POOL_SIZE 4) = 4 pairs.
+        # Burst: max(4 s * 1/s, one full batch of 64) = 64 pairs.
         client = self.client_id()
-        self.assertEqual(self.pair(client, 4)[0].code, 200)
+        self.assertEqual(self.pair(client, 64)[0].code, 200)
         self.assertEqual(self.work, 1)
         self.assert_refused(self.pair(client, 1), "address", 1)
         self.relay.clock.advance(0.5)
@@ -149,7 +149,7 @@ class AddressLimitTests(RelayCase):
 
     def test_declared_length_refuses_before_the_body_is_read(self) -> None:
         client = self.client_id()
-        self.assertEqual(self.pair(client, 4)[0].code, 200)
+        self.assertEqual(self.pair(client, 64)[0].code, 200)
         self.relay.clock.advance(1.5)  # 1.5 tokens: enough for a 1-pair pre-check
         read: list[int] = []
         real = handshake.read_body
@@ -163,11 +163,11 @@ class AddressLimitTests(RelayCase):
         self.assertEqual(read, [])
 
     def test_padded_body_is_delayed_never_refused_for_good(self) -> None:
-        # One entry and 19 KB of white space (~22.6 KB, 5 pairs' worth by length,
-        # more than the bucket ever holds): counted as a full request (4) at most.
+        # One entry and 300 KB of white space (74 pairs' worth by length, more
+        # than the bucket ever holds): counted as a full request (64) at most.
         client = self.client_id()
         for _ in range(2):
-            data = json.dumps(self.entries(client, 1)).encode()[:-1] + b" " * 19_000 + b"]"
+            data = json.dumps(self.entries(client, 1)).encode()[:-1] + b" " * 300_000 + b"]"
             response, _ = self.relay.call(
                 "POST", "/api/mte-pair",
                 headers={"x-mte-relay": [client], "x-forwarded-for": ["192.0.2.1"]}, data=data)
@@ -176,21 +176,21 @@ class AddressLimitTests(RelayCase):
 
     def test_other_ids_from_the_same_address_share_it(self) -> None:
         first, second = self.client_id(), self.client_id()
-        self.assertEqual(self.pair(first, 4)[0].code, 200)
+        self.assertEqual(self.pair(first, 64)[0].code, 200)
         self.assert_refused(self.pair(second, 1), "address", 1)
         self.assertEqual(self.pair(second, 1, source="192.0.2.2")[0].code, 200)
 
     def test_forwarded_for_ignored_from_untrusted_peers(self) -> None:
         self.build(TRUSTED_PROXIES="", PAIRING_ADDRESS_RATE="1")
         client = self.client_id()
-        self.assertEqual(self.pair(client, 4, source="192.0.2.1")[0].code, 200)
+        self.assertEqual(self.pair(client, 64, source="192.0.2.1")[0].code, 200)
         # A forged X-Forwarded-For is no fresh budget: the peer is the source.
         self.assert_refused(self.pair(client, 1, source="192.0.2.99"), "address", 1)
         self.assertEqual(self.work, 1)
 
     def test_refusals_are_metered_by_limit(self) -> None:
         client = self.client_id()
-        self.pair(client, 4)
+        self.pair(client, 64)
         for _ in range(3):
             self.pair(client, 1)
         values = self.relay.root.metrics.relay_errors.labels("429", "pairing_address_limit")
@@ -204,18 +204,18 @@ class VictimTests(RelayCase):
 
     def test_flood_on_victim_id_from_another_address(self) -> None:
         victim = self.client_id("192.0.2.10")
-        for _ in range(50):  # the attacker saw the victim's id on the wire
+        for _ in range(80):  # the attacker saw the victim's id on the wire
             response, body = self.pair(victim, 1, source="198.51.100.66")
         self.assertEqual(response.code, 429)  # the attacker is held back...
         work = self.work
-        for _ in range(4):  # ...the victim is not: its own burst, max(4 s * 1/s, 4) pairs
+        for _ in range(4):  # ...the victim is not: its own budget (64 pairs) is untouched
             response, body = self.pair(victim, 1, source="192.0.2.10")
             self.assertEqual(response.code, 200, str(body)[:200])
         self.assertEqual(self.work, work + 4)
 
     def test_one_client_cannot_take_a_shared_address(self) -> None:
         greedy, other = self.client_id("192.0.2.20"), self.client_id("192.0.2.20")
-        self.assertEqual(self.pair(greedy, 4, source="192.0.2.20")[0].code, 200)
+        self.assertEqual(self.pair(greedy, 64, source="192.0.2.20")[0].code, 200)
         work = self.work
         self.assert_refused(self.pair(greedy, 1, source="192.0.2.20"), "client", 1)
         self.assertEqual(self.work, work)
@@ -223,40 +223,40 @@ class VictimTests(RelayCase):
 
 
 class GlobalBudgetTests(RelayCase):
-    # Global burst max(4 s * 6/s, 4) = 24 pairs, 6 of them reserved for quiet sources.
-    settings = {"PAIRING_GLOBAL_RATE": "6", "PAIRING_ADDRESS_RATE": "4",
+    # Global burst 4 s * 32/s = 128 pairs, 32 of them reserved for quiet sources.
+    settings = {"PAIRING_GLOBAL_RATE": "32", "PAIRING_ADDRESS_RATE": "16",
                 "PAIRING_CLIENT_RATE": "100"}
 
     def test_many_addresses_and_ids_hit_the_global_budget(self) -> None:
         admitted = refused = 0
         for n in range(40):  # a new address and a new id each time: only the budget is left
             source = f"192.0.2.{n + 1}"
-            response, body = self.pair(self.client_id(source), 4, source=source)
+            response, body = self.pair(self.client_id(source), 16, source=source)
             if response.code == 200:
-                admitted += 4
+                admitted += 16
             else:
                 self.assertEqual(body["limit"], "global")
                 self.assertEqual(header_value(response, "retry-after"), "1")
                 refused += 1
-        self.assertEqual(admitted, 24)
-        self.assertEqual(self.work, 6)
-        self.assertEqual(refused, 34)
-        self.relay.clock.advance(1)  # 6 pairs back
-        self.assertEqual(self.pair(self.client_id("192.0.2.200"), 4,
+        self.assertEqual(admitted, 128)
+        self.assertEqual(self.work, 8)
+        self.assertEqual(refused, 32)
+        self.relay.clock.advance(1)  # 32 pairs back
+        self.assertEqual(self.pair(self.client_id("192.0.2.200"), 16,
                                    source="192.0.2.200")[0].code, 200)
 
     def test_flooding_sources_leave_the_reserve_to_newcomers(self) -> None:
         flooders = [(self.client_id(s), s) for s in ("198.51.100.1", "198.51.100.2")]
         newcomer_answers = []
         flood_limits = set()
-        for tick in range(80):  # 20 s: both flooders offer 16 pairs/s each
+        for tick in range(80):  # 20 s: both flooders offer 64 pairs/s each
             for client, source in flooders:
-                response, body = self.pair(client, 4, source=source)
+                response, body = self.pair(client, 16, source=source)
                 if response.code == 429:
                     flood_limits.add(body["limit"])
             if tick % 4 == 3:  # a new client every second, from its own address
                 source = f"192.0.2.{tick}"
-                response, body = self.pair(self.client_id(source), 4, source=source)
+                response, body = self.pair(self.client_id(source), 16, source=source)
                 newcomer_answers.append(response.code if response.code == 200 else body)
             self.relay.clock.advance(0.25)
         self.maxDiff = None
@@ -298,7 +298,7 @@ class ConcurrencyTests(RelayCase):
 class CheapChecksFirstTests(RelayCase):
     def test_malformed_shape_never_reaches_the_work(self) -> None:
         client = self.client_id()
-        for data in (b"not json", b"{}", b"[]", json.dumps(self.entries(client, 5)).encode()):
+        for data in (b"not json", b"{}", b"[]", json.dumps(self.entries(client, 65)).encode()):
             response, raw = self.relay.call("POST", "/api/mte-pair",
                                             headers={"x-mte-relay": [client]}, data=data)
             self.assertEqual(response.code, 400, data[:20])
@@ -408,10 +408,14 @@ class RefusalLogTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         client = header_value(relay.call("HEAD", "/api/mte-relay")[0], "x-mte-relay")
-        body = json.dumps([start_pairing(client[:36]).request_entry() for _ in range(4)])
+        template = start_pairing(client[:36]).request_entry()
+
+        def body() -> bytes:  # fresh pair ids each time: ids are never reused
+            return json.dumps([dict(template, pairId=new_pair_id()) for _ in range(4)]).encode()
+
         codes = [relay.call("POST", "/api/mte-pair", headers={"x-mte-relay": [client]},
-                            data=body.encode())[0].code for _ in range(200)]
-        self.assertEqual(codes.count(429), 199)
+                            data=body())[0].code for _ in range(200)]
+        self.assertEqual((codes.count(200), codes.count(429)), (16, 184))  # burst 64
         refusal_lines = [e for e in lines if "refused" in e.get("log_format", "")]
         self.assertEqual(len(refusal_lines), 1)
 

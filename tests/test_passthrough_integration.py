@@ -161,7 +161,10 @@ class PassThroughIntegrationTests(TestCase):
         response = yield self.http.get(relay.url + "/pt/x")
         body = yield treq.json_content(response)
         self.assertEqual(response.code, 502)
-        self.assertEqual(body, {"error": "Upstream unreachable", "code": 502})
+        self.assertEqual((body["error"], body["code"]), ("Upstream unreachable", 502))
+        # The connection was refused: nothing was sent, and the answer says so.
+        self.assertEqual(body["upstreamReached"], "no")
+        self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [b"no"])
 
     @defer.inlineCallbacks
     def test_slow_upstream_is_504(self) -> Any:
@@ -169,7 +172,8 @@ class PassThroughIntegrationTests(TestCase):
         response = yield self.http.get(relay.url + "/pt/slow")
         body = yield treq.json_content(response)
         self.assertEqual(response.code, 504)
-        self.assertEqual(body, {"error": "Upstream timed out", "code": 504})
+        self.assertEqual((body["error"], body["code"], body["upstreamReached"]),
+                         ("Upstream timed out", 504, "maybe"))
         self.assertEqual(len(self.upstream.stalled), 1)
         # The relay gave up on the upstream connection: the upstream sees it go.
         for _ in range(100):

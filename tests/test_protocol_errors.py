@@ -27,13 +27,14 @@ class RelayErrorTests(SynchronousTestCase):
             error = errors.error_for_code(code)
             self.assertIsInstance(error, errors.RelayError)
             self.assertEqual((error.code, error.message), (code, message))
-            self.assertEqual(error.to_json(), {"error": message, "code": code})
+            self.assertEqual(error.to_json(), {"error": message, "code": code,
+                                               "reason": message.rstrip(".")})
 
     def test_info(self) -> None:
         error = errors.DecodeFailed("body truncated")
         self.assertEqual(error.info, "body truncated")
         self.assertEqual(error.to_json(),
-                         {"error": "Failed to decode.", "code": 562, "info": "body truncated"})
+                         {"error": "Failed to decode.", "code": 562, "reason": "body truncated"})
         self.assertIn("body truncated", str(error))
         self.assertIn("562", repr(error))
 
@@ -46,7 +47,8 @@ class RelayErrorTests(SynchronousTestCase):
         self.assertNotIsInstance(error, errors.RelayError)
         self.assertEqual(error.to_json(), {"error": "Malformed pair request.", "code": 400,
                                            "field": "c2s.mlkem768",
-                                           "reason": "must decode to 1184 bytes"})
+                                           "reason": "must decode to 1184 bytes",
+                                           "upstreamReached": "no"})
         prefixed = error.with_prefix("[3]")
         self.assertIsInstance(prefixed, errors.MalformedPairRequest)
         self.assertEqual(prefixed.field, "[3].c2s.mlkem768")

@@ -126,7 +126,8 @@ class RequestValidationTests(SynchronousTestCase):
         self.check(mutated(ENTRY, ["c2s"], "x"), "c2s", "object")
         self.check(mutated(ENTRY, ["version"], "1"), "version", "integer")
         self.check(mutated(ENTRY, ["version"], True), "version", "integer")
-        self.check(mutated(ENTRY, ["version"], 1.0), "version", "integer")
+        self.check(mutated(ENTRY, ["version"], 1.5), "version", "integer")
+        self.check(mutated(ENTRY, ["version"], None), "version", "integer")
         self.check(mutated(ENTRY, ["c2s", "x25519"], 5), "c2s.x25519", "string")
 
     def test_missing_and_unknown(self) -> None:
@@ -137,9 +138,36 @@ class RequestValidationTests(SynchronousTestCase):
         self.check(mutated(ENTRY, ["s2c", "nonce"], "AAAA"), "s2c.nonce", "unknown")
 
     def test_version(self) -> None:
-        with self.assertRaises(UnsupportedVersion) as ctx:
-            pairing.respond(CLIENT, mutated(ENTRY, ["version"], 2))
-        self.assertEqual(ctx.exception.code, 567)
+        for other in (2, 2.0, 0, -1, 10 ** 30):
+            with self.assertRaises(UnsupportedVersion) as ctx:
+                pairing.respond(CLIENT, mutated(ENTRY, ["version"], other))
+            self.assertEqual(ctx.exception.code, 567)
+
+    def test_version_is_the_number_one_however_spelled(self) -> None:
+        """JSON.parse cannot tell 1 from 1.0 or 1e0, so neither may the relay (spec 4.1)."""
+        body = json.dumps([ENTRY])
+        for spelling in ("1.0", "1e0", "10e-1", "1.00"):
+            text = body.replace('"version": 1', '"version": ' + spelling, 1)
+            self.assertNotEqual(text, body)
+            [answer], _ = pairing.respond_all(CLIENT, text)
+            self.assertIs(type(answer["version"]), int)  # answered as the integer 1
+            self.assertEqual(answer["version"], 1)
+
+    def test_not_json_for_a_browser_is_not_json_here(self) -> None:
+        """NaN and Infinity literals: json.loads takes them, JSON.parse does not."""
+        body = json.dumps([ENTRY])
+        for literal in ("NaN", "Infinity", "-Infinity"):
+            text = body.replace('"version": 1', '"version": ' + literal, 1)
+            with self.assertRaises(MalformedPairRequest) as ctx:
+                pairing.respond_all(CLIENT, text)
+            self.assertEqual(ctx.exception.field, "$")
+
+    def test_duplicate_names_keep_the_last_value(self) -> None:
+        """As JSON.parse does: a client need not (and cannot) detect duplicates."""
+        body = json.dumps([ENTRY])
+        text = body.replace('"version": 1', '"version": 7, "version": 1', 1)
+        [answer], _ = pairing.respond_all(CLIENT, text)
+        self.assertEqual(answer["version"], 1)
 
     def test_pair_id(self) -> None:
         for bad in ("a" * 15, "a" * 65, "a" * 15 + "!", 12, None, "a" * 16 + "\n"):
@@ -226,6 +254,10 @@ class ResponseValidationTests(SynchronousTestCase):
         self.check([], "")
         self.check(mutated(RESPONSE, ["version"], 2), "version")
         self.check(mutated(RESPONSE, ["version"], True), "version")
+        self.check(mutated(RESPONSE, ["version"], 1.5), "version")
+
+    def test_version_one_point_zero_is_accepted(self) -> None:
+        PENDING.finish(mutated(RESPONSE, ["version"], 1.0))
         self.check(mutated(RESPONSE, ["pairId"], "other-pair-id-000"), "pairId")
         self.check(mutated(RESPONSE, ["c2s", "nonce"], "AA"), "c2s.nonce")
         self.check(mutated(RESPONSE, ["s2c", "mlkem768"], "AAAA"), "s2c.mlkem768")

@@ -54,8 +54,9 @@ class RoutingTests(SynchronousTestCase):
         relay = MemoryRelay.build()
         response, body = relay.call("POST", "/api/login", data=b"{}")
         self.assertEqual(response.code, 569)
-        self.assertEqual(json_of(body)["error"], "Missing required header")
-        self.assertEqual(json_of(body)["code"], 569)
+        self.assertEqual(json_of(body), {"error": "Missing required header.", "code": 569,
+                                         "reason": "x-mte-relay header is required",
+                                         "upstreamReached": "no"})
         self.assertEqual(relay.upstream.received, [])
 
     def test_not_in_mte_routes_is_404(self) -> None:
@@ -117,7 +118,9 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(h.getRawHeaders(b"access-control-allow-origin"), [b"https://app.example.com"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-methods"), [b"GET, POST, OPTIONS, HEAD"])
-        self.assertEqual(h.getRawHeaders(b"access-control-allow-headers"), [b"content-type"])
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-headers"),
+                         [b"x-mte-relay, x-mte-relay-eh, content-type, x-mte-response-headers,"
+                          b" x-request-id"])
         self.assertEqual(h.getRawHeaders(b"access-control-max-age"), [b"600"])
         self.assertIn(b"x-mte-relay-eh", h.getRawHeaders(b"access-control-expose-headers")[0])
         self.assertEqual(self.relay.upstream.received, [])
@@ -242,4 +245,7 @@ class PassThroughMemoryTests(SynchronousTestCase):
         bodies: list = []
         self.relay.client.json_content(response).addCallback(bodies.append)
         self.relay.flush()
-        self.assertEqual(bodies, [{"error": "Upstream timed out", "code": 504}])
+        self.assertEqual(bodies, [{"error": "Upstream timed out", "code": 504,
+                                   "reason": "no answer within 30 s",
+                                   "upstreamReached": "maybe"}])
+        self.assertEqual(response.headers.getRawHeaders(b"x-mte-upstream-reached"), [b"maybe"])

@@ -32,6 +32,8 @@ ITEM_HEADER = "x-mte-relay-eh"
 RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
 SEALED_CONTENT_TYPE = "application/octet-stream"
 CONTENT_TYPE = "content-type"
+#: The values of ``upstreamReached`` / ``x-mte-upstream-reached`` (spec 10.1).
+REACHED_VALUES = ("no", "maybe")
 
 #: Never sent by the caller's choice: they describe one hop (the agent sets
 #: Host and the framing itself), and ``x-mte-*`` is the protocol's namespace.
@@ -276,27 +278,38 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
     clear = end_to_end([(n, v) for n, v in wire if n != CONTENT_TYPE])
     merged = [(name, v) for name, values in sealed.items() for v in values]
     if response_headers != "*":
-        asked = {*response_headers, CONTENT_TYPE}
+        # cache-control is always sealed; a clear one is the relay's no-store.
+        asked = {*response_headers, CONTENT_TYPE, "cache-control"}
         merged.extend((n, v) for n, v in clear if n not in asked and n not in sealed)
     return OpenedResponse(expected, cipher, merged, clear)
 
 
-def relay_error(status: int, body: bytes) -> RelayError:
+def relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
     """The typed error of a relay-made 55x answer (clear JSON, unauthenticated).
 
-    The JSON's ``info`` or ``reason`` becomes the error's info; a body that
-    is not the expected JSON still yields the error of the status code.
+    The JSON's ``reason`` (or, from relays before the one error shape,
+    ``info``) becomes the error's info; a body that is not the expected JSON
+    still yields the error of the status code.  ``upstream_reached`` is the
+    answer's ``upstreamReached`` member or ``x-mte-upstream-reached`` header
+    (spec 10.1), None when it has neither (an older relay): the caller, who
+    knows how the request was framed, decides then.
     """
     info = None
     try:
         payload = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         payload = None
+    reached = None
     if isinstance(payload, dict):
-        for key in ("info", "reason"):
+        for key in ("reason", "info"):
             if isinstance(payload.get(key), str):
                 info = payload[key][:300]
                 break
+        reached = payload.get("upstreamReached")
+    if reached not in REACHED_VALUES and headers is not None:
+        values = headers.getRawHeaders(b"x-mte-upstream-reached", [])
+        reached = values[0].decode("latin-1").strip() if len(values) == 1 else None
     error = error_for_code(status, info)
     error.remote = True
+    error.upstream_reached = reached if reached in REACHED_VALUES else None
     return error

@@ -12,9 +12,13 @@ seals each request on a pair of the pool and opens the answer.  It recovers
 by itself, once per request: 566 → validate again, re-pair, retry; 559, 560,
 562, 563, 564 → replace that pair, retry on a fresh one.  Pair ids are fresh
 random ids, never reused; a pairing answered 409 (an id in use) is sent
-once more with new ids.  The retry is safe
-because a 55x relay answer means nothing reached the upstream (spec 10),
-and possible only when the body can be sent again (bytes, a seekable file).
+once more with new ids.  The retry (spec 10.2) is made only when the body
+can be sent again (bytes, a seekable file) and either the relay said
+nothing reached the upstream (``upstreamReached: no``) or the method is
+idempotent: a POST whose streamed body reached the upstream in part before
+relay B refused it (562, ``maybe``) is never sent twice.  An answer that
+fails to authenticate here (562 locally) is never resent, and its pair is
+dropped.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ PAIR_BODY_LIMIT = 4 * 1024 * 1024
 #: not cancelled with one of them; this bounds them when ``timeout`` is unset.
 HANDSHAKE_TIMEOUT = 30.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: RFC 9110 section 9.2.2: sending these twice has the effect of sending once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Kept literal in a path+query; everything else is percent-encoded.
 _URL_SAFE = "/?&=%:@!$'()*+,;~-._[]"
 
@@ -385,12 +391,20 @@ class RelayClient:
                     raise
                 retried, after = True, 0
                 continue
-            outcome = await self._attempt(origin, method, target, plain_headers, body, lease,
-                                          plain_request, options)
+            try:
+                outcome = await self._attempt(origin, method, target, plain_headers, body,
+                                              lease, plain_request, options)
+            except DecodeFailed:
+                # The answer did not authenticate: the upstream may have run
+                # the request (never resent), and the pair's response keys
+                # may not be the relay's (a tampered pairing): stop using it.
+                state.pool.drop(lease.pair)
+                raise
             if not isinstance(outcome, RelayError):
                 return outcome
             code = outcome.code
-            can_retry = not retried and (body is None or body.can_open)
+            can_retry = (not retried and (body is None or body.can_open)
+                         and (outcome.upstream_reached == "no" or method in IDEMPOTENT_METHODS))
             if code == RETRY_REVALIDATE:
                 state.pool.forget_client(lease.client_id)
                 after = 0
@@ -399,6 +413,9 @@ class RelayClient:
             else:
                 can_retry = False
             if not can_retry:
+                if not retried and outcome.upstream_reached != "no":
+                    log.info("relay answered {code} after the request may have reached the "
+                             "upstream; {method} is not resent", code=code, method=method)
                 raise outcome
             log.info("relay answered {code}; retrying once on a new pair", code=code)
             retried = True
@@ -426,8 +443,15 @@ class RelayClient:
             raise _agent_error(error) from None
         if not wire.headers.hasHeader(b"x-mte-relay"):
             result = await self._clear_answer(wire, plain_request)
-            if isinstance(result, RelayError) and producer is not None:
-                producer.abandon()  # the relay refused it: stop reading the body
+            if isinstance(result, RelayError):
+                if producer is not None:
+                    producer.abandon()  # the relay refused it: stop reading the body
+                if result.upstream_reached is None:
+                    # A relay without upstreamReached (spec 10.1): only a
+                    # streamed (MKE) body can have failed after forwarding began.
+                    streamed = body is not None and outgoing.header.mode != MODE_MTE
+                    result.upstream_reached = ("maybe" if result.code == 562 and streamed
+                                               else "no")
             return result
         return await self._open(wire, outgoing, lease, plain_request)
 
@@ -436,7 +460,7 @@ class RelayClient:
         """A response without x-mte-relay: a relay-made answer, never authentic."""
         if 559 <= wire.code <= 569:
             body, _ = await read_limited(wire, ERROR_BODY_LIMIT)
-            return relay_error(wire.code, body)
+            return relay_error(wire.code, body, wire.headers)
         if wire.code >= 400:
             return RelayResponse(wire.code, wire.phrase, wire.headers, wire.length,
                                  plain_request, wire.deliverBody, sealed=False)

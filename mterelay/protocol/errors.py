@@ -37,19 +37,20 @@ class RelayError(Exception):
     code: ClassVar[int] = 0
     message: ClassVar[str] = ""
     #: True when a relay answered with it (a 55x received), False when raised
-    #: locally.  A received 55x means nothing reached the upstream (spec 10).
+    #: locally.
     remote: bool = False
+    #: For a received 55x: the relay's ``upstreamReached`` (spec 10.1), "no"
+    #: or "maybe"; None when raised locally.
+    upstream_reached: str | None = None
 
     def __init__(self, info: str | None = None) -> None:
         super().__init__(self.message if info is None else f"{self.message} ({info})")
         self.info = info
 
     def to_json(self) -> dict[str, Any]:
-        """The response body: ``{"error": message, "code": code[, "info"]}``."""
-        body: dict[str, Any] = {"error": self.message, "code": self.code}
-        if self.info is not None:
-            body["info"] = self.info
-        return body
+        """The core of the response body: ``{"error", "code", "reason"}`` (spec 10.1)."""
+        return {"error": self.message, "code": self.code,
+                "reason": self.info if self.info is not None else self.message.rstrip(".")}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code}, info={self.info!r})"
@@ -172,9 +173,9 @@ class MalformedPairRequest(PairingError):
     """The relay got an invalid pair request; answered 400, not a 55x."""
 
     def to_json(self) -> dict[str, Any]:
-        """The 400 response body."""
+        """The 400 response body (nothing of a pairing reaches any upstream)."""
         return {"error": "Malformed pair request.", "code": 400,
-                "field": self.field, "reason": self.reason}
+                "reason": self.reason, "field": self.field, "upstreamReached": "no"}
 
 
 class MalformedPairResponse(PairingError):

@@ -215,12 +215,29 @@ def _exact(n: int) -> range:
     return range(n, n + 1)
 
 
+def json_integer(value: object) -> int | None:
+    """``value`` as an integer when it is a JSON number with an integral value, else None.
+
+    The rule a browser can follow with ``JSON.parse`` alone (spec 4.1): the
+    spelling of a number is not seen, so ``1``, ``1.0`` and ``1e0`` are the
+    same number; ``true`` is not a number (Python's ``True == 1``).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _version(value: object, error: type[PairingError]) -> int:
-    if type(value) is not int:
+    number = json_integer(value)
+    if number is None:
         raise error("version", "must be an integer")
-    if value not in SUPPORTED_VERSIONS:
-        raise UnsupportedVersion(f"protocol version {value} is not supported")
-    return value
+    if number not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(f"protocol version {number} is not supported")
+    return number
 
 
 def _pair_id(value: object, error: type[PairingError]) -> str:
@@ -285,7 +302,7 @@ class PendingPairing:
         """
         error = MalformedPairResponse
         entry = _object(entry, _REQUEST_KEYS, error, "")
-        if type(entry["version"]) is not int or entry["version"] != self.version:
+        if json_integer(entry["version"]) != self.version:
             raise error("version", f"must be {self.version}")
         if entry["pairId"] != self.pair_id:
             raise error("pairId", "does not match the request")
@@ -419,6 +436,15 @@ def respond(client_id: str, entry: object, *,
     return _respond_parsed(client_id, _parse_request(entry), secrets)
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: RFC 8259 JSON as ``JSON.parse`` reads it: no NaN/Infinity literals (which
+#: ``json.loads`` would take); a name given twice keeps its last value.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_pair_requests(body: bytes | str, max_entries: int = MAX_PAIRS_PER_REQUEST
                         ) -> list[object]:
     """Validate the request body's outer shape: a JSON array of 1..max entries.
@@ -427,7 +453,7 @@ def parse_pair_requests(body: bytes | str, max_entries: int = MAX_PAIRS_PER_REQU
     """
     try:
         # Decode explicitly: json.loads(bytes) would also accept UTF-16/32.
-        value = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+        value = _DECODER.decode(body.decode("utf-8") if isinstance(body, bytes) else body)
     except (ValueError, TypeError):
         raise MalformedPairRequest("$", "not valid UTF-8 JSON") from None
     except RecursionError:

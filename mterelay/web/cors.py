@@ -1,7 +1,13 @@
 """CORS for browser clients: the relay, not the upstream, is the authority.
 
 The relay answers preflights itself and replaces any Access-Control-* header
-the upstream sends, so CORS_ORIGINS is the single source of truth.
+the upstream sends, so CORS_ORIGINS is the single source of truth.  What a
+browser client needs (docs/protocol.md section 14): its protocol request
+headers allowed, the protocol's response headers readable (a browser hides
+every other one from script), CORS headers on the relay's own error answers
+too (a 55x a script cannot read is a 55x it cannot act on), and ``Vary`` on
+every answer that depends on the ``Origin`` so no cache hands one origin's
+answer to another.
 """
 
 from __future__ import annotations
@@ -11,15 +17,28 @@ import re
 import attrs
 from twisted.web.iweb import IRequest
 
-EXPOSED = b"x-mte-relay, x-mte-relay-eh, x-request-id"
-MAX_AGE = b"600"
-_HEADER_LIST = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z, -]*$")
+#: Response headers a browser script must be able to read (spec 14).  Others
+#: are hidden from it unless CORS-safelisted (content-type, cache-control, ...).
+EXPOSED = (b"x-mte-relay, x-mte-relay-eh, x-request-id, x-mte-upstream-reached, "
+           b"retry-after")
+#: Request headers a browser client sends; allowed on every preflight even
+#: when not asked for, so a client need not guess which ones to list.
+PROTOCOL_REQUEST_HEADERS = (b"x-mte-relay", b"x-mte-relay-eh", b"content-type",
+                            b"x-mte-response-headers", b"x-request-id")
+#: A preflight answer depends on all three.
+PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+#: Default of CORS_MAX_AGE: long enough to save a preflight round trip on
+#: almost every request, short enough that a CORS_ORIGINS change reaches
+#: browsers within ten minutes (Chromium caps it at 7200, Firefox at 86400).
+MAX_AGE = 600
+_HEADER_LIST = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z, \t-]*$")
 
 
 @attrs.frozen
 class CorsPolicy:
     origins: tuple[str, ...]
     methods: tuple[str, ...]
+    max_age: int = MAX_AGE
 
     def allowed_origin(self, request: IRequest) -> bytes | None:
         origin = request.getHeader(b"origin")
@@ -37,10 +56,10 @@ class CorsPolicy:
         )
 
     def decorate(self, request: IRequest) -> None:
-        """CORS headers for an actual (non-preflight) response."""
+        """CORS headers for an actual (non-preflight) answer, the relay's errors included."""
         if not self.origins:
             return
-        request.responseHeaders.addRawHeader(b"vary", b"Origin")
+        _vary(request, b"Origin")
         origin = self.allowed_origin(request)
         if origin is None:
             return
@@ -49,7 +68,12 @@ class CorsPolicy:
         request.setHeader(b"access-control-expose-headers", EXPOSED)
 
     def preflight(self, request: IRequest) -> tuple[bool, str]:
-        """Answer a preflight; returns (allowed, reason when refused)."""
+        """Answer a preflight; returns (allowed, reason when refused).
+
+        Refused or not, the answer varies with the Origin and the two
+        Access-Control-Request-* headers.
+        """
+        _vary(request, PREFLIGHT_VARY)
         origin = self.allowed_origin(request)
         if origin is None:
             return False, "origin is not in CORS_ORIGINS"
@@ -65,8 +89,22 @@ class CorsPolicy:
         request.setHeader(
             b"access-control-allow-methods", ", ".join(self.methods).encode("ascii")
         )
-        if requested.strip():
-            request.setHeader(b"access-control-allow-headers", requested.strip())
-        request.setHeader(b"access-control-max-age", MAX_AGE)
+        request.setHeader(b"access-control-allow-headers", allowed_headers(requested))
+        request.setHeader(b"access-control-max-age", b"%d" % self.max_age)
         request.setHeader(b"access-control-expose-headers", EXPOSED)
         return True, ""
+
+
+def allowed_headers(requested: bytes) -> bytes:
+    """The protocol's request headers, then every other one the browser asked for."""
+    names = list(PROTOCOL_REQUEST_HEADERS)
+    for token in requested.split(b","):
+        name = token.strip().lower()
+        if name and name not in names:
+            names.append(name)
+    return b", ".join(names)
+
+
+def _vary(request: IRequest, value: bytes) -> None:
+    if value not in request.responseHeaders.getRawHeaders(b"vary", []):
+        request.responseHeaders.addRawHeader(b"vary", value)

@@ -28,7 +28,8 @@ from mterelay.protocol.keys import PairKeys
 from mterelay.store.interface import IPairStore, PairExists, StoreUnavailable, pair_generation
 from mterelay.store.keycache import KeyCache
 from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
-from mterelay.web.responses import error_body, json_body, relay_error, request_id
+from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
+                                    unlogged_error_body)
 from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
@@ -132,9 +133,8 @@ class PairRoute:
         # The site meters relay_errors_total{code="429", reason="pairing_<limit>_limit"}.
         request.mterelay_refusal = f"pairing {refusal.limit} limit"
         request.setHeader(b"retry-after", b"%d" % refusal.retry_after)
-        return json_body(request, 429, {
-            "error": "Too many pairings", "code": 429, "limit": refusal.limit,
-            "retryAfter": refusal.retry_after, "reason": refusal.reason})
+        return unlogged_error_body(request, 429, "Too many pairings", refusal.reason,
+                                   limit=refusal.limit, retryAfter=refusal.retry_after)
 
     async def _pair(self, request: IRequest, client: str, limit: int, source: str) -> None:
         try:

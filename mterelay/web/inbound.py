@@ -30,15 +30,16 @@ from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHead
 from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.replay import Verdict
-from mterelay.protocol.sealing import (BodyOpener, BodySealer, Direction, MessageCipher,
-                                       plain_length, sealed_length)
+from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer, Direction,
+                                       MessageCipher, plain_length, sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.timing import Stopwatch, crypto_stopwatch
 from mterelay.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
                                stream_body)
 from mterelay.web.passthrough import forwarded_for, request_body
-from mterelay.web.responses import error_body, json_body, relay_error, request_id
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
+                                    request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
 from mterelay.web.site import request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
@@ -52,6 +53,11 @@ SEALED_CONTENT_TYPE = b"application/octet-stream"
 #: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
 #: bodies must use MKE framing (streamed, unlimited).
 MTE_BODY_LIMIT = 64 * 1024 * 1024
+#: Response headers sealed whatever x-mte-response-headers asks (spec 8.3).
+ALWAYS_SEALED = frozenset({"content-type", "cache-control"})
+#: The clear Cache-Control of every sealed answer: no shared cache may keep a
+#: response only its own client can open (spec 14).
+NO_STORE = b"no-store"
 #: Request headers never taken from the sealed item (they describe this hop).
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
@@ -90,7 +96,8 @@ def parse_response_selection(value: str | None) -> frozenset[str] | None:
     if value is None or value.strip() == "*":
         return None
     names = {name.strip().lower() for name in value.split(",") if name.strip()}
-    return frozenset(names | {"content-type"})
+    # cache-control is always sealed: the clear one is the relay's no-store.
+    return frozenset(names | ALWAYS_SEALED)
 
 
 def response_selection(clear: Headers, sealed: dict[str, list[str]],
@@ -323,6 +330,10 @@ class InboundProxy:
 class Exchange:
     """One encrypted request, from its pair lookup to the sealed answer."""
 
+    #: Set when the upstream request is started: from then on an error
+    #: answer cannot promise that nothing reached the upstream.
+    forwarded = False
+
     def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
                  token: bytes, client: str) -> None:
         self.proxy = proxy
@@ -346,9 +357,12 @@ class Exchange:
             self.upstream.cancel()
 
     def answer_error(self, status: int, message: str, reason: str | None = None,
+                     upstream_reached: str = NOT_REACHED, logged: bool = False,
                      **extra: Any) -> None:
         if not self.gone:
-            self._send(error_body(self.request, status, message, reason, **extra))
+            answer = unlogged_error_body if logged else error_body
+            self._send(answer(self.request, status, message, reason, upstream_reached,
+                              **extra))
 
     def _send(self, body: bytes) -> None:
         if self.gone or self.request.finished:
@@ -357,24 +371,39 @@ class Exchange:
         self.request.write(body)
         self.request.finish()
 
+    def _reached(self, error: BaseException | None = None) -> str:
+        """``upstreamReached`` of an error answer (spec 10.1).
+
+        ``no`` until the upstream request is started, and after it only when
+        its connection never opened; once started, the upstream may hold the
+        request head and part of the body (a streamed body that failed to
+        open later is aborted, yet what was forwarded was received).
+        """
+        if not self.forwarded:
+            return NOT_REACHED
+        if isinstance(error, UpstreamError) and error.not_sent:
+            return NOT_REACHED
+        return MAYBE_REACHED
+
     async def run(self) -> None:
         try:
             await self._exchange()
         except RelayError as error:
-            self._send(relay_error(self.request, error))
+            self._send(relay_error(self.request, error, self._reached(error)))
         except _Refused as refused:
-            self.answer_error(refused.status, refused.message, refused.reason, **refused.extra)
+            self.answer_error(refused.status, refused.message, refused.reason,
+                              self._reached(refused), **refused.extra)
         except StoreUnavailable as error:
             log.warn("refused {path}: 503 pair store unavailable ({why})",
                      path=self.request.path.decode("latin-1")[:200], why=str(error),
                      request_id=request_id(self.request))
-            self._send(json_body(self.request, 503, {
-                "error": "Pair store unavailable", "code": 503,
-                "reason": "the relay cannot reach its pair store; retry"}))
-        except BodyTooLarge:
+            self.answer_error(503, "Pair store unavailable",
+                              "the relay cannot reach its pair store; retry",
+                              self._reached(error), logged=True)
+        except BodyTooLarge as error:
             self.answer_error(413, "Payload too large",
                               f"an MTE body may be at most {self.proxy.mte_body_limit} sealed "
-                              "bytes; use MKE framing for larger bodies")
+                              "bytes; use MKE framing for larger bodies", self._reached(error))
         except UpstreamError as error:
             if self.gone:
                 # The client hung up and its upstream request was cancelled
@@ -385,14 +414,15 @@ class Exchange:
             log.warn("upstream failed for an encrypted request: {why}", why=str(error),
                      request_id=request_id(self.request))
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
-            self._send(json_body(self.request, error.status,
-                                 {"error": message, "code": error.status}))
+            self.answer_error(error.status, message, str(error), self._reached(error),
+                              logged=True)
         except (ClientGone, CancelledError):
             pass
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("encrypted request failed", failure, request_id=request_id(self.request))
-        self.answer_error(500, "Internal error", "the relay failed to handle this request")
+        self.answer_error(500, "Internal error", "the relay failed to handle this request",
+                          self._reached(), logged=True)
 
     # ---------------------------------------------------------------- request
 
@@ -483,15 +513,20 @@ class Exchange:
             return None
         request = self.request
         opener = cipher.body_opener()
-        if self.header.mode == MODE_MTE:
-            sealed = await read_body(request, self.proxy.mte_body_limit)
+        length = declared_length(request.requestHeaders)
+        if self.header.mode == MODE_MTE or (length is not None and length <= SEALED_CHUNK_SIZE):
+            # MTE, and an MKE body that is a single (final) chunk: opened whole
+            # before anything is forwarded.  For MKE this is what keeps an
+            # empty body (Content-Length 0 upstream, complete the moment it is
+            # sent) from reaching the upstream before its chunk authenticated.
+            limit = self.proxy.mte_body_limit if self.header.mode == MODE_MTE else length
+            sealed = await read_body(request, limit)
             plain = self.decoding.time(lambda: opener.feed(sealed) + opener.finish())
             self.decoding.report()
             return BytesProducer(plain)
         source = request_body(request)
         if source is None:  # bodyEnc=1 with no body at all: the final chunk is missing
             raise DecodeFailed("body truncated")
-        length = declared_length(request.requestHeaders)
         plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
         return OpeningProducer(source, opener, plain, self.decoding)
 
@@ -511,6 +546,7 @@ class Exchange:
         forwarder = self.proxy.forwarder
         outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),
                                               request_id=request_id(request))
+        self.forwarded = True
         self.upstream = forwarder.forward(request.method, target, outgoing, body,
                                           role="inbound")
         try:
@@ -555,6 +591,7 @@ class Exchange:
         headers = request.responseHeaders
         for name, value in clear:
             headers.addRawHeader(name, value)
+        headers.setRawHeaders(b"cache-control", [NO_STORE])
         headers.setRawHeaders(RELAY_HEADER, [reply.format().encode("ascii")])
         headers.setRawHeaders(ITEM_HEADER, [item.encode("ascii")])
         if no_body:

@@ -51,7 +51,8 @@ from mterelay.protocol.errors import RelayError
 from mterelay.upstream import POOL_SIZE, copy_end_to_end, stream_body
 from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
-from mterelay.web.responses import error_body, json_body, request_id
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
+                                    error_payload, json_body, request_id)
 from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
 
 __all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS", "REACHED_HEADER", "reached"]
@@ -78,9 +79,6 @@ _UNREACHABLE = (ConnectError, ConnectingCancelledError, DNSLookupError, Response
                 RequestGenerationFailed)
 #: ... of them, those where not one byte of the request was written.
 _NOT_SENT = (ConnectError, ConnectingCancelledError, DNSLookupError, RequestNotSent)
-#: On every answer relay A makes itself: may the request have reached the upstream?
-REACHED_HEADER = b"x-mte-upstream-reached"
-NOT_REACHED, MAYBE_REACHED = "no", "maybe"
 
 
 def reached(error: BaseException) -> str:
@@ -88,13 +86,17 @@ def reached(error: BaseException) -> str:
 
     Certain are only: nothing written to the remote relay (no connection,
     RequestNotSent), a handshake that failed before the request was sent,
-    our own sealing refusal (561), and a 55x answered by the remote relay
-    (spec 10: nothing reached its upstream).  A connection lost after the
-    request was written, a timeout or an answer that failed to authenticate
+    our own sealing refusal (561), and a 55x the remote relay answered with
+    ``upstreamReached: no`` (spec 10.1; the client fills it in for a relay
+    that does not say).  A connection lost after the request was written, a
+    timeout, an answer that failed to authenticate, or a 55x saying
+    ``maybe`` (relay B refused a streamed body after forwarding part of it)
     guarantee nothing.
     """
     if isinstance(error, RelayError):
-        return NOT_REACHED if error.remote or error.code == 561 else MAYBE_REACHED
+        if error.remote:
+            return NOT_REACHED if error.upstream_reached == NOT_REACHED else MAYBE_REACHED
+        return NOT_REACHED if error.code == 561 else MAYBE_REACHED
     if isinstance(error, (NotARelay, PairingFailed, *_NOT_SENT)):
         return NOT_REACHED
     return MAYBE_REACHED
@@ -102,8 +104,7 @@ def reached(error: BaseException) -> str:
 
 def refuse(request: IRequest, status: int, message: str, reason: str) -> bytes:
     """A refusal before anything was sent: certainly not at the upstream."""
-    request.setHeader(REACHED_HEADER, NOT_REACHED.encode("ascii"))
-    return error_body(request, status, message, reason, upstreamReached=NOT_REACHED)
+    return error_body(request, status, message, reason, NOT_REACHED)
 
 
 class OutboundProxy:
@@ -227,9 +228,10 @@ class _Exchange:
     def _answer(self, status: int, payload: dict[str, Any], upstream_reached: str) -> None:
         if self.gone or self.request.finished or self.request.startedWriting:
             return
-        payload["upstreamReached"] = upstream_reached
         self.request.setHeader(REACHED_HEADER, upstream_reached.encode("ascii"))
-        body = json_body(self.request, status, payload)
+        extra = {k: v for k, v in payload.items() if k not in ("error", "code", "reason")}
+        body = json_body(self.request, status, error_payload(
+            status, payload["error"], payload.get("reason"), upstream_reached, **extra))
         self.request.setHeader(b"content-length", b"%d" % len(body))
         self.request.write(body)
         self.request.finish()
@@ -336,11 +338,15 @@ class _Exchange:
             kind = response.headers.getRawHeaders(b"content-type")
             if kind:
                 request.responseHeaders.setRawHeaders(b"content-type", kind[:1])
-            # A relay or load balancer in front refuses (4xx) before forwarding;
-            # a 5xx (its upstream failed, timed out) guarantees nothing.
-            certain = 400 <= response.code < 500
-            request.setHeader(REACHED_HEADER,
-                              (NOT_REACHED if certain else MAYBE_REACHED).encode("ascii"))
+            # The remote relay says it (spec 10.1); a proxy or load balancer
+            # in front of it that does not refuses (4xx) before forwarding,
+            # and its 5xx (the upstream failed, timed out) guarantees nothing.
+            said = response.headers.getRawHeaders(REACHED_HEADER, [])
+            if len(said) == 1 and said[0] in (b"no", b"maybe"):
+                verdict = said[0].decode("ascii")
+            else:
+                verdict = NOT_REACHED if 400 <= response.code < 500 else MAYBE_REACHED
+            request.setHeader(REACHED_HEADER, verdict.encode("ascii"))
         if (isinstance(response.length, int) and request.method != b"HEAD"
                 and response.code not in (204, 304)):
             request.setHeader(b"content-length", b"%d" % response.length)

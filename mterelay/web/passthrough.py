@@ -19,7 +19,8 @@ from mterelay.upstream import (
     copy_end_to_end,
     stream_body,
 )
-from mterelay.web.responses import error_body, request_id
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, request_id,
+                                    unlogged_error_body)
 from mterelay.web.streaming import BodyPipe
 
 log = Logger(namespace="mterelay.passthrough")
@@ -117,11 +118,14 @@ def render_passthrough(request: IRequest, forwarder: UpstreamForwarder) -> Any:
                 request_id=request_id(request),
             )
             message = "Upstream timed out" if error.status == 504 else "Upstream unreachable"
-            request.write(error_body(request, error.status, message))
+            request.write(unlogged_error_body(request, error.status, message, str(error),
+                                              NOT_REACHED if error.not_sent else MAYBE_REACHED))
             request.finish()
             return
         log.failure("pass-through failed", failure, request_id=request_id(request))
-        request.write(error_body(request, 502, "Bad gateway"))
+        request.write(unlogged_error_body(request, 502, "Bad gateway",
+                                          "the relay failed to handle this request",
+                                          MAYBE_REACHED))
         request.finish()
 
     started.addCallback(lambda response: relay_response(request, response, finishing))

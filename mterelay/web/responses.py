@@ -1,4 +1,12 @@
-"""JSON answers, the one shape every relay-made response has."""
+"""JSON answers, the one shape every relay-made response has.
+
+Every error the relay makes itself, on every route, is
+``{"error": message, "code": status, "reason": text, "upstreamReached":
+"no"|"maybe", ...route-specific members}`` with the same
+``x-mte-upstream-reached`` header (docs/protocol.md section 10.1), so a
+client (a browser with ``JSON.parse``, relay A, ``RelayClient``) needs one
+parser and one rule to decide whether sending the request again is safe.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,12 @@ from twisted.web.iweb import IRequest
 from mterelay.protocol.errors import RelayError
 
 log = Logger(namespace="mterelay.web")
+
+#: On every relay-made error answer: may anything of the request have reached
+#: the upstream?  ``no`` is a promise (refused before forwarding, or the
+#: upstream connection never opened); ``maybe`` promises nothing.
+REACHED_HEADER = b"x-mte-upstream-reached"
+NOT_REACHED, MAYBE_REACHED = "no", "maybe"
 
 # Twisted knows no reason phrases for the relay's 55x codes.
 PHRASES = {
@@ -36,19 +50,39 @@ def json_body(request: IRequest, status: int, payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
+def error_payload(status: int, message: str, reason: str | None,
+                  upstream_reached: str = NOT_REACHED, **extra: Any) -> dict[str, Any]:
+    """The one error shape (spec 10.1); ``reason`` defaults to the message."""
+    if upstream_reached not in (NOT_REACHED, MAYBE_REACHED):
+        raise ValueError(f"upstream_reached must be 'no' or 'maybe', not {upstream_reached!r}")
+    payload: dict[str, Any] = {"error": message, "code": status,
+                               "reason": reason or message.rstrip(".")}
+    payload.update(extra)
+    payload["upstreamReached"] = upstream_reached
+    return payload
+
+
 def error_body(
-    request: IRequest, status: int, message: str, reason: str | None = None, **extra: Any
+    request: IRequest, status: int, message: str, reason: str | None = None,
+    upstream_reached: str = NOT_REACHED, **extra: Any
 ) -> bytes:
-    """An error answer ``{"error": message, "code": status}``, logged once at info.
+    """An error answer in the one shape, logged once at info.
 
     ``reason`` is a longer explanation naming what was wrong; it is sent to the
     client (it never contains secrets or payload data) and logged.
+    ``upstream_reached`` is ``no`` unless the upstream request was started.
     """
-    payload: dict[str, Any] = {"error": message, "code": status}
-    if reason:
-        payload["reason"] = reason
-    payload.update(extra)
     _log_refusal(request, status, message, reason)
+    return unlogged_error_body(request, status, message, reason, upstream_reached, **extra)
+
+
+def unlogged_error_body(
+    request: IRequest, status: int, message: str, reason: str | None = None,
+    upstream_reached: str = NOT_REACHED, **extra: Any
+) -> bytes:
+    """:func:`error_body` for a failure the caller has already logged (once)."""
+    payload = error_payload(status, message, reason, upstream_reached, **extra)
+    request.setHeader(REACHED_HEADER, upstream_reached.encode("ascii"))
     return json_body(request, status, payload)
 
 
@@ -71,7 +105,7 @@ def _log_refusal(request: IRequest, status: int, message: str, reason: str | Non
     )
 
 
-def relay_error(request: IRequest, error: RelayError) -> bytes:
-    """A 55x answer: the protocol's ``{"error", "code"[, "info"]}`` body, logged once."""
-    _log_refusal(request, error.code, error.message, error.info)
-    return json_body(request, error.code, error.to_json())
+def relay_error(request: IRequest, error: RelayError,
+                upstream_reached: str = NOT_REACHED) -> bytes:
+    """A 55x answer in the one error shape, logged once."""
+    return error_body(request, error.code, error.message, error.info, upstream_reached)

@@ -27,7 +27,9 @@ from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
-from mterelay.web.responses import error_body
+from mterelay.protocol.errors import MissingHeader
+from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
+from mterelay.web.responses import error_body, relay_error
 
 RELAY_HEADER = b"x-mte-relay"
 RELAY_PATH = b"/api/mte-relay"
@@ -50,15 +52,18 @@ class RelayRoot(Resource):
         self.store = store
         self.keys = KeyCache(self.store)
         self.secrets = config.client_id_secrets
+        # Every relay accepts batches of 1..64 pair requests (spec 4, 11), whatever
+        # its own pool size: a client cannot know MAX_POOL_SIZE.  The limiter's
+        # burst holds one full batch, or a 64-entry batch would wait for ever.
         self.pairing = PairRoute(
-            self.store, self.keys, self.secrets, config.max_pool_size,
+            self.store, self.keys, self.secrets, MAX_PAIRS_PER_REQUEST,
             PairingAdmission(clock, pairing_limits(config)), metrics=metrics,
             trusted_proxies=config.trusted_proxies,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
                                     mte_routes=config.mte_routes, metrics=metrics)
         self.outbound = OutboundProxy(clock, config, agent=outbound_agent, metrics=metrics)
-        self.cors = CorsPolicy(config.cors_origins, config.cors_methods)
+        self.cors = CorsPolicy(config.cors_origins, config.cors_methods, config.cors_max_age)
         self.extra_headers = [
             (name.encode("ascii"), value.encode("latin-1")) for name, value in config.headers
         ]
@@ -75,17 +80,21 @@ class RelayRoot(Resource):
     def _render(self, request: IRequest) -> Any:
         for name, value in self.extra_headers:
             request.setHeader(name, value)
+        preflight = self.cors.is_preflight(request)
+        if not preflight:
+            # First, so every answer - the relay's own errors too - is
+            # readable by an allowed browser origin (spec 14).
+            self.cors.decorate(request)
         problem = target_problem(request.uri)
         if problem:
             # Before any route: nothing malformed is forwarded, and the
             # forwarding agent's error (which quotes the URL) never happens.
             return error_body(request, 400, "Bad request", problem)
-        if self.cors.is_preflight(request):
+        if preflight:
             allowed, reason = self.cors.preflight(request)
             if not allowed:
                 return error_body(request, 403, "CORS preflight refused", reason)
             return b""
-        self.cors.decorate(request)
         if request.requestHeaders.hasHeader(TOKEN_HEADER):
             # The application's own request, to be sent encrypted to a remote relay.
             request.mterelay_role = "outbound"
@@ -121,14 +130,16 @@ class RelayRoot(Resource):
             self.config.mte_routes, path_text
         ):
             return error_body(request, 404, "Not found", "route is not in MTE_ROUTES")
-        return error_body(
-            request, 569, "Missing required header", "x-mte-relay header is required"
-        )
+        return relay_error(request, MissingHeader("x-mte-relay header is required"))
 
 
 def pairing_limits(config: Config) -> PairingLimits:
-    """The pairing admission limits the configuration asks for."""
+    """The pairing admission limits the configuration asks for.
+
+    Every bucket holds at least one full request (``MAX_PAIRS_PER_REQUEST``
+    entries, which every relay accepts whatever its ``MAX_POOL_SIZE``).
+    """
     return PairingLimits(
         address_rate=config.pairing_address_rate, client_rate=config.pairing_client_rate,
         global_rate=config.pairing_global_rate, concurrency=config.pairing_concurrency,
-        max_entries=config.max_pool_size)
+        max_entries=MAX_PAIRS_PER_REQUEST)
