@@ -258,7 +258,7 @@ class RelayClient:
 
     def __init__(self, reactor: Any, *, pairs: int = 5, agent: IAgent | None = None,
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
-                 framing: str = "MKE", response_headers: str | Iterable[str] = "*",
+                 framing: str = "MKR", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
                  connect_timeout: float = 10.0, metrics: Any = None,
                  max_origins: int = 256) -> None:
