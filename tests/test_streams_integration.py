@@ -82,11 +82,13 @@ class StreamUpstream(Resource):
         request.setHeader(b"content-type", b"text/event-stream" if kind != b"ndjson"
                           else b"application/x-ndjson")
         request.setHeader(b"cache-control", b"no-cache")
-        state = {"done": False}
+        state: dict[str, Any] = {"done": False, "call": None}
         self.open.append(request)
 
         def gone(result: Any) -> None:
             state["done"] = True
+            if state["call"] is not None and state["call"].active():
+                state["call"].cancel()
             self.lost.append((key, result))
 
         request.notifyFinish().addBoth(gone)
@@ -100,10 +102,10 @@ class StreamUpstream(Resource):
             sent[index] = time.monotonic()
             request.write(event_bytes(b"ndjson" if kind == b"ndjson" else b"sse", index))
             delay = pause if (pause and index == 0) else INTERVAL
-            reactor.callLater(delay, send, index + 1)
+            state["call"] = reactor.callLater(delay, send, index + 1)
 
         request.write(b"")  # headers out now
-        reactor.callLater(0.05, send, 0)
+        state["call"] = reactor.callLater(0.05, send, 0)
         return NOT_DONE_YET
 
 
