@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import statistics
 import time
 from typing import Any
@@ -140,6 +141,47 @@ class EventReader(Protocol):
 
 def delays(sent: dict[int, float], received: dict[int, float]) -> list[float]:
     return [received[i] - sent[i] for i in sorted(sent)]
+
+
+class Sink(Resource):
+    """An upstream that answers with the size of the body it got."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        request.content.seek(0)
+        return json.dumps({"size": len(request.content.read())}).encode()
+
+
+def timed_site(arrivals: list[tuple[float, bytes]]) -> Site:
+    """A Site whose requests note when each piece of their body arrived."""
+
+    class TimedRequest(Request):
+        def handleContentChunk(self, data: bytes) -> None:
+            arrivals.append((time.monotonic(), data))
+            super().handleContentChunk(data)
+
+    site = Site(Sink())
+    site.requestFactory = TimedRequest
+    return site
+
+
+def first_arrivals(arrivals: list[tuple[float, bytes]], pieces: list[bytes]) -> list[float]:
+    """When each piece was first complete at the upstream."""
+    firsts: dict[int, float] = {}
+    seen = b""
+    for at, data in arrivals:
+        seen += data
+        for i, piece in enumerate(pieces):
+            if i not in firsts and piece in seen:
+                firsts[i] = at
+    return [firsts[i] for i in range(len(pieces))]
+
+
+def first_arrivals_or_none(arrivals: list[tuple[float, bytes]], pieces: list[bytes]) -> list:
+    seen = b"".join(data for _, data in arrivals)
+    return [piece for piece in pieces if piece in seen]
 
 
 class StreamCase(TestCase):
@@ -280,6 +322,37 @@ class ThroughBothRelaysTests(StreamCase):
         self.assertEqual(len(self.upstream.sent[b"left"]), count)
 
     @defer.inlineCallbacks
+    def test_chunked_upload_pieces_reach_the_upstream_as_written_through_a_and_b(self) -> Any:
+        arrivals: list[tuple[float, bytes]] = []
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            timed_site(arrivals))
+        self.addCleanup(port.stopListening)
+        a, b = self.start(self.a_env(),
+                          self.b_env(UPSTREAM=f"http://127.0.0.1:{port.getHost().port}"))
+        pieces = [b"piece %d\n" % i for i in range(5)]
+        # Pair A with B first: the timing is of the stream, not of pairing.
+        warm = yield self.agent.request(b"GET", (a.url + "/warmup").encode(), Headers({
+            b"x-mte-outbound-token": [TOKEN.encode()], b"x-mte-upstream": [b.url.encode()]}))
+        yield treq.content(warm)
+        sock = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall((f"POST /upload HTTP/1.1\r\nHost: a\r\nx-mte-outbound-token: {TOKEN}\r\n"
+                      f"x-mte-upstream: {b.url}\r\ntransfer-encoding: chunked\r\n\r\n").encode())
+        sent = []
+        for piece in pieces:
+            sent.append(time.monotonic())
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            yield deferLater(reactor, INTERVAL, lambda: None)
+        sock.sendall(b"0\r\n\r\n")
+        got = yield self.wait_for(lambda: len(first_arrivals_or_none(arrivals, pieces)) == 5)
+        self.assertTrue(got)
+        measured = [at - when for at, when in zip(first_arrivals(arrivals, pieces), sent)]
+        print(f"\nchunked upload pieces application -> A -> B -> upstream: "
+              f"{', '.join(f'{d * 1000:.1f}' for d in measured)} ms")
+        for delay in measured:
+            self.assertLess(delay, BOUND)
+
+    @defer.inlineCallbacks
     def test_idle_stream_outlives_upstream_timeout_but_not_stream_idle_timeout(self) -> Any:
         quick = {"UPSTREAM_TIMEOUT": "1"}
         a, b = self.start(self.a_env(**quick), self.b_env(**quick))
@@ -336,14 +409,7 @@ class RelayClientStreamTests(StreamCase):
     def test_streamed_upload_records_reach_the_upstream_as_written(self) -> Any:
         """Request bodies flush on pause too: caller → RelayClient → B → upstream."""
         arrivals: list[tuple[float, bytes]] = []
-
-        class Sink(Resource):
-            isLeaf = True
-
-            def render(self, request: Any) -> Any:
-                request.setHeader(b"content-type", b"application/json")
-                request.content.seek(0)
-                return json.dumps({"size": len(request.content.read())}).encode()
+        pieces = [b"piece %d\n" % i for i in range(5)]
 
         @implementer(IBodyProducer)
         class Producer:
@@ -378,28 +444,16 @@ class RelayClientStreamTests(StreamCase):
                 pass
 
         # B streams request bodies to the upstream; see each piece land there.
-        class TimedRequest(Request):
-            def handleContentChunk(self, data: bytes) -> None:
-                arrivals.append((time.monotonic(), data))
-                super().handleContentChunk(data)
-
-        site = Site(Sink())
-        site.requestFactory = TimedRequest
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            timed_site(arrivals))
         self.addCleanup(port.stopListening)
         [b] = self.start(self.b_env(UPSTREAM=f"http://127.0.0.1:{port.getHost().port}"))
         producer = Producer()
         response = yield self.client().post(b.url + "/upload", data=producer)
         answer = yield treq.json_content(response)
-        self.assertEqual(answer["size"], sum(len(b"piece %d\n" % i) for i in range(5)))
-        firsts = {}
-        seen = b""
-        for at, data in arrivals:
-            seen += data
-            for i in range(5):
-                if i not in firsts and b"piece %d\n" % i in seen:
-                    firsts[i] = at
-        measured = [firsts[i] - producer.sent[i] for i in range(5)]
+        self.assertEqual(answer["size"], sum(map(len, pieces)))
+        measured = [at - sent for at, sent in zip(first_arrivals(arrivals, pieces),
+                                                  producer.sent)]
         print(f"\nupload pieces caller -> upstream: "
               f"{', '.join(f'{d * 1000:.1f}' for d in measured)} ms")
         for delay in measured:
