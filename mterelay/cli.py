@@ -1,11 +1,13 @@
 """``mterelay-client``: curl for an mterelay - pair, send encrypted, print the answer.
 
     mterelay-client [-X METHOD] [-H 'Name: value']... [-d DATA | --data-binary @FILE]
-                    [-o FILE] [-i] [--seal-headers all|none|a,b] [--no-seal-url]
-                    [--framing MKE|MTE] [--pairs N] [--timeout S] URL
+                    [-o FILE] [-i] [-N] [--seal-headers all|none|a,b] [--no-seal-url]
+                    [--framing MKR|MKE|MTE] [--pairs N] [--timeout S] URL
 
 The body is written to stdout as bytes (or to ``-o FILE``, streamed); ``-i``
-prints the status line and the headers first.  Exit status: 0 for any HTTP
+prints the status line and the headers first.  ``-N`` (as curl's) flushes
+every piece as soon as it is opened, so an SSE or NDJSON stream prints its
+events as they come.  Exit status: 0 for any HTTP
 answer (4xx/5xx included), 1 with one line on stderr when there is none
 (connection refused, a relay error that was not recovered, an answer that
 does not authenticate), 2 for usage errors.
@@ -92,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="*|a,b", help="which response headers the relay seals")
     parser.add_argument("--no-seal-url", dest="seal_url", action="store_false",
                         help="send the path and query in clear")
-    parser.add_argument("--framing", choices=("MKE", "MTE"), default="MKE",
-                        help="request body framing (default MKE, streamed)")
+    parser.add_argument("-N", "--no-buffer", dest="no_buffer", action="store_true",
+                        help="write each piece of the body out as soon as it arrives")
+    parser.add_argument("--framing", choices=("MKR", "MKE", "MTE"), default="MKR",
+                        help="body framing (default MKR: records, streamed both ways; MKE"
+                             " with a relay that has no record framing)")
     parser.add_argument("--pairs", type=_pairs, default=1, metavar="N",
                         help="pairs to make with the relay (default 1)")
     parser.add_argument("--timeout", type=_positive, metavar="S",
@@ -184,6 +189,8 @@ async def run(reactor: Any, args: argparse.Namespace, stdout: IO[bytes], stderr:
 
         def write(data: bytes) -> None:
             sink.write(data)
+            if args.no_buffer:
+                sink.flush()
 
         await treq.collect(response, write)
         (output or stdout).flush()

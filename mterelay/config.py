@@ -107,6 +107,10 @@ class Config:
     #: Slowloris limits (mterelay.web.guard); max_connections None: from RLIMIT_NOFILE.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    #: Seconds a response body may go without a byte once its headers are in
+    #: (UPSTREAM_TIMEOUT covers only the wait for the headers): a live stream
+    #: (SSE, NDJSON, long poll) idle for longer is closed.
+    stream_idle_timeout: float = 300.0
     max_connections: int | None = None
     workers: int = 1
     #: Proxies whose X-Forwarded-For names the client (pairing limits by source).
@@ -530,6 +534,9 @@ SETTINGS: tuple[Setting, ...] = (
             " however slowly they trickle in; then 408 and close (default 10)."),
     Setting("body_timeout", "BODY_TIMEOUT", "bodyTimeout", _limit_seconds,
             "body-timeout", "Seconds a request body may go without a byte (default 30)."),
+    Setting("stream_idle_timeout", "STREAM_IDLE_TIMEOUT", "streamIdleTimeout", _limit_seconds,
+            "stream-idle-timeout", "Seconds a response body (an SSE or NDJSON stream, say) may"
+            " go without a byte once its headers arrived; then it is cut (default 300)."),
     Setting("max_connections", "MAX_CONNECTIONS", "maxConnections",
             _int_between(1, 1_000_000), "max-connections",
             "Open client connections per listener; more are closed at once"

@@ -36,8 +36,10 @@ ENCODE_HEADERS_HEADER = b"x-mte-encode-headers"
 ENCODE_URL_HEADER = b"x-mte-encode-url"
 
 #: The seed's encode types, as framings: MTE seals the body as one item
-#: (buffered whole, at most 64 MiB at an mterelay), MKE in streamed chunks.
-ENCODE_TYPES = {"MTE": "MTE", "MKE": "MKE"}
+#: (buffered whole, at most 64 MiB at an mterelay), MKE streamed - as records
+#: (MKR, each piece sent as it comes) to a relay that has them, else in
+#: fixed 64 KiB chunks.
+ENCODE_TYPES = {"MTE": "MTE", "MKE": "MKR"}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PATTERN = re.compile(
     r"^(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9*.-]+)(?::(?P<port>\*|\d{1,5}))?/?$"
@@ -236,8 +238,8 @@ def seal_choices(headers: Headers) -> dict[str, Any]:
     Returns the keyword arguments of ``SealOptions.build`` (the client's own
     option names), so this module needs nothing of the client.
 
-    * ``x-mte-encode-type``: ``MKE`` (default; the body sealed in streamed
-      chunks) or ``MTE`` (one sealed item, buffered whole on both relays);
+    * ``x-mte-encode-type``: ``MKE`` (default; the body streamed: records
+      with a relay that announces them, else fixed chunks) or ``MTE`` (one sealed item, buffered whole on both relays);
     * ``x-mte-encode-headers``: ``true`` (default, every header sealed),
       ``false`` (only ``content-type`` sealed) or a comma list of names
       sealed (plus ``content-type``), the others sent in clear;
@@ -245,7 +247,7 @@ def seal_choices(headers: Headers) -> dict[str, Any]:
       in clear).
     """
     encode_type = _single(headers, ENCODE_TYPE_HEADER)
-    framing = "MKE"
+    framing = "MKR"
     if encode_type is not None:
         framing = ENCODE_TYPES.get(encode_type.upper(), "")
         if not framing:

@@ -210,35 +210,113 @@ def _describe(failure: Failure) -> str:
     return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:200]
 
 
+class StreamIdle(Exception):
+    """A response body went STREAM_IDLE_TIMEOUT seconds without a byte."""
+
+
 class BodyStreamer(Protocol):
     """Streams an upstream response body into a consumer (the client's request).
 
     The upstream transport is registered as the consumer's producer, so a slow
     client pauses reading from the upstream instead of buffering the body.
+    With ``idle_timeout`` a body that sends nothing for that long is cut
+    (the wait for the headers is UPSTREAM_TIMEOUT's; a live stream may
+    legitimately be quiet, but not forever).  Time spent paused by a slow
+    client does not count.
     """
 
-    def __init__(self, consumer: Any, finished: "Deferred[None]") -> None:
+    def __init__(self, consumer: Any, finished: "Deferred[None]",
+                 clock: IReactorTime | None = None, idle_timeout: float | None = None) -> None:
         self.consumer = consumer
         self.finished = finished
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._timer: IDelayedCall | None = None
+        self._stopped = False
 
     def connectionMade(self) -> None:
-        self.consumer.registerProducer(self.transport, True)
+        self.consumer.registerProducer(_Watched(self), True)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.clock is None or self.idle_timeout is None or self._stopped:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.idle_timeout)
+        else:
+            self._timer = self.clock.callLater(self.idle_timeout, self._idle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _idle(self) -> None:
+        self._timer = None
+        self.stop(Failure(StreamIdle(f"no body byte within {self.idle_timeout:g} s")))
+
+    def stop(self, reason: Failure) -> None:
+        """Close the body's connection now; ``finished`` fails with ``reason``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._disarm()
+        if not self.finished.called:
+            self.finished.errback(reason)
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._arm()
         self.consumer.write(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._disarm()
         self.consumer.unregisterProducer()
+        if self.finished.called:
+            return
+        self._stopped = True
         if reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(None)
         else:
             self.finished.errback(reason)
 
 
-def stream_body(response: IResponse, consumer: Any) -> "Deferred[None]":
-    """Deliver ``response``'s body into ``consumer``; fires when it is complete."""
-    finished: Deferred[None] = Deferred()
-    response.deliverBody(BodyStreamer(consumer, finished))
+class _Watched:
+    """The body's transport as the consumer's producer: a pause stops the idle clock."""
+
+    def __init__(self, streamer: BodyStreamer) -> None:
+        self._streamer = streamer
+
+    def pauseProducing(self) -> None:
+        self._streamer._disarm()
+        self._streamer.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self._streamer.transport.resumeProducing()  # type: ignore[union-attr]
+        self._streamer._arm()
+
+    def stopProducing(self) -> None:
+        self._streamer.stop(Failure(CancelledError("the consumer stopped the body")))
+
+
+def stream_body(response: IResponse, consumer: Any, clock: IReactorTime | None = None,
+                idle_timeout: float | None = None) -> "Deferred[None]":
+    """Deliver ``response``'s body into ``consumer``; fires when it is complete.
+
+    Cancelling the Deferred closes the body's connection (its sender sees the
+    reader go away: an upstream stream is ended when its client is gone).
+    """
+    streamer: BodyStreamer
+
+    def cancel(finished: "Deferred[None]") -> None:
+        streamer.stop(Failure(CancelledError("body no longer wanted")))
+
+    finished: Deferred[None] = Deferred(cancel)
+    streamer = BodyStreamer(consumer, finished, clock, idle_timeout)
+    response.deliverBody(streamer)
     return finished
 
 
@@ -249,6 +327,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamForwarder",
     "UpstreamTimeout",
+    "StreamIdle",
     "copy_end_to_end",
     "make_agent",
     "stream_body",

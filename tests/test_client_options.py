@@ -46,7 +46,7 @@ class PerRequestOptionsTests(SynchronousTestCase):
         self.assertNotIn(b"things", uri)
         self.assertNotIn(b"x-secret", wire)
         header = RelayHeader.parse(wire[b"x-mte-relay"][0].decode())
-        self.assertEqual((header.mode, header.url_enc, header.headers_enc), ("MKE", True, True))
+        self.assertEqual((header.mode, header.url_enc, header.headers_enc), ("MKR", True, True))
 
     def test_header_list(self) -> None:
         _, wire = self.send(SealOptions.build(seal_headers=["x-secret"]))

@@ -254,19 +254,28 @@ class BadInputTests(EncryptedProxyCase):
         self.keys = pending.finish((yield treq.json_content(response))[0])
         self.seq = 0
 
-    def wire(self, method: str, target: str, body: bytes | None) -> tuple[bytes, bytes]:
-        """(request head, sealed body) of a genuine MKE request."""
-        header = RelayHeader(self.client_id, self.keys.pair_id, "MKE", True, True,
-                             body is not None, True, self.seq)
+    def wire(self, method: str, target: str, body: bytes | None, mode: str = "MKE",
+             sealed_headers: dict[str, list[str]] | None = None,
+             chunked: bool = False) -> tuple[bytes, bytes]:
+        """(request head, sealed body) of a genuine MKE (or MKR) request.
+
+        ``chunked``: the head announces chunked transfer coding; the caller
+        frames the body (see :func:`chunk`).
+        """
+        header = RelayHeader(self.client_id, self.keys.pair_id, mode, True, True,
+                             body is not None, True, self.seq, mode == "MKR")
         self.seq += 1
         cipher = MessageCipher(self.keys, header, Direction.C2S)
         wire_target = "/" + cipher.seal_url(target)
-        item = cipher.seal_request_headers({}, method, wire_target, has_body=body is not None)
+        item = cipher.seal_request_headers(sealed_headers or {}, method, wire_target,
+                                           has_body=body is not None)
         sealed = cipher.seal_body(body) if body is not None else b""
         lines = [f"{method} {wire_target} HTTP/1.1", "Host: relay.test",
                  f"x-mte-relay: {header.format()}", f"x-mte-relay-eh: {item}"]
         if body is not None:
-            lines += ["content-type: application/octet-stream", f"content-length: {len(sealed)}"]
+            lines.append("content-type: application/octet-stream")
+            lines.append("transfer-encoding: chunked" if chunked
+                         else f"content-length: {len(sealed)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode(), sealed
 
     @defer.inlineCallbacks
@@ -332,6 +341,29 @@ class BadInputTests(EncryptedProxyCase):
         yield self.assert_alive()
 
     @defer.inlineCallbacks
+    def test_empty_record_body_waits_for_its_final_record(self) -> Any:
+        # The same for record framing: by Content-Length (one record) and
+        # chunked with a declared plain length of 0 (spec 7.3).
+        for chunked in (False, True):
+            head, sealed = self.wire("PUT", "/api/doc", b"", mode="MKR", chunked=chunked,
+                                     sealed_headers={"x-mte-body-length": ["0"]})
+            self.assertEqual(len(sealed), 20)
+            forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+            body = chunk(forged) + b"0\r\n\r\n" if chunked else forged
+            answer = yield defer.ensureDeferred(send_raw(self.relay.port, head + body))
+            self.assertIn(b" 562 ", answer.split(b"\r\n", 1)[0], chunked)
+            self.assertIn(b'"upstreamReached":"no"', answer)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(self.upstream.seen, [])
+        head, sealed = self.wire("PUT", "/api/doc", b"", mode="MKR", chunked=True,
+                                 sealed_headers={"x-mte-body-length": ["0"]})
+        answer = yield defer.ensureDeferred(
+            send_raw(self.relay.port, head + chunk(sealed) + b"0\r\n\r\n"))
+        self.assertIn(b" 200 ", answer.split(b"\r\n", 1)[0])
+        self.assertEqual([seen["size"] for seen in self.upstream.seen], [0])
+        yield self.assert_alive()
+
+    @defer.inlineCallbacks
     def test_forged_body_chunk_aborts_upstream(self) -> Any:
         head, sealed = self.wire("POST", "/api/upload", os.urandom(300_000))
         forged = bytearray(sealed)
@@ -354,6 +386,11 @@ class BadInputTests(EncryptedProxyCase):
         self.assertEqual(response.code, 400)
         self.assertEqual((yield treq.json_content(response))["field"], "$")
         yield self.assert_alive()
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of HTTP/1.1 chunked transfer coding."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 async def send_raw(port: int, data: bytes, close: bool = False) -> bytes:

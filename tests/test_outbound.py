@@ -179,10 +179,10 @@ class ControlHeaderTests(SynchronousTestCase):
         _, target, wire = self.o.wire()[-1]
         return RelayHeader.parse(wire[b"x-mte-relay"][0].decode()), target, wire
 
-    def test_defaults_seal_everything_mke(self) -> None:
+    def test_defaults_seal_everything_records(self) -> None:
         self.o.call("POST", "/p?q=1", headers=self.headers, data=b"body")
         header, target, wire = self.header()
-        self.assertEqual((header.mode, header.url_enc, header.headers_enc), ("MKE", True, True))
+        self.assertEqual((header.mode, header.url_enc, header.headers_enc), ("MKR", True, True))
         self.assertNotIn(b"x-secret", wire)
 
     def test_mte_clear_url_and_headers(self) -> None:
@@ -358,7 +358,7 @@ class RuleTests(SynchronousTestCase):
 
     def test_seal_choices(self) -> None:
         self.assertEqual(seal_choices(Headers()),
-                         {"seal_url": True, "seal_headers": "all", "framing": "MKE"})
+                         {"seal_url": True, "seal_headers": "all", "framing": "MKR"})
         headers = Headers({b"x-mte-encode-headers": [b"Authorization, x-api-key", b"cookie"],
                            b"x-mte-encode-type": [b"MTE"], b"x-mte-encode-url": [b"False"]})
         self.assertEqual(seal_choices(headers),

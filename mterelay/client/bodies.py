@@ -25,7 +25,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mterelay.bodies import BytesProducer, discard, read_limited
+from mterelay.flushing import TurnCoalescer
 from mterelay.protocol.errors import DecodeFailed, RelayError
+from mterelay.protocol.records import RecordOpener, RecordSealer
 from mterelay.protocol.sealing import BodyOpener, BodySealer
 from mterelay.timing import Stopwatch
 
@@ -258,12 +260,18 @@ class SealingProducer:
     agent sends Content-Length), else UNKNOWN_LENGTH (chunked; a sealed body
     is never empty, so no empty chunked body is ever sent - spec 6.3).  A
     sealing failure (561: MTE body over 2**30) fails the request.
+
+    Records (MKR) are flushed on pause: given a ``clock``, what the source
+    wrote in one reactor turn is sealed and sent at the next, so a caller's
+    producer that writes an event and then waits gets it to the relay now.
     """
 
-    def __init__(self, source: _Source, sealer: BodySealer, length: int | None,
-                 stopwatch: Stopwatch | None = None) -> None:
+    def __init__(self, source: _Source, sealer: BodySealer | RecordSealer, length: int | None,
+                 stopwatch: Stopwatch | None = None, clock: IReactorTime | None = None) -> None:
         self._source = source
         self._sealer = sealer
+        self._pending = (TurnCoalescer(clock, self._seal)
+                         if clock is not None and isinstance(sealer, RecordSealer) else None)
         self._stopwatch = stopwatch if stopwatch is not None else Stopwatch(None)
         self.length: int | object = UNKNOWN_LENGTH if length is None else length
         self._consumer: Any = None
@@ -279,6 +287,14 @@ class SealingProducer:
     def write(self, data: bytes) -> None:
         if self._over:
             return
+        if self._pending is not None:
+            self._pending.write(data)
+        else:
+            self._seal(data)
+
+    def _seal(self, data: bytes) -> None:
+        if self._over:
+            return
         try:
             sealed = self._stopwatch.time(self._sealer.feed, data)
         except RelayError:
@@ -292,7 +308,10 @@ class SealingProducer:
         if self._over:
             return
         try:
-            tail = self._stopwatch.time(self._sealer.finish)
+            if self._pending is not None:
+                tail = self._stopwatch.time(self._sealer.finish, self._pending.take())
+            else:
+                tail = self._stopwatch.time(self._sealer.finish)
         except RelayError:
             self.fail(Failure())
             return
@@ -305,6 +324,8 @@ class SealingProducer:
         if self._over:
             return
         self._over = True
+        if self._pending is not None:
+            self._pending.discard()
         self._finished.errback(failure)
 
     # IPushProducer, driven by the transport
@@ -320,6 +341,8 @@ class SealingProducer:
         """Stop reading; per IBodyProducer the Deferred then never fires."""
         if not self._over:
             self._over = True
+            if self._pending is not None:
+                self._pending.discard()
             self._source.stop()
 
     abandon = stopProducing
@@ -340,7 +363,8 @@ class OpeningProtocol(Protocol):
     Plaintext delivered before that is authentic but possibly incomplete.
     """
 
-    def __init__(self, opener: BodyOpener, inner: Any, stopwatch: Stopwatch | None = None) -> None:
+    def __init__(self, opener: BodyOpener | RecordOpener, inner: Any,
+                 stopwatch: Stopwatch | None = None) -> None:
         self._opener = opener
         self._inner = inner
         self._stopwatch = stopwatch if stopwatch is not None else Stopwatch(None)

@@ -16,8 +16,9 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
-from mterelay.protocol.header import MODE_MKE, MODE_MTE, MODES, RelayHeader
+from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, MODES, RelayHeader
 from mterelay.protocol.keys import PairKeys
+from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
 from mterelay.upstream import HOP_BY_HOP
 
@@ -123,20 +124,23 @@ class SealOptions:
     * ``seal_headers``: ``"all"`` end-to-end headers sealed, ``"none"`` (only
       ``content-type`` sealed, ``headersEnc=0``) or a list of names sealed (plus
       ``content-type``), the others in clear.
-    * ``framing``: ``"MKE"`` (chunked, streamed, unlimited) or ``"MTE"`` (one
-      item, at most 2**30 bytes, buffered whole on both sides).
+    * ``framing``: ``"MKR"`` (records: streamed, unlimited, each piece sent as
+      soon as it is there, both ways; the default), ``"MKE"`` (fixed 64 KiB
+      chunks, the framing of relays older than records) or ``"MTE"`` (one
+      item, at most 2**30 bytes, buffered whole on both sides).  ``MKR``
+      falls back to ``MKE`` with a relay that does not announce records.
     * ``response_headers``: ``"*"`` (the relay seals every response header) or
       the names to seal (``content-type`` always is); the rest come back in clear.
     """
 
     seal_url: bool = True
     seal_headers: str | tuple[str, ...] = "all"
-    framing: str = MODE_MKE
+    framing: str = MODE_MKR
     response_headers: str | tuple[str, ...] = "*"
 
     @classmethod
     def build(cls, *, seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
-              framing: str = MODE_MKE, response_headers: str | Iterable[str] = "*"
+              framing: str = MODE_MKR, response_headers: str | Iterable[str] = "*"
               ) -> "SealOptions":
         """Validate and normalize user-facing option values."""
         if not isinstance(seal_url, bool):
@@ -144,7 +148,7 @@ class SealOptions:
         if seal_headers not in ("all", "none"):
             seal_headers = _check_names(seal_headers, "seal_headers")
         if framing not in MODES:
-            raise ValueError("framing must be 'MKE' or 'MTE'")
+            raise ValueError("framing must be 'MKR', 'MKE' or 'MTE'")
         if response_headers != "*":
             response_headers = _check_names(response_headers, "response_headers")
         return cls(seal_url, seal_headers, framing, response_headers)  # type: ignore[arg-type]
@@ -183,9 +187,14 @@ class OutgoingRequest:
 
 
 def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: str,
-                 headers: HeaderList, *, has_body: bool, options: SealOptions
-                 ) -> OutgoingRequest:
+                 headers: HeaderList, *, has_body: bool, options: SealOptions,
+                 records: bool = False, body_length: int | None = None) -> OutgoingRequest:
     """Build the ``x-mte-relay`` header, seal the url and headers items.
+
+    ``records``: the relay announced record framing; with ``framing="MKR"``
+    the request then says ``streaming=2`` and a body is sent as records
+    (declaring ``body_length`` when known, spec 7.3).  Without it ``MKR``
+    means ``MKE``, exactly what older clients send.
 
     ``target`` is the origin-form path+query; ``headers`` should already be
     :func:`end_to_end`.  ``has_body`` says a sealed body follows (bodyEnc=1,
@@ -193,12 +202,16 @@ def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: 
     ``result.cipher.body_sealer()``.  Raises 561 for a target or header the
     item formats cannot carry.
     """
+    records = records and options.framing == MODE_MKR
+    framing = options.framing
+    if framing == MODE_MKR and not records:
+        framing = MODE_MKE
     header = RelayHeader(
         client_id=client_id, pair_id=keys.pair_id,
         # With no body the mode frames nothing; the spec says send MTE.
-        mode=options.framing if has_body else MODE_MTE,
+        mode=framing if has_body else MODE_MTE,
         url_enc=options.seal_url, headers_enc=options.headers_enc,
-        body_enc=has_body, streaming=True, seq=seq)
+        body_enc=has_body, streaming=True, seq=seq, records=records)
     cipher = MessageCipher(keys, header, Direction.C2S)
     wire_target = "/" + cipher.seal_url(target) if options.seal_url else target
     sealed_names = options.sealed_names(headers)
@@ -207,6 +220,9 @@ def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: 
     if options.response_headers != "*":
         control = (RESPONSE_HEADERS_CONTROL, ",".join(options.response_headers))
         (sealed if options.headers_enc else clear).append(control)
+    if has_body and framing == MODE_MKR and body_length is not None:
+        declared = (BODY_LENGTH_CONTROL, str(body_length))
+        (sealed if options.headers_enc else clear).append(declared)
     token = cipher.seal_request_headers(_group(sealed), method, wire_target, has_body=has_body)
     wire: HeaderList = [(RELAY_HEADER, header.format()), (ITEM_HEADER, token)]
     if has_body:
@@ -231,6 +247,8 @@ class OpenedResponse:
     cipher: MessageCipher
     headers: HeaderList
     clear: HeaderList = attrs.field(factory=list)
+    #: An MKR body's declared plaintext length (spec 7.3), None if not declared.
+    body_length: int | None = None
 
     @property
     def body_enc(self) -> bool:
@@ -270,18 +288,25 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
     try:
         expected = request.for_response(mode=received.mode, body_enc=received.body_enc)
     except ValueError:
-        raise DecodeFailed("MKE response to a request without streaming") from None
+        raise DecodeFailed(f"{received.mode} response to a request that did not accept it"
+                           ) from None
     if received != expected:
         raise DecodeFailed("response x-mte-relay does not answer this request")
     cipher = MessageCipher(keys, expected, Direction.S2C)
     sealed = cipher.open_response_headers(_single(wire, ITEM_HEADER), status)
+    declared = sealed.pop(BODY_LENGTH_CONTROL, None)
+    body_length = None
+    if declared is not None and expected.mode == MODE_MKR and expected.body_enc:
+        if len(declared) != 1:
+            raise DecodeFailed(f"{BODY_LENGTH_CONTROL} must have one value")
+        body_length = parse_body_length(declared[0])
     clear = end_to_end([(n, v) for n, v in wire if n != CONTENT_TYPE])
     merged = [(name, v) for name, values in sealed.items() for v in values]
     if response_headers != "*":
         # cache-control is always sealed; a clear one is the relay's no-store.
         asked = {*response_headers, CONTENT_TYPE, "cache-control"}
         merged.extend((n, v) for n, v in clear if n not in asked and n not in sealed)
-    return OpenedResponse(expected, cipher, merged, clear)
+    return OpenedResponse(expected, cipher, merged, clear, body_length)
 
 
 def relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:

@@ -49,9 +49,10 @@ from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
 from mterelay.protocol.clientid import client_uuid, is_client_id
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, InvalidClientId,
                                       MalformedPairResponse, RelayError)
-from mterelay.protocol.header import MODE_MTE
+from mterelay.protocol.header import FRAMING_HEADER, MODE_MKR, MODE_MTE, parse_framings
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
+from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
 from mterelay.connections import persistent_agent
 from mterelay.timing import crypto_stopwatch
@@ -150,6 +151,8 @@ class _Origin:
         self.origin = origin
         self.pool = PairPool(client.pairs, self.validate, self.make_pairs,
                              clock=client.reactor)
+        #: The relay announced record framing (HEAD /api/mte-relay, spec 5.1).
+        self.records = False
 
     def _bounded(self, d: "Deferred[Any]", what: str) -> "Deferred[Any]":
         return with_timeout(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
@@ -171,6 +174,8 @@ class _Origin:
         if response.code != 200 or not is_client_id(client_id):
             raise NotARelay(f"{self.origin} answered HEAD {RELAY_PATH} with {response.code}"
                             f"{'' if values else ' and no x-mte-relay header'}")
+        announced = response.headers.getRawHeaders(FRAMING_HEADER.encode("ascii"))
+        self.records = MODE_MKR in parse_framings(b",".join(announced) if announced else None)
         log.info("validated relay {origin}", origin=self.origin)
         return client_id
 
@@ -262,7 +267,7 @@ class RelayClient:
 
     def __init__(self, reactor: Any, *, pairs: int = 5, agent: IAgent | None = None,
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
-                 framing: str = "MKE", response_headers: str | Iterable[str] = "*",
+                 framing: str = "MKR", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
                  connect_timeout: float = 10.0, metrics: Any = None,
                  max_origins: int = 256) -> None:
@@ -393,7 +398,7 @@ class RelayClient:
                 continue
             try:
                 outcome = await self._attempt(origin, method, target, plain_headers, body,
-                                              lease, plain_request, options)
+                                              lease, plain_request, options, state.records)
             except DecodeFailed:
                 # The answer did not authenticate: the upstream may have run
                 # the request (never resent), and the pair's response keys
@@ -422,17 +427,22 @@ class RelayClient:
 
     async def _attempt(self, origin: str, method: str, target: str, headers: HeaderList,
                        body: BodyData | None, lease: Lease, plain_request: PlainRequest,
-                       options: SealOptions) -> IResponse | RelayError:
+                       options: SealOptions, records: bool = False) -> IResponse | RelayError:
         """Send once; a relay-made 55x comes back as a value, for the retry logic."""
         encoding = crypto_stopwatch(self.metrics, "request_encode")
         outgoing = encoding.time(seal_request, lease.keys, lease.client_id, lease.seq, method,
-                                 target, headers, has_body=body is not None, options=options)
+                                 target, headers, has_body=body is not None, options=options,
+                                 records=records,
+                                 body_length=None if body is None else body.length)
         producer = None
         if body is not None:
-            length = None if body.length is None else sealed_length(body.length,
-                                                                     outgoing.header.mode)
+            mode = outgoing.header.mode
+            # Records are sent chunked: their split is made as data comes.
+            length = (None if body.length is None or mode == MODE_MKR
+                      else sealed_length(body.length, mode))
             producer = SealingProducer(body.open(self.reactor),
-                                       outgoing.cipher.body_sealer(), length, encoding)
+                                       outgoing.cipher.body_sealer(), length, encoding,
+                                       clock=self.reactor)
         else:
             encoding.report()
         try:
@@ -476,7 +486,10 @@ class RelayClient:
             opened = decoding.time(open_response, lease.keys, outgoing.header, wire.code,
                                    wire_headers, outgoing.response_headers)
             length: int | object = UNKNOWN_LENGTH
-            if opened.body_enc and isinstance(wire.length, int):
+            if opened.header.mode == MODE_MKR:
+                if opened.body_length is not None:
+                    length = opened.body_length
+            elif opened.body_enc and isinstance(wire.length, int):
                 length = plain_length(wire.length, opened.header.mode)
         except DecodeFailed:
             discard(wire)
@@ -500,14 +513,17 @@ class RelayClient:
             return response(0, deliver_bytes(b""))
         if length == 0:
             # Authenticate the empty body now: treq never reads a 0-length body.
-            sealed, too_long = await read_limited(wire, 16)
+            records = opened.header.mode == MODE_MKR
+            sealed, too_long = await read_limited(wire, RECORD_OVERHEAD if records else 16)
             if too_long:
-                raise DecodeFailed("body longer than its Content-Length")
-            plain = decoding.time(opened.cipher.open_body, sealed)
+                raise DecodeFailed("body longer than its declared length")
+            opener = opened.cipher.body_opener(opened.body_length)
+            plain = decoding.time(lambda: opener.feed(sealed) + opener.finish())
             decoding.report()
             return response(0, deliver_bytes(plain))
 
         def deliver(protocol: Any) -> None:
-            wire.deliverBody(OpeningProtocol(opened.cipher.body_opener(), protocol, decoding))
+            opener = opened.cipher.body_opener(opened.body_length)
+            wire.deliverBody(OpeningProtocol(opener, protocol, decoding))
 
         return response(length, deliver)

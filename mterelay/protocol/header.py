@@ -2,6 +2,12 @@
 
 ``clientId,pairId,mode,urlEnc,headersEnc,bodyEnc,streaming,seq``
 
+``streaming`` is ``0``, ``1`` (the answer may be chunked, MKE) or ``2`` (it may
+also be record-framed, MKR); ``mode`` is ``MTE``, ``MKE`` or ``MKR``.  A client
+sends ``MKR`` or ``2`` only to a relay that announced record framing (its
+``HEAD /api/mte-relay`` answer, :data:`FRAMING_HEADER`), so old relays never
+see them.
+
 It travels in clear because the relay needs it to find the pair before it can
 decrypt anything; its flags are bound into every item's AAD (see
 :meth:`RelayHeader.flags_byte`) so flipping one in transit breaks decryption
@@ -17,12 +23,19 @@ import attrs
 from .clientid import is_client_id
 from .errors import InvalidClientId, MalformedHeader
 
-__all__ = ["MODE_MTE", "MODE_MKE", "MODES", "MAX_SEQ", "MAX_HEADER_LENGTH",
-           "RelayHeader", "is_pair_id"]
+__all__ = ["MODE_MTE", "MODE_MKE", "MODE_MKR", "MODES", "MAX_SEQ", "MAX_HEADER_LENGTH",
+           "FRAMING_HEADER", "RELAY_FRAMINGS", "RelayHeader", "is_pair_id",
+           "parse_framings"]
 
 MODE_MTE = "MTE"
 MODE_MKE = "MKE"
-MODES = (MODE_MTE, MODE_MKE)
+#: Record framing: variable-length, length-prefixed sealed records (spec 7).
+MODE_MKR = "MKR"
+MODES = (MODE_MTE, MODE_MKE, MODE_MKR)
+#: Answer header of ``HEAD /api/mte-relay`` listing the body framings a relay
+#: accepts and can answer with; absent on relays older than record framing.
+FRAMING_HEADER = "x-mte-relay-framing"
+RELAY_FRAMINGS = "MTE,MKE,MKR"
 #: Largest sequence number: 2**53 - 1 keeps it exact in JavaScript numbers.
 MAX_SEQ = 2**53 - 1
 #: Far above the longest valid header (101 + 1 + 64 + 12 + 1 + 16 = 195).
@@ -37,6 +50,21 @@ _BIT_URL = 0x02
 _BIT_HEADERS = 0x04
 _BIT_BODY = 0x08
 _BIT_STREAMING = 0x10
+_BIT_MKR = 0x20
+_BIT_RECORDS = 0x40
+
+
+def parse_framings(value: str | bytes | None) -> frozenset[str]:
+    """The framings an ``x-mte-relay-framing`` value announces (unknown tokens ignored).
+
+    No header (an older relay) means MTE and MKE only.
+    """
+    if value is None:
+        return frozenset({MODE_MTE, MODE_MKE})
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    tokens = {token.strip(" \t") for token in value.split(",")}
+    return frozenset(tokens & set(MODES)) | {MODE_MTE, MODE_MKE}
 
 
 def is_pair_id(value: object) -> bool:
@@ -57,12 +85,19 @@ def check_pair_id(instance: object, attribute: object, value: object) -> None:
 
 def _check_mode(instance: object, attribute: object, value: object) -> None:
     if value not in MODES:
-        raise ValueError("mode must be 'MTE' or 'MKE'")
+        raise ValueError("mode must be 'MTE', 'MKE' or 'MKR'")
 
 
 def _check_flag(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if type(value) is not bool:
         raise ValueError(f"{attribute.name} must be a bool")
+
+
+def _check_records(instance: "RelayHeader", attribute: object, value: object) -> None:
+    if type(value) is not bool:
+        raise ValueError("records must be a bool")
+    if value and not instance.streaming:
+        raise ValueError("records (streaming=2) implies streaming")
 
 
 def _check_seq(instance: object, attribute: object, value: object) -> None:
@@ -82,6 +117,8 @@ class RelayHeader:
     body_enc: bool = attrs.field(validator=_check_flag)
     streaming: bool = attrs.field(validator=_check_flag)
     seq: int = attrs.field(validator=_check_seq)
+    #: ``streaming=2``: the sender accepts a record-framed (MKR) answer too.
+    records: bool = attrs.field(default=False, validator=_check_records)
 
     @classmethod
     def parse(cls, value: str | bytes) -> "RelayHeader":
@@ -115,16 +152,19 @@ class RelayHeader:
         if not is_pair_id(pair_id):
             raise MalformedHeader("pairId must be 16..64 chars of [A-Za-z0-9_-]")
         if mode not in MODES:
-            raise MalformedHeader("mode must be MTE or MKE")
+            raise MalformedHeader("mode must be MTE, MKE or MKR")
         flags = []
         for name, flag in (("urlEnc", url_enc), ("headersEnc", headers_enc),
-                           ("bodyEnc", body_enc), ("streaming", streaming)):
+                           ("bodyEnc", body_enc)):
             if flag not in _FLAG:
                 raise MalformedHeader(f"{name} must be 0 or 1")
             flags.append(_FLAG[flag])
+        if streaming not in ("0", "1", "2"):
+            raise MalformedHeader("streaming must be 0, 1 or 2")
         if _SEQ_RE.fullmatch(seq) is None or int(seq) > MAX_SEQ:
             raise MalformedHeader("seq must be a decimal in 0..2^53-1 without leading zeros")
-        return cls(client_id, pair_id, mode, flags[0], flags[1], flags[2], flags[3], int(seq))
+        return cls(client_id, pair_id, mode, flags[0], flags[1], flags[2], streaming != "0",
+                   int(seq), streaming == "2")
 
     def format(self) -> str:
         """The canonical header value (``parse(h.format()) == h``)."""
@@ -133,7 +173,7 @@ class RelayHeader:
             "1" if self.url_enc else "0",
             "1" if self.headers_enc else "0",
             "1" if self.body_enc else "0",
-            "1" if self.streaming else "0",
+            "2" if self.records else "1" if self.streaming else "0",
             str(self.seq),
         ))
 
@@ -141,9 +181,12 @@ class RelayHeader:
         """The header's flags packed into one AAD byte.
 
         bit 0 mode MKE, bit 1 urlEnc, bit 2 headersEnc, bit 3 bodyEnc,
-        bit 4 streaming; the other bits are zero.
+        bit 4 streaming (1 or 2), bit 5 mode MKR, bit 6 streaming=2; the
+        other bits are zero.  (Headers without MKR or 2 keep their old byte.)
         """
         return ((_BIT_MKE if self.mode == MODE_MKE else 0)
+                | (_BIT_MKR if self.mode == MODE_MKR else 0)
+                | (_BIT_RECORDS if self.records else 0)
                 | (_BIT_URL if self.url_enc else 0)
                 | (_BIT_HEADERS if self.headers_enc else 0)
                 | (_BIT_BODY if self.body_enc else 0)
@@ -156,11 +199,13 @@ class RelayHeader:
     def for_response(self, *, mode: str, body_enc: bool, headers_enc: bool = True) -> "RelayHeader":
         """The header the relay sends back with a response to this request.
 
-        Same client id, pair id, seq and streaming flag; no url item.  A
+        Same client id, pair id, seq and streaming value; no url item.  A
         chunked (MKE) response is only allowed when the request said
-        ``streaming=1``.
+        ``streaming=1`` or ``2``, a record-framed (MKR) one only with ``2``.
         """
         if mode == MODE_MKE and not self.streaming:
             raise ValueError("an MKE response needs a request with streaming=1")
+        if mode == MODE_MKR and not self.records:
+            raise ValueError("an MKR response needs a request with streaming=2")
         return attrs.evolve(self, mode=mode, url_enc=False,
                             headers_enc=headers_enc, body_enc=body_enc)

@@ -27,14 +27,15 @@ from cryptography.exceptions import InvalidTag
 
 from .encoding import Base64Error, b64decode, b64encode
 from .errors import DecodeFailed, EncodeFailed
-from .header import MODE_MKE, MODE_MTE, RelayHeader
+from .header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from .items import ItemFormatError, decode_headers, decode_url, encode_headers, encode_url
 from .keys import PairKeys
+from .records import RECORD_OVERHEAD, RecordOpener, RecordSealer
 
 __all__ = [
     "Direction", "Kind", "INDEX_URL", "INDEX_HEADERS", "INDEX_BODY",
     "CHUNK_SIZE", "TAG_LENGTH", "SEALED_CHUNK_SIZE", "MAX_CHUNKS", "MAX_MTE_BODY",
-    "sealed_length", "plain_length", "item_nonce", "item_aad",
+    "sealed_length", "plain_length", "check_sealed_length", "item_nonce", "item_aad",
     "request_binding", "response_binding", "MessageCipher", "BodySealer", "BodyOpener",
 ]
 
@@ -85,6 +86,17 @@ def sealed_length(plain_length: int, mode: str) -> int:
         chunks = max(1, -(-plain_length // CHUNK_SIZE))
         return plain_length + TAG_LENGTH * chunks
     raise ValueError("mode must be MTE or MKE")
+
+
+def check_sealed_length(sealed: int, mode: str) -> int | None:
+    """A received Content-Length checked against the framing: the plaintext
+    length when the framing fixes it (MTE, MKE), None for records (MKR),
+    whose split the sender chose; impossible lengths raise 562."""
+    if mode == MODE_MKR:
+        if sealed < RECORD_OVERHEAD:
+            raise DecodeFailed("body shorter than one record")
+        return None
+    return plain_length(sealed, mode)
 
 
 def plain_length(sealed: int, mode: str) -> int:
@@ -435,14 +447,22 @@ class MessageCipher:
         return self._open_headers(token, binding)
 
     # -- body
-    def body_sealer(self) -> BodySealer:
-        """A fresh incremental sealer for this message's body."""
+    def body_sealer(self) -> BodySealer | RecordSealer:
+        """A fresh incremental sealer for this message's body (records for MKR)."""
         self._need_body()
+        if self.header.mode == MODE_MKR:
+            return RecordSealer(self)
         return BodySealer(self)
 
-    def body_opener(self) -> BodyOpener:
-        """A fresh incremental opener for this message's body."""
+    def body_opener(self, expected: int | None = None) -> BodyOpener | RecordOpener:
+        """A fresh incremental opener for this message's body.
+
+        ``expected``: the plaintext length an MKR body declared (spec 7.3);
+        the fixed framings know theirs from the wire length.
+        """
         self._need_body()
+        if self.header.mode == MODE_MKR:
+            return RecordOpener(self, expected)
         return BodyOpener(self)
 
     def seal_body(self, data: bytes | bytearray | memoryview) -> bytes:

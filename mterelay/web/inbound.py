@@ -5,9 +5,14 @@ is what makes the relay safe to retry against: everything that can be
 checked without state is checked first, the headers item is opened before
 the replay window moves (forged traffic never burns sequence numbers), and
 nothing reaches the upstream unless every sealed part of the request opened
-— except a streamed (MKE) body, whose plaintext flows while later chunks are
-still unverified: if one fails, the upstream request is aborted, never
-completed.
+— except a streamed (MKE or MKR) body, whose plaintext flows while later
+chunks are still unverified: if one fails, the upstream request is aborted,
+never completed.
+
+Record framing (MKR, spec 7.2) is what live streams need: each piece of the
+upstream's answer is sealed and written as it arrives (what arrives in one
+reactor turn together, :mod:`mterelay.flushing`), and each record of a
+request body is opened and sent upstream the moment it is complete.
 """
 
 from __future__ import annotations
@@ -24,14 +29,18 @@ from zope.interface import implementer
 
 from mterelay.bodies import BytesProducer, abandon, drain, read_limited
 from mterelay.config import RoutePattern, matches_any
+from mterelay.flushing import TurnCoalescer
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
-from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
+from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.replay import Verdict
+from mterelay.protocol.records import (BODY_LENGTH_CONTROL, RECORD_MAX, RECORD_OVERHEAD,
+                                       RecordSealer, parse_body_length)
 from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer, Direction,
-                                       MessageCipher, plain_length, sealed_length)
+                                       MessageCipher, check_sealed_length, plain_length,
+                                       sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.timing import Stopwatch, crypto_stopwatch
@@ -239,12 +248,21 @@ class OpeningProducer:
 
 
 class SealingWriter:
-    """Consumer that seals an upstream body on its way to the client (MKE)."""
+    """Consumer that seals an upstream body on its way to the client (MKE, MKR).
 
-    def __init__(self, request: IRequest, sealer: BodySealer, stopwatch: Stopwatch) -> None:
+    MKE chunks are sealed as each 64 KiB fills.  Records (MKR) are flushed on
+    pause: what the upstream sent in one reactor turn is sealed and written
+    at the next, never held for more.  ``finish`` seals what is left as the
+    final record.
+    """
+
+    def __init__(self, request: IRequest, sealer: BodySealer | RecordSealer,
+                 stopwatch: Stopwatch, clock: Any = None) -> None:
         self.request = request
         self.sealer = sealer
         self.stopwatch = stopwatch
+        self.pending = (TurnCoalescer(clock, self._seal)
+                        if clock is not None and isinstance(sealer, RecordSealer) else None)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.request.registerProducer(producer, streaming)
@@ -253,9 +271,26 @@ class SealingWriter:
         self.request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
+        if self.pending is not None:
+            self.pending.write(data)
+        else:
+            self._seal(data)
+
+    def _seal(self, data: bytes) -> None:
         sealed = self.stopwatch.time(self.sealer.feed, data)
         if sealed:
             self.request.write(sealed)
+
+    def finish(self) -> bytes:
+        """The last sealed bytes: whatever is pending, sealed as the end of the body."""
+        tail = self.pending.take() if self.pending is not None else b""
+        if isinstance(self.sealer, RecordSealer):
+            return self.stopwatch.time(self.sealer.finish, tail)
+        return self.stopwatch.time(self.sealer.finish)
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            self.pending.discard()
 
 
 def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
@@ -278,8 +313,10 @@ class InboundProxy:
     def __init__(self, store: IPairStore, keys: KeyCache, forwarder: UpstreamForwarder,
                  secrets: tuple[bytes, ...],
                  mte_routes: tuple[RoutePattern, ...] | None = None,
-                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Any = None) -> None:
+                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Any = None,
+                 stream_idle_timeout: float | None = None) -> None:
         self.metrics = metrics
+        self.stream_idle_timeout = stream_idle_timeout
         self.store = store
         self.keys = keys
         self.forwarder = forwarder
@@ -322,7 +359,7 @@ class InboundProxy:
                 raise _Refused(413, "Payload too large",
                                f"an MTE body may be at most {self.mte_body_limit} sealed bytes;"
                                " use MKE framing for larger bodies")
-            plain_length(length, header.mode)  # impossible sizes: 562
+            check_sealed_length(length, header.mode)  # impossible sizes: 562
         client = verify_client_id(header.client_id, self.secrets)
         return header, tokens[0], client
 
@@ -343,6 +380,8 @@ class Exchange:
         self.client = client
         self.gone = False
         self.upstream: Deferred[IResponse] | None = None
+        #: The upstream body being streamed to the client (cancel: close it).
+        self.streaming: Deferred[None] | None = None
         self.selection: frozenset[str] | None = None
         self.decoding = crypto_stopwatch(proxy.metrics, "request_decode")
         self.encoding = crypto_stopwatch(proxy.metrics, "response_encode")
@@ -355,6 +394,9 @@ class Exchange:
         self.gone = True
         if self.upstream is not None:
             self.upstream.cancel()
+        if self.streaming is not None:
+            # A live stream's client left: end the upstream request too.
+            self.streaming.cancel()
 
     def answer_error(self, status: int, message: str, reason: str | None = None,
                      upstream_reached: str = NOT_REACHED, logged: bool = False,
@@ -508,26 +550,63 @@ class Exchange:
             raise _Refused(404, "Not found", "route is not in MTE_ROUTES")
         return target
 
-    async def _body(self, cipher: MessageCipher) -> IBodyProducer | None:
+    def _declared_length(self, sealed: dict[str, list[str]]) -> int | None:
+        """An MKR body's declared plaintext length (spec 7.3), if the client sent one.
+
+        It travels in the headers item; with headersEnc=0 (where the item
+        holds only content-type) in clear - a wrong clear value can only make
+        the body fail (562, the upstream request aborted), as any tampering can.
+        """
+        values = sealed.get(BODY_LENGTH_CONTROL)
+        if values is None and not self.header.headers_enc:
+            raw = self.request.requestHeaders.getRawHeaders(BODY_LENGTH_CONTROL.encode(), None)
+            values = None if raw is None else [_text(value) for value in raw]
+        if values is None:
+            return None
+        if len(values) != 1:
+            raise DecodeFailed(f"{BODY_LENGTH_CONTROL} must have one value")
+        return parse_body_length(values[0])
+
+    def _whole_body_limit(self, length: int | None, declared: int | None) -> int | None:
+        """The read limit when the body is opened whole before forwarding, else None.
+
+        MTE is one item.  A streamed body that is a single final chunk or
+        record (by its Content-Length), or whose declared plain length is 0,
+        is opened whole too: an empty plain body is complete at the upstream
+        the moment it is sent (Content-Length 0), so streaming it would let a
+        truncated or forged final chunk be executed before it authenticated.
+        """
+        mode = self.header.mode
+        if mode == MODE_MTE:
+            return self.proxy.mte_body_limit
+        single = SEALED_CHUNK_SIZE if mode == MODE_MKE else RECORD_MAX + RECORD_OVERHEAD
+        if length is not None and length <= single:
+            return length
+        if declared == 0:
+            return single
+        return None
+
+    async def _body(self, cipher: MessageCipher, sealed: dict[str, list[str]]
+                    ) -> IBodyProducer | None:
         if not self.header.body_enc:
             return None
         request = self.request
-        opener = cipher.body_opener()
+        declared = self._declared_length(sealed) if self.header.mode == MODE_MKR else None
+        opener = cipher.body_opener(declared)
         length = declared_length(request.requestHeaders)
-        if self.header.mode == MODE_MTE or (length is not None and length <= SEALED_CHUNK_SIZE):
-            # MTE, and an MKE body that is a single (final) chunk: opened whole
-            # before anything is forwarded.  For MKE this is what keeps an
-            # empty body (Content-Length 0 upstream, complete the moment it is
-            # sent) from reaching the upstream before its chunk authenticated.
-            limit = self.proxy.mte_body_limit if self.header.mode == MODE_MTE else length
-            sealed = await read_body(request, limit)
-            plain = self.decoding.time(lambda: opener.feed(sealed) + opener.finish())
+        limit = self._whole_body_limit(length, declared)
+        if limit is not None:
+            whole = await read_body(request, limit)
+            plain = self.decoding.time(lambda: opener.feed(whole) + opener.finish())
             self.decoding.report()
             return BytesProducer(plain)
         source = request_body(request)
         if source is None:  # bodyEnc=1 with no body at all: the final chunk is missing
             raise DecodeFailed("body truncated")
-        plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
+        if self.header.mode == MODE_MKR:
+            plain: int | object = UNKNOWN_LENGTH if declared is None else declared
+        else:
+            plain = UNKNOWN_LENGTH if length is None else plain_length(length, MODE_MKE)
         return OpeningProducer(source, opener, plain, self.decoding)
 
     async def _exchange(self) -> None:
@@ -536,7 +615,7 @@ class Exchange:
         cipher, sealed_headers = await self._accepted(opened)
         keys = cipher.keys
         target = self._target(cipher)
-        body = await self._body(cipher)
+        body = await self._body(cipher, sealed_headers)
         if body is None:
             self.decoding.report()
         request = self.request
@@ -568,10 +647,17 @@ class Exchange:
         request = self.request
         status = response.code
         no_body = (request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200)
-        mode = MODE_MKE if (self.header.streaming and not no_body) else MODE_MTE
+        if no_body or not self.header.streaming:
+            mode = MODE_MTE
+        else:
+            mode = MODE_MKR if self.header.records else MODE_MKE
         reply = self.header.for_response(mode=mode, body_enc=not no_body)
         cipher = MessageCipher(keys, reply, Direction.S2C)
         sealed, clear = split_response_headers(response.headers, self.selection)
+        if mode == MODE_MKR and isinstance(response.length, int):
+            # Records are sent chunked; the length the upstream declared
+            # travels sealed, so relay A can pass Content-Length on (spec 7.3).
+            sealed[BODY_LENGTH_CONTROL] = [str(response.length)]
         plain: bytes | None = None
         if no_body:
             drain(response)
@@ -606,20 +692,25 @@ class Exchange:
             request.write(sealed_body)
             request.finish()
             return
-        if isinstance(response.length, int):
+        if mode == MODE_MKE and isinstance(response.length, int):
             length = sealed_length(response.length, MODE_MKE)
             headers.setRawHeaders(b"content-length", [b"%d" % length])
-        sealer = cipher.body_sealer()
+        clock = self.proxy.forwarder.clock
+        writer = SealingWriter(request, cipher.body_sealer(), self.encoding, clock)
+        self.streaming = stream_body(response, writer, clock, self.proxy.stream_idle_timeout)
         try:
-            await stream_body(response, SealingWriter(request, sealer, self.encoding))
+            await self.streaming
         except Exception as error:
-            log.info("upstream body interrupted: {why}", why=str(error),
+            writer.discard()
+            log.info("upstream body interrupted: {why}", why=str(error) or type(error).__name__,
                      request_id=request_id(request))
             if not self.gone:
                 request.loseConnection()
             return
+        finally:
+            self.streaming = None
         if not self.gone:
-            tail = self.encoding.time(sealer.finish)
+            tail = writer.finish()
             self.encoding.report()
             request.write(tail)
             request.finish()

@@ -126,6 +126,7 @@ class OutboundProxy:
                               for name, value in config.headers]
         self.pairs = min(config.max_pool_size, MAX_PAIRS)
         self.timeout = config.upstream_timeout
+        self.stream_idle_timeout = config.stream_idle_timeout
         self._agent = agent
         self._client: RelayClient | None = None
         self._origins: dict[bytes, Origin] = {}
@@ -210,6 +211,8 @@ class _Exchange:
         self.options = options
         self.gone = False
         self.pending: Deferred[IResponse] | None = None
+        #: The decrypted answer being streamed to the application.
+        self.streaming: Deferred[None] | None = None
 
     def start(self) -> None:
         self.request.notifyFinish().addErrback(self._client_gone)
@@ -219,6 +222,9 @@ class _Exchange:
         self.gone = True
         if self.pending is not None:
             self.pending.cancel()
+        if self.streaming is not None:
+            # Close the connection to the remote relay: it ends its upstream stream.
+            self.streaming.cancel()
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("outbound request failed", failure, request_id=request_id(self.request))
@@ -350,8 +356,10 @@ class _Exchange:
         if (isinstance(response.length, int) and request.method != b"HEAD"
                 and response.code not in (204, 304)):
             request.setHeader(b"content-length", b"%d" % response.length)
+        self.streaming = stream_body(response, request, self.proxy.clock,
+                                     self.proxy.stream_idle_timeout)
         try:
-            await stream_body(response, request)
+            await self.streaming
         except Exception as error:
             # The remote relay's connection broke, or a chunk did not
             # authenticate: the application must not take a cut body as whole.
@@ -361,6 +369,8 @@ class _Exchange:
             if not self.gone:
                 request.loseConnection()
             return
+        finally:
+            self.streaming = None
         if not self.gone:
             request.finish()
 

@@ -61,7 +61,8 @@ class RelayRoot(Resource):
             trusted_proxies=config.trusted_proxies,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
-                                    mte_routes=config.mte_routes, metrics=metrics)
+                                    mte_routes=config.mte_routes, metrics=metrics,
+                                    stream_idle_timeout=config.stream_idle_timeout)
         self.outbound = OutboundProxy(clock, config, agent=outbound_agent, metrics=metrics)
         self.cors = CorsPolicy(config.cors_origins, config.cors_methods, config.cors_max_age)
         self.extra_headers = [

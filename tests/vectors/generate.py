@@ -1,4 +1,5 @@
-"""Regenerate the protocol test vectors (pairing.json, sealing.json, framing.json).
+"""Regenerate the protocol test vectors (pairing.json, sealing.json, framing.json,
+records.json).
 
 Run with the project's interpreter:  .venv/bin/python tests/vectors/generate.py
 
@@ -390,10 +391,156 @@ def gen_framing() -> dict:
     }
 
 
+# ------------------------------------------------------------------ records
+
+def record_table(cipher: sealing.MessageCipher, pieces: list[bytes]) -> tuple[bytes, list]:
+    """Seal ``pieces`` as records (the last one final) one by one, as a sender
+    that flushes each piece the moment it has it; returns (wire, table)."""
+    header = cipher.header
+    sealer = cipher.body_sealer()
+    wires = [sealer.feed(p) for p in pieces[:-1]] + [sealer.finish(pieces[-1])]
+    table = []
+    for i, (plain, wire) in enumerate(zip(pieces, wires)):
+        final = i == len(pieces) - 1
+        entry = {"index": 2 + i, "final": final, "plainLength": len(plain),
+                 "prefix": wire[:4].hex(),
+                 "nonce": sealing.item_nonce(header.seq, 2 + i).hex(),
+                 "aad": sealing.item_aad(1, cipher.direction, sealing.Kind.BODY, final,
+                                         header.flags_byte(), header.seq,
+                                         header.pair_id).hex(),
+                 "tag": wire[-16:].hex(), "wireLength": len(wire)}
+        if len(plain) <= 2048:
+            entry["plaintext"] = plain.hex()
+        else:
+            assert plain == body_bytes(len(plain))
+        table.append(entry)
+    return b"".join(wires), table
+
+
+def gen_records() -> dict:
+    from mterelay.protocol.header import FRAMING_HEADER, RELAY_FRAMINGS, parse_framings
+    from mterelay.protocol.records import BODY_LENGTH_CONTROL
+
+    keys = vector_keys()
+    request = RelayHeader(CLIENT_ID, keys.pair_id, "MKR", True, True, True, True, 9, True)
+    response = request.for_response(mode="MKR", body_enc=True)
+    bodiless = RelayHeader(CLIENT_ID, keys.pair_id, "MTE", True, True, False, True, 10, True)
+    old = RelayHeader(CLIENT_ID, keys.pair_id, "MKE", True, True, True, True, 11)
+    negotiation = {
+        "announcement": {"header": FRAMING_HEADER, "value": RELAY_FRAMINGS},
+        "announcementParsing": [
+            {"value": v, "records": "MKR" in parse_framings(v)}
+            for v in (RELAY_FRAMINGS, None, " MTE , MKR ", "MTE,MKE", "mkr", "MKR2,MKE")],
+        "headers": [
+            {"description": "request with an MKR body, accepting an MKR answer",
+             "value": request.format(), "flagsByte": request.flags_byte()},
+            {"description": "its response, record-framed",
+             "value": response.format(), "flagsByte": response.flags_byte()},
+            {"description": "GET without a body, accepting an MKR answer",
+             "value": bodiless.format(), "flagsByte": bodiless.flags_byte()},
+            {"description": "what an older client sends (unchanged flags byte)",
+             "value": old.format(), "flagsByte": old.flags_byte()},
+        ],
+        "invalidHeaders": [],
+    }
+    for value in (request.format().replace(",2,9", ",3,9"),
+                  request.format().replace(",MKR,", ",mkr,")):
+        try:
+            RelayHeader.parse(value)
+        except RelayError as e:
+            negotiation["invalidHeaders"].append({"value": value, "error": e.code})
+        else:
+            raise AssertionError(value)
+    # Answers a client refuses (562): MKR to streaming=1, MKE to streaming=0.
+    plain_req = RelayHeader(CLIENT_ID, keys.pair_id, "MTE", True, True, False, False, 12)
+    negotiation["refusedResponses"] = [
+        {"request": old.format(), "response": f"{CLIENT_ID},{keys.pair_id},MKR,0,1,1,1,11"},
+        {"request": plain_req.format(),
+         "response": f"{CLIENT_ID},{keys.pair_id},MKE,0,1,1,0,12"}]
+
+    c2s = sealing.MessageCipher(keys, request, sealing.Direction.C2S)
+    s2c = sealing.MessageCipher(keys, response, sealing.Direction.S2C)
+    sse = [b"event: tick\ndata: 1\n\n", b"event: tick\ndata: 2\n\n",
+           b'{"n":3}\n', b"x" * 1000, b""]
+    bodies = []
+    for name, cipher, pieces in (
+            ("one byte, then an empty final record", c2s, [b"\x2a", b""]),
+            ("one 64 KiB record, then an empty final record", c2s,
+             [body_bytes(65536), b""]),
+            ("empty body: one empty final record", c2s, [b""]),
+            ("final record holding data", c2s, [b"last"]),
+            ("64 KiB final record", c2s, [body_bytes(65536)]),
+            ("SSE/NDJSON response: 4 records flushed as they came, empty final", s2c, sse)):
+        wire, table = record_table(cipher, pieces)
+        plain = b"".join(pieces)
+        assert cipher.open_body(wire) == plain
+        vector = {"name": name, "direction": cipher.direction.name.lower(),
+                  "header": cipher.header.format(), "plainLength": len(plain),
+                  "plainSha256": sha256(plain), "wireLength": len(wire),
+                  "wireSha256": sha256(wire), "records": table}
+        if len(wire) <= 2048:
+            vector["wire"] = wire.hex()
+        bodies.append(vector)
+
+    sealer = c2s.body_sealer()
+    r1, r2, r3 = sealer.feed(b"first"), sealer.feed(b"second"), sealer.finish(b"")
+    mke_header = RelayHeader(CLIENT_ID, keys.pair_id, "MKE", False, True, True, True, 9, True)
+    mke = sealing.MessageCipher(keys, mke_header, sealing.Direction.C2S).seal_body(b"first")
+    flipped = bytes([r1[0] | 0x80]) + r1[1:]
+    must_fail = [
+        ("truncated: the final record missing", r1 + r2, None),
+        ("truncated: the final record cut by one byte", r1 + r2 + r3[:-1], None),
+        ("truncated inside a prefix", r1 + r2 + r3[:2], None),
+        ("reordered: records 0 and 1 swapped", r2 + r1 + r3, None),
+        ("record 0 duplicated", r1 + r1 + r2 + r3, None),
+        ("oversize length field (65537)", bytes.fromhex("00010001") + bytes(65553), None),
+        ("reserved length bits set", bytes.fromhex("00400005") + r1[4:], None),
+        ("trailing byte after the final record", r1 + r2 + r3 + b"\x00", None),
+        ("empty non-final record", bytes.fromhex("00000000") + bytes(16) + r3, None),
+        ("final bit set on record 0", flipped, None),
+        ("an MKE chunk behind a record prefix", bytes.fromhex("80000005") + mke, None),
+        ("declared length 10, body is 11 bytes", r1 + r2 + r3, 10),
+        ("declared length 12, body is 11 bytes", r1 + r2 + r3, 12),
+    ]
+    cases = []
+    for description, wire, declared in must_fail:
+        try:
+            opener = c2s.body_opener(declared)
+            opener.feed(wire)
+            opener.finish()
+        except RelayError:
+            pass
+        else:
+            raise AssertionError(description)
+        case = {"description": description, "header": request.format(), "direction": "c2s"}
+        if len(wire) <= 2048:
+            case["wire"] = wire.hex()
+        else:
+            case["wirePrefix"] = wire[:4].hex()
+            case["wireLength"] = len(wire)
+        if declared is not None:
+            case["declaredLength"] = declared
+        cases.append(case)
+    declared = {"name": BODY_LENGTH_CONTROL, "plainLength": 11, "header": request.format(),
+                "wire": (r1 + r2 + r3).hex()}
+    return {
+        "description": "Record framing, MKR (docs/protocol.md sections 5.1 and 7.2-7.3). "
+                       "Keys and ids as in sealing.json; 64 KiB plaintexts are bytes "
+                       "(7 * i + 3) mod 256. A record on the wire is prefix || sealed "
+                       "(plainLength + 16 bytes, tag last).",
+        "recordMax": 65536,
+        "negotiation": negotiation,
+        "bodies": bodies,
+        "declaredLength": declared,
+        "mustFail": cases,
+    }
+
+
 def main() -> None:
     write("pairing.json", gen_pairing())
     write("sealing.json", gen_sealing())
     write("framing.json", gen_framing())
+    write("records.json", gen_records())
 
 
 if __name__ == "__main__":
