@@ -13,6 +13,7 @@ validation rule and its message lives in this module; a failure is a single
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -112,6 +113,12 @@ class Config:
     stream_idle_timeout: float = 300.0
     max_connections: int | None = None
     workers: int = 1
+    #: Proxies whose X-Forwarded-For names the client (pairing limits by source).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    pairing_address_rate: float = 100.0
+    pairing_client_rate: float = 25.0
+    pairing_global_rate: float = 200.0
+    pairing_concurrency: int = 32
     #: DEBUG=true: also echo x-request-id on responses.
     debug: bool = False
 
@@ -290,6 +297,34 @@ def _limit_seconds(value: Any) -> float:
     if not 0 < number <= 3600:
         raise ValueError("must be more than 0 and at most 3600 seconds")
     return number
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of pairs per second")
+    try:
+        number = float(_text(value))
+    except ValueError:
+        raise ValueError("must be a number of pairs per second") from None
+    if not 0 < number <= 1_000_000:
+        raise ValueError("must be a positive number of pairs per second (at most 1000000)")
+    return number
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in _list(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"entry {item!r} is not an IP address or CIDR network") \
+                    from None
+            raise ValueError(f"entry {item!r} has host bits set (did you mean {loose}?)") \
+                from None
+    return tuple(networks)
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -508,6 +543,22 @@ SETTINGS: tuple[Setting, ...] = (
             " (default: 10000, or less when the open-files limit is lower)."),
     Setting("workers", "WORKERS", "workers", _int_between(1, 64), "workers",
             "Processes sharing the listening port (default 1; more than 1 needs REDIS_URL)."),
+    Setting("trusted_proxies", "TRUSTED_PROXIES", "trustedProxies", _networks,
+            "trusted-proxies",
+            "Comma-separated proxy addresses/CIDRs whose X-Forwarded-For names the client"
+            " (default: none, the TCP peer is the client)."),
+    Setting("pairing_address_rate", "PAIRING_ADDRESS_RATE", "pairingAddressRate", _rate,
+            "pairing-address-rate", "Pairs per second one source address may create"
+            " (default 100)."),
+    Setting("pairing_client_rate", "PAIRING_CLIENT_RATE", "pairingClientRate", _rate,
+            "pairing-client-rate", "Pairs per second one client id may create from one"
+            " source address (default 25)."),
+    Setting("pairing_global_rate", "PAIRING_GLOBAL_RATE", "pairingGlobalRate", _rate,
+            "pairing-global-rate", "Pairs per second this process creates at most, all"
+            " clients together (default 200)."),
+    Setting("pairing_concurrency", "PAIRING_CONCURRENCY", "pairingConcurrency",
+            _int_between(1, 100_000), "pairing-concurrency",
+            "Pairing requests in progress at once per process (default 32)."),
 )
 
 _DEBUG = Setting("debug", "DEBUG", "debug", _bool, None, "")

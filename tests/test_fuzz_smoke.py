@@ -26,11 +26,9 @@ from tests.redisserver import SkipRedis, find_redis_server
 #: check name -> the finding that makes it fail today.  Flipped (deleted) after the
 #: merges of issue 14's fixes: the replay, knock-out, header-stripping, injection,
 #: clear x-mte-response-headers, DNS label, shutdown and in-flight-gauge attacks, and the
-#: critical-line, query-string, valid-request and replay totals.
-KNOWN_OPEN = {
-    "attack pairing-flood-victim-id": "#5 a flood keyed on the victim's client id locks it out "
-                                      "(pairing-flood branch not merged yet)",
-}
+#: critical-line, query-string, valid-request and replay totals, and (with the
+#: pairing-flood branch) the pairing flood on a victim's client id.
+KNOWN_OPEN: dict[str, str] = {}
 
 def _run_smoke() -> "object":
     from fuzz.attacks import ATTACKS

@@ -224,8 +224,10 @@ class PairingTests(SynchronousTestCase):
         self.assertEqual(answer["field"], "$")
 
     def test_rate_limited(self) -> None:
-        # Burst is 4 * MAX_POOL_SIZE pairs but at least one full batch (64),
-        # refilled at MAX_POOL_SIZE per second.
+        # Burst is 4 s of PAIRING_CLIENT_RATE but at least one full batch (64),
+        # refilled at PAIRING_CLIENT_RATE (4) per second.
+        self.relay = MemoryRelay.build(MAX_POOL_SIZE="4", PAIRING_CLIENT_RATE="4")
+        self.client = Sealer(self.relay)
         for _ in range(16):
             self.assertEqual(self.post(self.entries(4))[0].code, 200)
         response, answer = self.post(self.entries(1))

@@ -6,7 +6,7 @@ these two cover a peer that is not (or not yet) usable as a relay.
 
 from __future__ import annotations
 
-__all__ = ["NotARelay", "PairingFailed"]
+__all__ = ["NotARelay", "PairingFailed", "retry_after_seconds"]
 
 
 class NotARelay(Exception):
@@ -14,9 +14,28 @@ class NotARelay(Exception):
 
 
 class PairingFailed(Exception):
-    """``POST /api/mte-pair`` was refused with a non-55x status (400, 429, 503, ...)."""
+    """``POST /api/mte-pair`` was refused with a non-55x status (400, 429, 503, ...).
 
-    def __init__(self, status: int, reason: str) -> None:
+    ``retry_after`` (seconds) is set for a 429: the pool makes no pairing
+    with that relay before it has passed (spec section 2).
+    """
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"pairing refused with {status}" + (f": {reason}" if reason else ""))
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(values: list[bytes] | None, default: float = 1.0,
+                        ceiling: float = 3600.0) -> float:
+    """A ``Retry-After`` header as seconds: delta-seconds only, else ``default``.
+
+    Capped so a hostile relay cannot silence a client for ever with one answer.
+    """
+    if not values:
+        return default
+    text = values[0].strip()
+    if not text.isdigit():
+        return default
+    return min(float(int(text)), ceiling) or default

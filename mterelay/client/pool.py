@@ -12,15 +12,20 @@ so the scheduling rules can be tested with fakes.  The rules:
   waits for a pair from a batch that **started after** the failure: after a
   relay restart every pooled pair is dead, so another old one would not do;
 * a refused client id (566) drops the id and every pair (pairing binds the
-  id's uuid), and the next batch validates first.
+  id's uuid), and the next batch validates first;
+* a pairing refused with a ``retry_after`` (429, spec section 2) holds all
+  pairing with that relay until it has passed: callers that need a new pair
+  meanwhile fail at once with that refusal instead of asking again, while
+  pairs already held keep being leased.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -72,7 +77,7 @@ class PairPool:
     """The client id and up to ``size`` pairs of one relay origin."""
 
     def __init__(self, size: int, validate: Validate, make_pairs: MakePairs,
-                 max_seq: int = MAX_SEQ) -> None:
+                 max_seq: int = MAX_SEQ, clock: Any = None) -> None:
         if not 1 <= size <= 64:
             raise ValueError("pairs must be 1..64")
         self.size = size
@@ -85,6 +90,10 @@ class PairPool:
         self._pairing = False
         self._waiters: list[_Waiter] = []
         self._turn = 0
+        #: An IReactorTime; without one a retry_after is not honoured.
+        self._clock = clock
+        self._hold_until = 0.0
+        self._hold: Failure | None = None
 
     # ------------------------------------------------------------ leasing
 
@@ -95,10 +104,13 @@ class PairPool:
         returned.  Cancelling the Deferred only withdraws this caller.
         """
         lease = self._lease(after)
+        held = self._held()
         if lease is not None:
-            if len(self.pairs) < self.size and not self._pairing:
+            if len(self.pairs) < self.size and not self._pairing and held is None:
                 self._start_batch()  # top the pool up in the background
             return succeed(lease)
+        if held is not None:
+            return fail(held)
 
         def cancel(deferred: "Deferred[Lease]") -> None:
             self._waiters = [w for w in self._waiters if w.deferred is not deferred]
@@ -139,6 +151,13 @@ class PairPool:
             self.client_id = None
             self.pairs.clear()
 
+    def _held(self) -> Failure | None:
+        """The 429 still in force (pairing must not be asked for), or None."""
+        if self._hold is not None and self._clock.seconds() < self._hold_until:
+            return self._hold
+        self._hold = None
+        return None
+
     # ------------------------------------------------------------ batches
 
     def _start_batch(self) -> None:
@@ -171,6 +190,9 @@ class PairPool:
         if isinstance(result, Failure):
             if result.check(InvalidClientId) and client_id is not None:
                 self.forget_client(client_id)
+            retry_after = getattr(result.value, "retry_after", None)
+            if retry_after and self._clock is not None:
+                self._hold, self._hold_until = result, self._clock.seconds() + retry_after
             failed = [w for w in self._waiters if w.after < batch]
             self._waiters = [w for w in self._waiters if w.after >= batch]
             log.info("pairing failed: {why}", why=result.getErrorMessage())
@@ -182,7 +204,13 @@ class PairPool:
         # else: the id was refused while this batch ran; its pairs bind a dead id.
         self._serve()
         if self._waiters and not self._pairing:
-            self._start_batch()
+            held = self._held()
+            if held is None:
+                self._start_batch()
+                return
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.deferred.errback(held)
 
     def _serve(self) -> None:
         ready: list[tuple[_Waiter, Lease]] = []

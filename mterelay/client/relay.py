@@ -40,7 +40,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 
 from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, SealingProducer,
                                     body_data, discard, read_limited)
-from mterelay.client.errors import NotARelay, PairingFailed
+from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
                                       end_to_end, normalize_headers, open_response,
                                       relay_error, seal_request)
@@ -149,7 +149,8 @@ class _Origin:
     def __init__(self, client: "RelayClient", origin: str) -> None:
         self.client = client
         self.origin = origin
-        self.pool = PairPool(client.pairs, self.validate, self.make_pairs)
+        self.pool = PairPool(client.pairs, self.validate, self.make_pairs,
+                             clock=client.reactor)
         #: The relay announced record framing (HEAD /api/mte-relay, spec 5.1).
         self.records = False
 
@@ -210,7 +211,9 @@ class _Origin:
         if response.code != 200:
             if 559 <= response.code <= 569:
                 raise relay_error(response.code, answer)
-            raise PairingFailed(response.code, _reason(answer))
+            hold = (retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
+                    if response.code == 429 else None)
+            raise PairingFailed(response.code, _reason(answer), hold)
         if too_long:
             raise MalformedPairResponse("$", "pair response too large")
         try:

@@ -5,7 +5,8 @@
 Both are unauthenticated by nature, so both are cheap to refuse: the id is
 checked before any body is read, the body is size-capped before it is
 parsed, and pairing (the expensive part: two ML-KEM encapsulations per
-pair) is rate-limited per client.
+pair) is admitted by :mod:`mterelay.web.admission` before any key is parsed:
+once before the body is read, and again with the body's entry count.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_c
 from mterelay.protocol.header import FRAMING_HEADER, RELAY_FRAMINGS
 from mterelay.protocol.errors import (InvalidClientId, MalformedPairRequest, MissingHeader,
                                      RelayError)
-from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST, respond_all
+from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST, parse_pair_requests, respond_all
 from mterelay.protocol.keys import PairKeys
 from mterelay.store.interface import IPairStore, PairExists, StoreUnavailable, pair_generation
 from mterelay.store.keycache import KeyCache
-from mterelay.web.responses import error_body, json_body, relay_error, request_id
+from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
+from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
+                                    unlogged_error_body)
+from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.pairing")
@@ -35,6 +39,9 @@ log = Logger(namespace="mterelay.pairing")
 RELAY_HEADER = b"x-mte-relay"
 #: A request entry is about 3.5 KB of base64url; leave room for whitespace.
 BYTES_PER_ENTRY = 6 * 1024
+#: Bytes per entry assumed before the body is read: compact or indented JSON
+#: stays under it, so the estimate does not count more pairs than are sent.
+ESTIMATE_BYTES_PER_ENTRY = 4 * 1024
 
 
 def single_header(request: IRequest, name: bytes) -> bytes | None:
@@ -73,55 +80,20 @@ def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:
     return b""
 
 
-class PairingLimiter:
-    """Token bucket of pairs per client uuid, so one client cannot make the
-    relay spend its CPU on encapsulations (or fill the store) without bound.
-
-    Per process: with N replicas a client gets at most N times the rate,
-    which still bounds the work per replica, the thing being protected.
-    """
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: int,
-                 max_clients: int = 10_000) -> None:
-        self.clock = clock
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str, count: int) -> float:
-        """Take ``count`` tokens; 0.0 when allowed, else seconds to wait."""
-        now = self.clock.seconds()
-        tokens, stamp = self._buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < count:
-            self._buckets[client] = (tokens, now)
-            return (count - tokens) / self.rate
-        self._buckets[client] = (tokens - count, now)
-        if len(self._buckets) > self.max_clients:
-            self._evict_full(now)
-        return 0.0
-
-    def _evict_full(self, now: float) -> None:
-        """Drop buckets that have refilled: forgetting them changes nothing."""
-        for client, (tokens, stamp) in list(self._buckets.items()):
-            if tokens + (now - stamp) * self.rate >= self.burst:
-                del self._buckets[client]
-        while len(self._buckets) > self.max_clients:
-            del self._buckets[next(iter(self._buckets))]
-
-
 class PairRoute:
     """``POST /api/mte-pair``: validate everything, derive, store, answer."""
 
     def __init__(self, store: IPairStore, keys: KeyCache, secrets: tuple[bytes, ...],
-                 max_entries: int, limiter: PairingLimiter, metrics: Any = None) -> None:
+                 max_entries: int, admission: PairingAdmission, metrics: Any = None,
+                 trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.metrics = metrics
         self.store = store
         self.keys = keys
         self.secrets = secrets
         self.max_entries = min(max_entries, MAX_PAIRS_PER_REQUEST)
-        self.limiter = limiter
+        self.admission = admission
+        self.trusted_proxies = trusted_proxies
+        self.refusals = RefusalLog(admission.clock)
 
     def render(self, request: IRequest) -> Any:
         try:
@@ -138,10 +110,36 @@ class PairRoute:
         length = request.requestHeaders.getRawHeaders(b"content-length", [b""])[0]
         if length.isdigit() and int(length) > limit:
             return _too_large(request, limit)
-        ensureDeferred(self._pair(request, client, limit)).addErrback(self._crashed, request)
+        source = self._source(request)
+        # Refused before the body is read whenever even the pairs its declared
+        # length can hold do not fit (capped at one full request, so a body
+        # padded with white space is delayed at worst, never refused for good).
+        declared = int(length) if length.isdigit() else 0
+        estimate = max(1, min(self.max_entries, declared // ESTIMATE_BYTES_PER_ENTRY))
+        refusal = self.admission.check(source, client, estimate)
+        if refusal is not None:  # not even the body is worth reading
+            return self._refuse(request, refusal, source)
+        ensureDeferred(self._pair(request, client, limit, source)).addErrback(
+            self._crashed, request)
         return NOT_DONE_YET
 
-    async def _pair(self, request: IRequest, client: str, limit: int) -> None:
+    def _source(self, request: IRequest) -> str:
+        """The bucket key of the request's source address (see sourceaddress)."""
+        peer = getattr(request.getClientAddress(), "host", None)
+        forwarded = (request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+                     if self.trusted_proxies else None)
+        return bucket_key(source_address(peer, forwarded, self.trusted_proxies))
+
+    def _refuse(self, request: IRequest, refusal: Refusal, source: str) -> bytes:
+        """429 naming the limit; logged at most once per limit per interval, always metered."""
+        self.refusals.refused(refusal, source, request_id=request_id(request))
+        # The site meters relay_errors_total{code="429", reason="pairing_<limit>_limit"}.
+        request.mterelay_refusal = f"pairing {refusal.limit} limit"
+        request.setHeader(b"retry-after", b"%d" % refusal.retry_after)
+        return unlogged_error_body(request, 429, "Too many pairings", refusal.reason,
+                                   limit=refusal.limit, retryAfter=refusal.retry_after)
+
+    async def _pair(self, request: IRequest, client: str, limit: int, source: str) -> None:
         try:
             body = await read_body(request, limit)
         except BodyTooLarge:
@@ -150,6 +148,22 @@ class PairRoute:
         except ClientGone:
             return
         try:
+            count = len(parse_pair_requests(body, self.max_entries))
+        except MalformedPairRequest as error:
+            _finish(request, error_body(request, 400, "Malformed pair request.",
+                                        error.reason, field=error.field))
+            return
+        refusal = self.admission.admit(source, client, count)
+        if refusal is not None:
+            _finish(request, self._refuse(request, refusal, source))
+            return
+        try:
+            await self._admitted(request, client, body)
+        finally:
+            self.admission.release()
+
+    async def _admitted(self, request: IRequest, client: str, body: bytes) -> None:
+        try:
             entries, pair_keys = respond_all(client, body, self.max_entries)
         except MalformedPairRequest as error:
             _finish(request, error_body(request, 400, "Malformed pair request.",
@@ -157,13 +171,6 @@ class PairRoute:
             return
         except RelayError as error:  # 567: unsupported version
             _finish(request, relay_error(request, error))
-            return
-        wait = self.limiter.take(client, len(pair_keys))
-        if wait:
-            request.setHeader(b"retry-after", b"%d" % max(1, round(wait + 0.5)))
-            _finish(request, error_body(request, 429, "Too many pairings",
-                                        f"pairing rate exceeded for this client id; retry in "
-                                        f"{wait:.1f} s"))
             return
         blobs = [keys.to_bytes() for keys in pair_keys]
         if not await self._store_all(request, client, pair_keys, blobs):

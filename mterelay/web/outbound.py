@@ -25,6 +25,7 @@ twice: a 55x then reaches the application as a 502 naming the relay error.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -304,6 +305,11 @@ class _Exchange:
             self._failed(502, "Remote relay error", reason, reached(error))
             return
         except (NotARelay, PairingFailed) as error:
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after:  # the remote relay refused pairing for now (429)
+                self.request.setHeader(b"retry-after", b"%d" % math.ceil(retry_after))
+                self._failed(503, "Remote relay busy", str(error)[:300], reached(error))
+                return
             self._failed(502, "Remote relay error", str(error)[:300], reached(error))
             return
         except _UNREACHABLE as error:

@@ -21,7 +21,8 @@ from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
 from mterelay.store.keycache import KeyCache
 from mterelay.web.echo import is_echo_path, render_echo
-from mterelay.web.handshake import PairingLimiter, PairRoute, render_relay_head
+from mterelay.web.admission import PairingAdmission, PairingLimits
+from mterelay.web.handshake import PairRoute, render_relay_head
 from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
@@ -56,9 +57,8 @@ class RelayRoot(Resource):
         # burst holds one full batch, or a 64-entry batch would wait for ever.
         self.pairing = PairRoute(
             self.store, self.keys, self.secrets, MAX_PAIRS_PER_REQUEST,
-            PairingLimiter(clock, rate=config.max_pool_size,
-                           burst=max(4 * config.max_pool_size, MAX_PAIRS_PER_REQUEST)),
-            metrics=metrics,
+            PairingAdmission(clock, pairing_limits(config)), metrics=metrics,
+            trusted_proxies=config.trusted_proxies,
         )
         self.inbound = InboundProxy(self.store, self.keys, forwarder, self.secrets,
                                     mte_routes=config.mte_routes, metrics=metrics,
@@ -132,3 +132,15 @@ class RelayRoot(Resource):
         ):
             return error_body(request, 404, "Not found", "route is not in MTE_ROUTES")
         return relay_error(request, MissingHeader("x-mte-relay header is required"))
+
+
+def pairing_limits(config: Config) -> PairingLimits:
+    """The pairing admission limits the configuration asks for.
+
+    Every bucket holds at least one full request (``MAX_PAIRS_PER_REQUEST``
+    entries, which every relay accepts whatever its ``MAX_POOL_SIZE``).
+    """
+    return PairingLimits(
+        address_rate=config.pairing_address_rate, client_rate=config.pairing_client_rate,
+        global_rate=config.pairing_global_rate, concurrency=config.pairing_concurrency,
+        max_entries=MAX_PAIRS_PER_REQUEST)
