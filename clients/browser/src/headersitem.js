@@ -4,7 +4,9 @@
 
 import { decodeUtf8, utf8Encoder } from './encoding.js';
 
-const NAME_RE = /^[!#$%&'*+.^_`|~0-9a-z]+$/;
+// RFC 9110 tchar, lowercase. (The regex printed in section 6.3 lacks "-", which would
+// refuse content-type itself; the token grammar the section names includes it.)
+const NAME_RE = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
 const BAD_VALUE_RE = /[\x00-\x08\x0a-\x1f\x7f]/;
 const LONE_SURROGATE_RE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
