@@ -100,11 +100,12 @@ async function attempt(relay, request, body, lease, opts) {
   const method = request.method;
   const bodyEnc = body !== null;
   const keys = lease.pair.keys;
-  const mode = !bodyEnc ? 'MTE' : opts.encodeType === 'MTE' ? 'MTE' : relay.records ? 'MKR' : 'MKE';
+  const records = relay.records && !opts.fixedFraming;
+  const mode = !bodyEnc ? 'MTE' : opts.encodeType === 'MTE' ? 'MTE' : records ? 'MKR' : 'MKE';
   const split = splitHeaders(request.headers, opts.encodeHeaders);
   const header = {
     clientId: lease.clientId, pairId: keys.pairId, mode, urlEnc: opts.encodeUrls,
-    headersEnc: opts.encodeHeaders !== false, bodyEnc, streaming: relay.records ? 2 : 1, seq: lease.seq,
+    headersEnc: opts.encodeHeaders !== false, bodyEnc, streaming: records ? 2 : 1, seq: lease.seq,
   };
   let target = plainTarget(url, relay.options.pathPrefix);
   if (header.urlEnc) {
@@ -219,6 +220,7 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
   let after = 0;
   for (let tries = 0; ; tries++) {
     const lease = await relay.pool.acquire(after, signal);
+    lease.records = relay.records && !opts.fixedFraming;
     const { response, error } = await attempt(relay, request, body, lease, opts);
     if (response) return response;
     const code = error.code;
@@ -226,9 +228,11 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
       && (error.upstreamReached === 'no' || IDEMPOTENT.has(request.method));
     if (REPAIR_CODES.has(code)) after = relay.pool.drop(lease.pair);
     if (code === 566) after = relay.forgetClient(lease.clientId);
-    if (code === 568 && relay.records && tries === 0 && isReplayable(body)) {
-      relay.records = false; // an older replica: resend with fixed framing (section 5.1)
-      relay.validate().catch(() => {}); // and learn the framing anew
+    if (code === 568 && lease.records && tries === 0 && isReplayable(body)) {
+      // An older replica (section 5.1): resend with fixed framing, then learn anew.
+      relay.records = false;
+      opts.fixedFraming = true;
+      await relay.validate().catch(() => {});
       continue;
     }
     if (!canResend) throw error;
