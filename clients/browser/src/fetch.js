@@ -86,7 +86,9 @@ function openedStream(wireBody, opener) {
         }
       } catch (error) {
         reader.cancel(error).catch(() => {});
-        controller.error(error instanceof MteRelayError ? error : decodeFailed(String(error)));
+        // An abort stays an AbortError (fetch semantics); a body cut short is a 562.
+        const aborted = error && error.name === 'AbortError';
+        controller.error(aborted || error instanceof MteRelayError ? error : decodeFailed(`body lost: ${error}`));
       }
     },
     cancel(reason) {
