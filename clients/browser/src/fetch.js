@@ -50,10 +50,17 @@ function isReplayable(body) {
   return body === null || body instanceof Uint8Array;
 }
 
-function streamedRecords(source, sealer) {
-  const reader = source.getReader();
+/**
+ * The wire body of a streamed upload: each piece the source yields becomes a record.
+ * Pulled only on demand (highWaterMark 0), so `state.pulled` tells whether the
+ * platform read anything before it failed.
+ */
+function streamedRecords(source, sealer, state) {
+  let reader = null;
   return new ReadableStream({
     async pull(controller) {
+      reader ||= source.getReader();
+      state.pulled = true;
       const { done, value } = await reader.read();
       if (done) {
         controller.enqueue(await sealer.seal(new Uint8Array(0), true));
@@ -63,9 +70,9 @@ function streamedRecords(source, sealer) {
       }
     },
     cancel(reason) {
-      return reader.cancel(reason);
+      return reader ? reader.cancel(reason) : undefined;
     },
-  });
+  }, { highWaterMark: 0 });
 }
 
 /** The response body: the wire body through the opener, released as it authenticates. */
@@ -124,7 +131,7 @@ async function attempt(relay, request, body, lease, opts) {
       }
       wireBody = await sealBody(keys.c2s, header, C2S, body);
     } else {
-      wireBody = streamedRecords(body, new RecordSealer(keys.c2s, header, C2S));
+      wireBody = streamedRecords(body, new RecordSealer(keys.c2s, header, C2S), opts.upload);
     }
     wireHeaders.set('content-type', 'application/octet-stream');
   }
@@ -138,7 +145,18 @@ async function attempt(relay, request, body, lease, opts) {
     redirect: 'manual', referrerPolicy: request.referrerPolicy, keepalive: request.keepalive,
   };
   if (wireBody && !(wireBody instanceof Uint8Array)) init.duplex = 'half';
-  const wire = await relay.fetch(`${relay.base}${target}`, init);
+  let wire;
+  try {
+    wire = await relay.fetch(`${relay.base}${target}`, init);
+  } catch (error) {
+    // Chromium streams a request body only over HTTP/2 and rejects it over HTTP/1.1
+    // (a TypeError) without reading it: then the body can still be sent buffered.
+    if (wireBody && !(wireBody instanceof Uint8Array) && error instanceof TypeError && !opts.upload.pulled
+        && !(request.signal && request.signal.aborted)) {
+      return { fallback: true };
+    }
+    throw error;
+  }
   return openResponse(relay, header, lease, wire, request);
 }
 
@@ -213,18 +231,31 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
   };
   // A body is held (so it can be resent) unless the caller asked to stream it to a
   // relay that speaks records; a streamed body is never resent (section 10.2).
+  // The first lease is taken first: only a validated relay says whether it speaks records.
+  let first = await relay.pool.acquire(0, signal);
   let body = null;
   if (request.body !== null) {
     const stream = init && init.body instanceof ReadableStream;
-    if (stream && opts.useStreaming !== false && relay.records && opts.encodeType !== 'MTE') body = request.body;
+    if (stream && opts.useStreaming !== false && relay.records && relay.streamUploads !== false
+        && opts.encodeType !== 'MTE') body = request.body;
     else body = new Uint8Array(await request.arrayBuffer());
   }
   let after = 0;
   for (let tries = 0; ; tries++) {
-    const lease = await relay.pool.acquire(after, signal);
+    const lease = first || await relay.pool.acquire(after, signal);
+    first = null;
     lease.records = relay.records && !opts.fixedFraming;
-    const { response, error } = await attempt(relay, request, body, lease, opts);
+    opts.upload = { pulled: false };
+    const { response, error, fallback } = await attempt(relay, request, body, lease, opts);
     if (response) return response;
+    if (fallback) {
+      // Nothing was read, nothing sent: buffer the body and send it on a new seq; and
+      // buffer this origin's uploads from now on (section 7: MKR with Content-Length).
+      relay.streamUploads = false;
+      body = new Uint8Array(await new Response(body).arrayBuffer());
+      tries -= 1;
+      continue;
+    }
     const code = error.code;
     const canResend = tries === 0 && RESEND_CODES.has(code) && isReplayable(body)
       && (error.upstreamReached === 'no' || IDEMPOTENT.has(request.method));

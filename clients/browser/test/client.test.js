@@ -239,3 +239,28 @@ test('an aborted signal rejects before anything is sent', async () => {
   await assert.rejects(f(`${ORIGIN}/a`, { signal: c.signal }), (e) => e.name === 'AbortError');
   assert.equal(fake.log.length, 0);
 });
+
+test('a streamed upload the platform refuses unread (HTTP/1.1 in Chromium) is sent buffered', async () => {
+  const { fake, relay } = setup();
+  const refusing = async (url, init) => {
+    if (init.body instanceof ReadableStream) throw new TypeError('Failed to fetch (ERR_ALPN_NEGOTIATION_FAILED)');
+    return fake.fetch(url, init);
+  };
+  relay.fetch = refusing;
+  const f = (input, init) => relayFetch(() => relay, input, init, {});
+  const mk = (text) => new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode(text)); c.close(); } });
+  const r = await f(`${ORIGIN}/up`, { method: 'POST', body: mk('fallback body'), duplex: 'half' });
+  assert.equal((await r.json()).body, 'fallback body');
+  const sent = messages(fake).at(-1);
+  assert.equal(sent.relayHeader.mode, 'MKR');
+  assert.equal(relay.streamUploads, false);
+  const again = await f(`${ORIGIN}/up`, { method: 'POST', body: mk('second'), duplex: 'half' });
+  assert.equal((await again.json()).body, 'second');
+  // A TypeError after the body was read is the caller's (the upstream may have it).
+  relay.streamUploads = true;
+  relay.fetch = async (url, init) => {
+    if (init.body instanceof ReadableStream) { await new Response(init.body).arrayBuffer(); throw new TypeError('network'); }
+    return fake.fetch(url, init);
+  };
+  await assert.rejects(f(`${ORIGIN}/up`, { method: 'POST', body: mk('lost'), duplex: 'half' }), TypeError);
+});
