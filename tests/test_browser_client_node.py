@@ -63,8 +63,8 @@ class BundleTests(NodeClientMixin, SynchronousTestCase):
             with open(os.path.join(out, name), "rb") as rebuilt, \
                     open(os.path.join(PUBLIC, name), "rb") as committed:
                 self.assertTrue(rebuilt.read() == committed.read(),
-                                f"mterelay/public/{name} differs from a rebuild: run `npm run build`"
-                                " in clients/browser and commit the result")
+                                f"mterelay/public/{name} differs from a rebuild: run"
+                                " `npm run build` in clients/browser and commit the result")
 
     def test_size_budget(self) -> None:
         for name in ("mte-relay-browser.js", "mte-relay-browser.iife.js"):
