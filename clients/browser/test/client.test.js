@@ -264,3 +264,35 @@ test('a streamed upload the platform refuses unread (HTTP/1.1 in Chromium) is se
   };
   await assert.rejects(f(`${ORIGIN}/up`, { method: 'POST', body: mk('lost'), duplex: 'half' }), TypeError);
 });
+
+test('pairing: a 409 is answered once with fresh ids, a second 409 fails', async () => {
+  const { fake, f } = setup();
+  const conflict = () => fake.json(409, { code: 409, error: 'Pair id in use', field: '[0].pairId', upstreamReached: 'no' });
+  fake.pairScript.push(conflict);
+  await (await f(`${ORIGIN}/a`)).text();
+  const bodies = fake.log.filter((e) => e.path === '/api/mte-pair').map((e) => JSON.parse(new TextDecoder().decode(e.body)));
+  assert.equal(bodies.length, 2);
+  assert.notEqual(bodies[0][0].pairId, bodies[1][0].pairId);
+  const g = setup();
+  g.fake.pairScript.push(conflict, conflict);
+  await assert.rejects(g.f(`${ORIGIN}/a`), (e) => e instanceof MteRelayError && e.code === 409);
+});
+
+test('pairing: a 429 is not retried before Retry-After; an answer of the wrong size fails', async () => {
+  const { fake, f } = setup();
+  fake.pairScript.push(() => fake.json(429, { code: 429, error: 'Too many pairings', upstreamReached: 'no' }, { 'retry-after': '30' }));
+  await assert.rejects(f(`${ORIGIN}/a`), (e) => e.code === 429 && e.retryAfter === 30);
+  await assert.rejects(f(`${ORIGIN}/a`), (e) => e.code === 429);
+  assert.equal(pairings(fake), 1);
+  const g = setup();
+  g.fake.pairScript.push(() => g.fake.json(200, []));
+  await assert.rejects(g.f(`${ORIGIN}/a`), (e) => e.code === 562);
+});
+
+test('the wire request never asks the HTTP cache to skip (it would defeat the preflight cache)', async () => {
+  const { fake, relay } = setup();
+  const inits = [];
+  relay.fetch = (url, init) => { inits.push(init); return fake.fetch(url, init); };
+  await (await relayFetch(() => relay, `${ORIGIN}/c`, { cache: 'no-store' }, {})).text();
+  assert.ok(inits.every((i) => !('cache' in i)));
+});
