@@ -8,5 +8,8 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["mterelay", "mterelay.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/mterelay_plugin.py"]},
+    # mterelay/public/ holds the browser client built by clients/browser (npm run build),
+    # shipped so that pip and the Docker image serve it without Node.
+    package_data={"twisted": ["plugins/mterelay_plugin.py"],
+                  "mterelay": ["public/*.js", "public/*.map"]},
 )
