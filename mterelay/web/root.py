@@ -27,6 +27,7 @@ from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
+from mterelay.web.public import PublicFile, is_public_path, load_public_files, render_public
 from mterelay.protocol.errors import MissingHeader
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
@@ -41,8 +42,11 @@ class RelayRoot(Resource):
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
                  store: IPairStore, outbound_agent: IAgent | None = None,
-                 metrics: RelayMetrics | None = None) -> None:
+                 metrics: RelayMetrics | None = None,
+                 public_files: dict[bytes, PublicFile] | None = None) -> None:
         super().__init__()
+        # Loaded once: no request reads the file system (web/public.py).
+        self.public_files = load_public_files() if public_files is None else public_files
         self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
         if forwarder.metrics is None:
             forwarder.metrics = metrics
@@ -102,6 +106,10 @@ class RelayRoot(Resource):
             return self.outbound.render(request)
 
         path = request.path
+        if is_public_path(path):
+            # Before path_problem: any /public/ path that is not a loaded file,
+            # traversal attempts included, is the same 404.
+            return render_public(request, self.public_files)
         problem = path_problem(path)
         if problem:
             return error_body(request, 400, "Bad request", problem)
