@@ -90,8 +90,9 @@ class PublicTests(SynchronousTestCase):
             response, body = self.relay.call("GET", path)
             payload = json_of(body)
             if response.code == 400:
-                # Dot segments (also encoded) are refused before any route (web/paths.py).
-                self.assertIn("segments", payload["reason"], path)
+                # Dot segments, NUL and backslashes (also encoded) are refused before any
+                # route (web/paths.py).
+                self.assertRegex(payload["reason"], "segments|forbidden character", path)
             else:
                 self.assertEqual(response.code, 404, path)
                 self.assertEqual(payload["error"], "Not found", path)
