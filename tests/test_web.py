@@ -119,8 +119,8 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(h.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-methods"), [b"GET, POST, OPTIONS, HEAD"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-headers"),
-                         [b"x-mte-relay, x-mte-relay-eh, content-type, x-mte-response-headers,"
-                          b" x-request-id"])
+                         [b"x-mte-relay, x-mte-relay-eh, x-mte-relay-url, content-type,"
+                          b" x-mte-response-headers, x-request-id"])
         self.assertEqual(h.getRawHeaders(b"access-control-max-age"), [b"600"])
         self.assertIn(b"x-mte-relay-eh", h.getRawHeaders(b"access-control-expose-headers")[0])
         self.assertEqual(self.relay.upstream.received, [])

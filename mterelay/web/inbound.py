@@ -33,7 +33,8 @@ from mterelay.flushing import TurnCoalescer
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
-from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
+from mterelay.protocol.header import (FIXED_PATH, MODE_MKE, MODE_MKR, MODE_MTE, URL_HEADER,
+                                      RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.replay import Verdict
 from mterelay.protocol.records import (BODY_LENGTH_CONTROL, RECORD_MAX, RECORD_OVERHEAD,
@@ -57,6 +58,8 @@ log = Logger(namespace="mterelay.inbound")
 
 RELAY_HEADER = b"x-mte-relay"
 ITEM_HEADER = b"x-mte-relay-eh"
+URL_TOKEN_HEADER = URL_HEADER.encode("ascii")
+FIXED_TARGET = FIXED_PATH.encode("ascii")
 RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
 SEALED_CONTENT_TYPE = b"application/octet-stream"
 #: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
@@ -328,12 +331,13 @@ class InboundProxy:
         """Stateless checks answer at once; the rest runs in an :class:`Exchange`."""
         try:
             header, token, client = self._check(request)
+            target = wire_target(request, header)
         except RelayError as error:
             return relay_error(request, error)
         except _Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
-        Exchange(self, request, header, token, client).start()
+        Exchange(self, request, header, token, client, target).start()
         return NOT_DONE_YET
 
     def _check(self, request: IRequest) -> tuple[RelayHeader, bytes, str]:
@@ -364,6 +368,31 @@ class InboundProxy:
         return header, tokens[0], client
 
 
+def wire_target(request: IRequest, header: RelayHeader) -> bytes:
+    """The request target the headers item is bound to (spec 6.3, 5.2).
+
+    Per-request form: the request line's target.  Fixed-path form: the path
+    is :data:`FIXED_PATH` and the url token travels in ``x-mte-relay-url``;
+    the message is sealed exactly as in the per-request form, so its target
+    is ``"/" + token`` - the two forms differ only in where the token
+    travels, and the headers item still binds it.
+    """
+    tokens = request.requestHeaders.getRawHeaders(URL_TOKEN_HEADER, [])
+    if request.path != FIXED_TARGET:
+        if tokens:
+            raise MalformedHeader(f"{URL_HEADER} is only sent on {FIXED_PATH}")
+        return request.uri
+    if not header.url_enc:
+        raise MalformedHeader(f"{FIXED_PATH} carries only sealed urls (urlEnc=1)")
+    if request.uri != FIXED_TARGET:
+        raise _Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
+    if not tokens:
+        raise MissingHeader(f"{URL_HEADER} header is required on {FIXED_PATH}")
+    if len(tokens) > 1:
+        raise MalformedHeader(f"{URL_HEADER} sent more than once")
+    return b"/" + tokens[0].strip(b" \t")
+
+
 class Exchange:
     """One encrypted request, from its pair lookup to the sealed answer."""
 
@@ -372,9 +401,12 @@ class Exchange:
     forwarded = False
 
     def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
-                 token: bytes, client: str) -> None:
+                 token: bytes, client: str, target: bytes | None = None) -> None:
         self.proxy = proxy
         self.request = request
+        #: What the headers item is bound to: the wire target, or "/" + the
+        #: x-mte-relay-url token on the fixed path.
+        self.target = request.uri if target is None else target
         self.header = header
         self.token = token
         self.client = client
@@ -503,7 +535,7 @@ class Exchange:
         request = self.request
         cipher = MessageCipher(keys, self.header, Direction.C2S)
         return cipher, self.decoding.time(
-            cipher.open_request_headers, self.token, request.method, request.uri,
+            cipher.open_request_headers, self.token, request.method, self.target,
             has_body=has_body(request.requestHeaders))
 
     async def _accepted(self, opened: tuple[MessageCipher, dict[str, list[str]], CachedPair]
@@ -536,7 +568,7 @@ class Exchange:
                                        pair.generation)
 
     def _target(self, cipher: MessageCipher) -> bytes:
-        uri = self.request.uri
+        uri = self.target
         if self.header.url_enc:
             target = self.decoding.time(cipher.open_url, uri[1:]).encode("ascii")
         else:

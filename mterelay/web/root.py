@@ -29,11 +29,13 @@ from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
 from mterelay.web.public import PublicFile, is_public_path, load_public_files, render_public
 from mterelay.protocol.errors import MissingHeader
+from mterelay.protocol.header import FIXED_PATH as _FIXED_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
 
 RELAY_HEADER = b"x-mte-relay"
 RELAY_PATH = b"/api/mte-relay"
+FIXED_PATH = _FIXED_PATH.encode("ascii")
 PAIR_PATH = b"/api/mte-pair"
 
 
@@ -126,6 +128,11 @@ class RelayRoot(Resource):
                 return error_body(request, 405, "Method not allowed", "use POST /api/mte-pair")
             request.mterelay_role = "pairing"
             return self.pairing.render(request)
+        if path == FIXED_PATH:
+            # Sealed-URL requests on the fixed path (spec 5.2): never a
+            # pass-through route, whatever PASS_THROUGH_ROUTES says.
+            request.mterelay_role = "inbound"
+            return self.inbound.render(request)
         path_text = path.decode("latin-1")
         if matches_any(self.config.pass_through_routes, path_text):
             request.mterelay_role = "passthrough"
