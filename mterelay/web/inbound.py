@@ -51,6 +51,7 @@ from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
+from mterelay.web.h2 import request_has_body as h2_request_has_body
 from mterelay.web.site import request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
@@ -93,6 +94,17 @@ def has_body(headers: Headers) -> bool:
         return True
     lengths = headers.getRawHeaders(b"content-length", [])
     return any(value.strip() not in (b"", b"0") for value in lengths)
+
+
+def request_has_body(request: IRequest) -> bool:
+    """:func:`has_body` of a received request, HTTP/2's streamed bodies included.
+
+    An HTTP/2 body streamed by its client has neither Content-Length nor
+    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.web.h2`
+    decides from the stream.
+    """
+    h2 = h2_request_has_body(request)
+    return has_body(request.requestHeaders) if h2 is None else h2
 
 
 def declared_length(headers: Headers) -> int | None:
@@ -353,7 +365,7 @@ class InboundProxy:
             raise MissingHeader("x-mte-relay-eh header is required")
         if len(tokens) > 1:
             raise MalformedHeader("x-mte-relay-eh sent more than once")
-        body = has_body(headers)
+        body = request_has_body(request)
         if body and not header.body_enc:
             raise _Refused(400, "Bad request",
                            "a request body must be sealed (bodyEnc=1); clear bodies are refused")
@@ -536,7 +548,7 @@ class Exchange:
         cipher = MessageCipher(keys, self.header, Direction.C2S)
         return cipher, self.decoding.time(
             cipher.open_request_headers, self.token, request.method, self.target,
-            has_body=has_body(request.requestHeaders))
+            has_body=request_has_body(request))
 
     async def _accepted(self, opened: tuple[MessageCipher, dict[str, list[str]], CachedPair]
                         ) -> tuple[MessageCipher, dict[str, list[str]]]:
