@@ -246,3 +246,34 @@ class Http2Tests(H2Case):
         self.assertNotIn("Draining failed", output)
         self.assertNotIn("Traceback", output)
         self.assertIn("Drained: 3 in-flight request(s) completed", output)
+
+    @defer.inlineCallbacks
+    def test_closed_h2_connections_are_not_counted(self) -> Any:
+        """A connection the h2 client closes leaves the open-connection count.
+
+        Before: RelaySite's close hook sat on the HTTP/1.1 channel HTTP/2 had
+        replaced, so every h2 connection stayed counted (and held the drain).
+        """
+        from tests.test_operations_integration import scrape
+
+        metrics_port = free_port()
+        relay = self.start_relay(METRICS_PORT=str(metrics_port))
+
+        def scenario(port: int) -> Any:
+            import urllib.request
+
+            for _ in range(3):
+                client = H2Client(port)
+                assert client.request("GET", "/api/mte-echo/x").status == 200
+                client.close()
+            deadline = time.monotonic() + 10
+            while True:
+                text = urllib.request.urlopen(
+                    f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+                count = scrape(text, "mterelay_open_connections")
+                if count == 0 or time.monotonic() > deadline:
+                    return count
+                time.sleep(0.1)
+
+        count = yield self.in_thread(scenario, relay.port)
+        self.assertEqual(count, 0)
