@@ -8,5 +8,7 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["mterelay", "mterelay.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/mterelay_plugin.py"]},
+    # (Here, not in setup.cfg: a package_data argument replaces setup.cfg's.)
+    # mterelay/public: the browser client's build files, served at /public/.
+    package_data={"twisted": ["plugins/mterelay_plugin.py"], "mterelay": ["public/*"]},
 )
