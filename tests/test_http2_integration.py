@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -277,3 +278,56 @@ class Http2Tests(H2Case):
 
         count = yield self.in_thread(scenario, relay.port)
         self.assertEqual(count, 0)
+
+
+class _RawUpstream(Protocol):
+    """Notes when the first bytes of a request arrive; answers once its chunked body ends."""
+
+    def connectionMade(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        factory = self.factory  # type: ignore[attr-defined]
+        if not self.data:
+            factory.first_bytes.append(time.monotonic())
+        self.data += data
+        if self.data.endswith(b"0\r\n\r\n"):
+            head, _, body = self.data.partition(b"\r\n\r\n")
+            factory.requests.append((head, body))
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                                 b"connection: close\r\n\r\nok")
+            self.transport.loseConnection()
+
+
+class Http2UploadStreamingTests(H2Case):
+    @defer.inlineCallbacks
+    def test_request_body_streams_to_the_upstream(self) -> Any:
+        """The upstream gets the first bytes while the h2 client still holds back the rest."""
+        factory = Factory.forProtocol(_RawUpstream)
+        factory.first_bytes, factory.requests = [], []  # type: ignore[attr-defined]
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        self.upstream_url = f"http://127.0.0.1:{port.getHost().port}"
+        relay = self.start_relay()
+
+        def scenario(relay_port: int) -> Any:
+            client = H2Client(relay_port)
+            try:
+                stream = client.start("POST", "/plain/upload", [], end_stream=False)
+                client.send_data(stream, b"a" * 100_000)
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    client.pump(0.1)
+                second = time.monotonic()
+                client.send_data(stream, b"b" * 100_000, end_stream=True)
+                return second, client.wait(stream)
+            finally:
+                client.close()
+
+        second, response = yield self.in_thread(scenario, relay.port)
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+        [(head, body)] = factory.requests  # type: ignore[attr-defined]
+        self.assertIn(b"transfer-encoding: chunked", head.lower())
+        self.assertEqual(body.count(b"a") + body.count(b"b") >= 200_000, True)
+        # Streamed: the upstream saw the request before the second half was sent.
+        self.assertLess(factory.first_bytes[0], second)  # type: ignore[attr-defined]
