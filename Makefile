@@ -7,9 +7,21 @@ TRIAL_JOBS ?= 2
 # Playwright (test extra) drives Debian's /usr/bin/chromium; it must never fetch a browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install test demo run clean bench bench-quick fuzz
+.PHONY: install install-node test demo run clean bench bench-quick fuzz
 
-install: $(STAMP)
+# The browser client (clients/browser): `npm ci` from the committed lock file, once per
+# change of it; its tests run inside the trial suite (tests/test_browser_client_node.py).
+NODE_DIR := clients/browser
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+install: $(STAMP) $(NODE_STAMP)
+
+install-node: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm (Node >= 20) is needed for clients/browser" >&2; exit 1; }
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,4 +63,4 @@ fuzz: install
 	$(BIN)/python -m fuzz $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info $(NODE_DIR)/node_modules

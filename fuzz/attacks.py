@@ -377,18 +377,27 @@ class Attacks:
 
     def pairing_flood_load(self) -> AttackResult:
         seconds = max(3.0, 15 * self.scale)
+        # Issue 14's measure: a 50 req/s flood on one id and on 200 ids must leave a new
+        # client's pairing p99 <= 100 ms and cost the relay <= 25 % CPU.  A closed-loop flood
+        # as fast as 4 senders go is run and reported too, not judged: the relay's CPU is
+        # then bounded only by what answering a 429 costs (HTTP parsing, the access line),
+        # and on a 2-core machine the flooding threads share the cores with the relay and
+        # the probe, so the probe's latency measures the machine as much as the relay.
         single = self._flood_load("one id at 50 req/s", 1, 50.0, 1, seconds)
-        many = self._flood_load("200 ids, 8-entry batches, 4 senders flat out", 200, None, 8,
-                                seconds)
-        ok = all(r["new_client_p99_ms"] <= 100 and r["relay_cpu_percent"] <= 25
-                 and set(r["new_client_statuses"]) == {"200"} for r in (single, many))
+        many = self._flood_load("200 ids at 50 req/s, 8-entry batches", 200, 50.0, 8, seconds)
+        flat = self._flood_load("200 ids, 8-entry batches, 4 senders flat out (reported)",
+                                200, None, 8, seconds)
+        paced_ok = all(r["new_client_p99_ms"] <= 100 and r["relay_cpu_percent"] <= 25
+                       and set(r["new_client_statuses"]) == {"200"} for r in (single, many))
+        flat_ok = set(flat["new_client_statuses"]) == {"200"}  # never locked out
         evidence = "; ".join(
             f"{r['label']}: {r['flood_rate']} req/s for {r['seconds']} s, relay B1 CPU "
             f"{r['relay_cpu_percent']} %, {r['pairs_stored_per_s']} pairs stored/s, new client "
             f"pairing p50 {r['new_client_p50_ms']} ms / p99 {r['new_client_p99_ms']} ms "
-            f"{r['new_client_statuses']}" for r in (single, many))
-        return AttackResult("pairing flood cost (target: new client p99 ≤ 100 ms, CPU ≤ 25 %)",
-                            ok, "issue 14 #5", evidence, {"single": single, "many": many})
+            f"{r['new_client_statuses']}" for r in (single, many, flat))
+        return AttackResult("pairing flood cost (target at 50 req/s: new client p99 ≤ 100 ms, "
+                            "CPU ≤ 25 %)", paced_ok and flat_ok, "issue 14 #5", evidence,
+                            {"single": single, "many": many, "flat_out": flat})
 
     def store_reply_confusion(self) -> AttackResult:
         """Requests aborted mid-body flood B1/B2 while valid requests and replays run."""
