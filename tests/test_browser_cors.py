@@ -97,7 +97,9 @@ class PageAndUpstream(Resource):
         return PAGE
 
 
-class BrowserCorsTests(TestCase):
+class BrowserRelayCase(TestCase):
+    """A real relay (CORS for one page origin), a recording upstream, two page origins."""
+
     timeout = 180
 
     @defer.inlineCallbacks
@@ -127,6 +129,9 @@ class BrowserCorsTests(TestCase):
     def preflights(self) -> int:
         return len(re.findall(r"mterelay\.access#info\] OPTIONS ", self.relay.output()))
 
+
+
+class BrowserCorsTests(BrowserRelayCase):
     @defer.inlineCallbacks
     def test_allowed_origin_reads_answers_and_errors(self) -> Any:
         def scenario(context: Any) -> Any:
@@ -189,3 +194,41 @@ def deferred_sleep(seconds: float) -> "defer.Deferred[None]":
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+LOAD_JS = """
+async (relay) => {
+  const module = await import(relay + "/public/mte-relay-browser.js");
+  await new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = relay + "/public/mte-relay-browser.iife.js";
+    script.onload = resolve;
+    script.onerror = () => reject(new Error("classic script did not load"));
+    document.head.appendChild(script);
+  });
+  const again = await fetch(relay + "/public/mte-relay-browser.js");
+  const missing = await fetch(relay + "/public/nope.js");
+  return {module: [typeof module.initMteRelayClient, typeof module.mteFetch],
+          classic: [typeof window.mteRelay, typeof window.mteRelay.mteFetch],
+          type: again.headers.get("content-type"), cache: again.headers.get("cache-control"),
+          missing: [missing.status, (await missing.json()).code]};
+}
+"""
+
+
+class BrowserLoadsClientTests(BrowserRelayCase):
+    """The built client, served at /public/ by the relay, loads in a page of another origin."""
+
+    @defer.inlineCallbacks
+    def test_module_and_classic_script_load(self) -> Any:
+        def scenario(context: Any) -> Any:
+            page = context.new_page()
+            page.goto(self.allowed + "/page")
+            return page.evaluate(LOAD_JS, self.relay.url)
+
+        out = yield in_browser(scenario)
+        self.assertEqual(out["module"], ["function", "function"])
+        self.assertEqual(out["classic"], ["object", "function"])
+        self.assertEqual(out["type"], "text/javascript; charset=utf-8")
+        self.assertEqual(out["cache"], "public, max-age=300")
+        self.assertEqual(out["missing"], [404, 404])
