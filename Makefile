@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TRIAL_JOBS ?= 2
+# Playwright (test extra) drives Debian's /usr/bin/chromium; it must never fetch a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: install install-node test demo run clean bench bench-quick fuzz
 

@@ -9,7 +9,8 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["mterelay", "mterelay.*"]) + ["twisted.plugins"],
     # mterelay/public/ holds the browser client built by clients/browser (npm run build),
-    # shipped so that pip and the Docker image serve it without Node.
+    # shipped so that pip and the Docker image serve it (at /public/) without Node.
+    # (Here, not in setup.cfg: a package_data argument replaces setup.cfg's.)
     package_data={"twisted": ["plugins/mterelay_plugin.py"],
                   "mterelay": ["public/*.js", "public/*.map"]},
 )

@@ -62,10 +62,18 @@ class WireLog:
         relay_header = headers.getRawHeaders(b"x-mte-relay", [b""])[0] if headers else b""
         if b"," in relay_header:  # an encrypted request, not the handshake
             target = uri.split(b"/", 3)[-1]
-            self.lines = [
-                f"    on the wire: {method.decode()} /{target[:60].decode()}...",
-                f"    x-mte-relay: <client id>,{relay_header[102:].decode()}",
-            ]
+            token = headers.getRawHeaders(b"x-mte-relay-url", [None])[0]
+            if token is not None:
+                # The fixed path (spec 5.2): the sealed url travels in a header.
+                self.lines = [
+                    f"    on the wire: {method.decode()} /{target.decode()}",
+                    f"    x-mte-relay-url: {token[:60].decode()}...",
+                ]
+            else:
+                self.lines = [
+                    f"    on the wire: {method.decode()} /{target[:60].decode()}...",
+                ]
+            self.lines.append(f"    x-mte-relay: <client id>,{relay_header[102:].decode()}")
         return self.agent.request(method, uri, headers, bodyProducer)
 
 
@@ -94,7 +102,9 @@ def _sealed_request(sent: bytes, method: bytes) -> bytes:
     """The encrypted request among what A sent to B (not the validation or pairing)."""
     start = -1
     for index in _find_all(sent, method + b" /"):
-        if not sent.startswith(b"/api/mte-", index + len(method) + 1):
+        # Not the handshakes; the fixed path (spec 5.2) is an encrypted request.
+        if not sent.startswith((b"/api/mte-relay ", b"/api/mte-pair "),
+                               index + len(method) + 1):
             start = index
     return sent[start:] if start >= 0 else sent
 

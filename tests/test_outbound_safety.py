@@ -31,7 +31,7 @@ class LosingAgent:
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: Any = None) -> "Deferred[Any]":
-        if b"/api/mte-" in uri:
+        if uri.endswith((b"/api/mte-relay", b"/api/mte-pair")):
             return self.agent.request(method, uri, headers, bodyProducer)
         self.lost += 1
         return fail(ResponseNeverReceived([Failure(ConnectionDone("lost"))]))

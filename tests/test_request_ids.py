@@ -58,21 +58,21 @@ class LogCase(SynchronousTestCase):
 class PassThroughTests(LogCase):
     def setUp(self) -> None:
         super().setUp()
-        self.relay = site_relay(PASS_THROUGH_ROUTES="/public/*")
+        self.relay = site_relay(PASS_THROUGH_ROUTES="/assets/*")
 
     def upstream_ids(self) -> list[bytes]:
         [seen] = self.relay.upstream.received
         return seen.headers.get(b"x-request-id", [])
 
     def test_caller_id_reaches_upstream(self) -> None:
-        response, _ = self.relay.call("GET", "/public/a",
+        response, _ = self.relay.call("GET", "/assets/a",
                                       headers={"x-request-id": ["caller-42"]})
         self.assertEqual(response.code, 200)
         self.assertEqual(self.upstream_ids(), [b"caller-42"])
         self.assertEqual(access_ids(self.events), ["caller-42"])
 
     def test_missing_id_minted_for_upstream(self) -> None:
-        self.relay.call("GET", "/public/a")
+        self.relay.call("GET", "/assets/a")
         [minted] = self.upstream_ids()
         self.assertRegex(minted, FRESH_ID)
         # The access line names the same id the upstream got.
@@ -81,7 +81,7 @@ class PassThroughTests(LogCase):
     def test_invalid_id_replaced(self) -> None:
         for bad in ("has space", "x" * 129, "caf\u00e9"):
             self.relay.upstream.received.clear()
-            self.relay.call("POST", "/public/a", headers={"x-request-id": [bad]}, data=b"{}")
+            self.relay.call("POST", "/assets/a", headers={"x-request-id": [bad]}, data=b"{}")
             [sent] = self.upstream_ids()
             self.assertRegex(sent, FRESH_ID, bad)
             [seen] = self.relay.upstream.received
@@ -89,30 +89,30 @@ class PassThroughTests(LogCase):
                 b"".join(values) for values in seen.headers.values()))
 
     def test_several_ids_become_one(self) -> None:
-        self.relay.call("GET", "/public/a", headers={"x-request-id": ["first", "second"]})
+        self.relay.call("GET", "/assets/a", headers={"x-request-id": ["first", "second"]})
         self.assertEqual(self.upstream_ids(), [b"first"])
 
     def test_each_request_its_own_id(self) -> None:
-        self.relay.call("GET", "/public/a")
-        self.relay.call("GET", "/public/b")
+        self.relay.call("GET", "/assets/a")
+        self.relay.call("GET", "/assets/b")
         first, second = (seen.headers[b"x-request-id"][0] for seen in self.relay.upstream.received)
         self.assertNotEqual(first, second)
 
     def test_not_echoed_without_debug(self) -> None:
-        response, _ = self.relay.call("GET", "/public/a", headers={"x-request-id": ["c-1"]})
+        response, _ = self.relay.call("GET", "/assets/a", headers={"x-request-id": ["c-1"]})
         self.assertIsNone(response.headers.getRawHeaders(REQUEST_ID_HEADER))
 
     def test_echoed_with_debug(self) -> None:
-        relay = site_relay(echo=True, PASS_THROUGH_ROUTES="/public/*")
-        response, _ = relay.call("GET", "/public/a")
+        relay = site_relay(echo=True, PASS_THROUGH_ROUTES="/assets/*")
+        response, _ = relay.call("GET", "/assets/a")
         [seen] = relay.upstream.received
         self.assertEqual(response.headers.getRawHeaders(REQUEST_ID_HEADER),
                          seen.headers[b"x-request-id"])
 
     def test_echo_replaces_the_upstreams_own_id(self) -> None:
-        relay = site_relay(echo=True, PASS_THROUGH_ROUTES="/public/*")
+        relay = site_relay(echo=True, PASS_THROUGH_ROUTES="/assets/*")
         relay.upstream.headers.append((b"x-request-id", b"upstream-own"))
-        response, _ = relay.call("GET", "/public/a", headers={"x-request-id": ["c-9"]})
+        response, _ = relay.call("GET", "/assets/a", headers={"x-request-id": ["c-9"]})
         self.assertEqual(response.headers.getRawHeaders(REQUEST_ID_HEADER), [b"c-9"])
 
     def test_upstream_unreachable_logged_with_id(self) -> None:
@@ -124,7 +124,7 @@ class PassThroughTests(LogCase):
                 return fail(ConnectionRefusedError("refused"))
 
         self.relay.root.forwarder.agent = Refusing()
-        response, _ = self.relay.call("GET", "/public/a", headers={"x-request-id": ["down-1"]})
+        response, _ = self.relay.call("GET", "/assets/a", headers={"x-request-id": ["down-1"]})
         self.assertEqual(response.code, 502)
         ids = {e.get("request_id") for e in self.events
                if e.get("log_namespace") == "mterelay.passthrough"}
@@ -132,9 +132,9 @@ class PassThroughTests(LogCase):
 
     def test_plain_site_changes_nothing(self) -> None:
         """Outside a RelaySite there is no id: the caller's header is copied as is."""
-        relay = MemoryRelay.build(PASS_THROUGH_ROUTES="/public/*")
-        relay.call("GET", "/public/a", headers={"x-request-id": ["bad id"]})
-        relay.call("GET", "/public/a")
+        relay = MemoryRelay.build(PASS_THROUGH_ROUTES="/assets/*")
+        relay.call("GET", "/assets/a", headers={"x-request-id": ["bad id"]})
+        relay.call("GET", "/assets/a")
         first, second = relay.upstream.received
         self.assertEqual(first.headers[b"x-request-id"], [b"bad id"])
         self.assertNotIn(b"x-request-id", second.headers)

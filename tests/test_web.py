@@ -73,9 +73,9 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(len(relay.upstream.received), 1)
 
     def test_dot_segments_refused(self) -> None:
-        relay = MemoryRelay.build(PASS_THROUGH_ROUTES="/public/*")
-        for path in ("/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E%2Fadmin",
-                     "/public/./x"):
+        relay = MemoryRelay.build(PASS_THROUGH_ROUTES="/assets/*")
+        for path in ("/assets/../admin", "/assets/%2e%2e/admin", "/assets/%2E%2E%2Fadmin",
+                     "/assets/./x"):
             response, body = relay.call("GET", path)
             self.assertEqual(response.code, 400, path)
             self.assertIn("segments", json_of(body)["reason"])
@@ -119,8 +119,8 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(h.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-methods"), [b"GET, POST, OPTIONS, HEAD"])
         self.assertEqual(h.getRawHeaders(b"access-control-allow-headers"),
-                         [b"x-mte-relay, x-mte-relay-eh, content-type, x-mte-response-headers,"
-                          b" x-request-id"])
+                         [b"x-mte-relay, x-mte-relay-eh, x-mte-relay-url, content-type,"
+                          b" x-mte-response-headers, x-request-id"])
         self.assertEqual(h.getRawHeaders(b"access-control-max-age"), [b"600"])
         self.assertIn(b"x-mte-relay-eh", h.getRawHeaders(b"access-control-expose-headers")[0])
         self.assertEqual(self.relay.upstream.received, [])

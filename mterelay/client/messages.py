@@ -16,7 +16,8 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
-from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, MODES, RelayHeader
+from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
+                                      RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
@@ -188,7 +189,8 @@ class OutgoingRequest:
 
 def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: str,
                  headers: HeaderList, *, has_body: bool, options: SealOptions,
-                 records: bool = False, body_length: int | None = None) -> OutgoingRequest:
+                 records: bool = False, body_length: int | None = None,
+                 fixed_path: str | None = None) -> OutgoingRequest:
     """Build the ``x-mte-relay`` header, seal the url and headers items.
 
     ``records``: the relay announced record framing; with ``framing="MKR"``
@@ -197,7 +199,10 @@ def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: 
     means ``MKE``, exactly what older clients send.
 
     ``target`` is the origin-form path+query; ``headers`` should already be
-    :func:`end_to_end`.  ``has_body`` says a sealed body follows (bodyEnc=1,
+    :func:`end_to_end`.  ``fixed_path``: the path the relay announced for
+    sealed-URL requests (spec 5.2); with ``seal_url`` the request goes there
+    and the url token travels in ``x-mte-relay-url`` - sealed exactly as in
+    the per-request form.  ``has_body`` says a sealed body follows (bodyEnc=1,
     Content-Length or chunked); the caller then seals it with
     ``result.cipher.body_sealer()``.  Raises 561 for a target or header the
     item formats cannot carry.
@@ -225,6 +230,9 @@ def seal_request(keys: PairKeys, client_id: str, seq: int, method: str, target: 
         (sealed if options.headers_enc else clear).append(declared)
     token = cipher.seal_request_headers(_group(sealed), method, wire_target, has_body=has_body)
     wire: HeaderList = [(RELAY_HEADER, header.format()), (ITEM_HEADER, token)]
+    if fixed_path is not None and options.seal_url:
+        wire.append((URL_HEADER, wire_target[1:]))
+        wire_target = fixed_path
     if has_body:
         wire.append((CONTENT_TYPE, SEALED_CONTENT_TYPE))
     wire.extend(clear)

@@ -49,7 +49,8 @@ from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
 from mterelay.protocol.clientid import client_uuid, is_client_id
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, InvalidClientId,
                                       MalformedPairResponse, RelayError)
-from mterelay.protocol.header import FRAMING_HEADER, MODE_MKR, MODE_MTE, parse_framings
+from mterelay.protocol.header import (FIXED_PATH_HEADER, FRAMING_HEADER, MODE_MKR, MODE_MTE,
+                                      parse_fixed_path, parse_framings)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.records import RECORD_OVERHEAD
@@ -153,6 +154,8 @@ class _Origin:
                              clock=client.reactor)
         #: The relay announced record framing (HEAD /api/mte-relay, spec 5.1).
         self.records = False
+        #: The fixed path the relay announced for sealed-URL requests (spec 5.2).
+        self.fixed_path: str | None = None
 
     def _bounded(self, d: "Deferred[Any]", what: str) -> "Deferred[Any]":
         return with_timeout(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
@@ -176,6 +179,8 @@ class _Origin:
                             f"{'' if values else ' and no x-mte-relay header'}")
         announced = response.headers.getRawHeaders(FRAMING_HEADER.encode("ascii"))
         self.records = MODE_MKR in parse_framings(b",".join(announced) if announced else None)
+        fixed = response.headers.getRawHeaders(FIXED_PATH_HEADER.encode("ascii"), [])
+        self.fixed_path = parse_fixed_path(fixed[0]) if len(fixed) == 1 else None
         log.info("validated relay {origin}", origin=self.origin)
         return client_id
 
@@ -259,6 +264,9 @@ class RelayClient:
     :param pool_size: persistent connections per relay (own agent only).
     :param timeout: seconds until a request (pairing included, body reading
         excluded) fails with ``twisted.internet.defer.TimeoutError``.
+    :param fixed_path: send sealed-URL requests on the fixed path a relay
+        announces (``x-mte-relay-fixed-path``, spec 5.2) rather than on a
+        unique path each; no effect with ``seal_url=False`` or an older relay.
     :param max_origins: relay origins whose state (client id, pairs, idle
         connections) is kept; the least recently used is dropped past it, so
         a caller naming ever new origins (relay A's ``x-mte-upstream``)
@@ -270,12 +278,16 @@ class RelayClient:
                  framing: str = "MKR", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
                  connect_timeout: float = 10.0, metrics: Any = None,
-                 max_origins: int = 256) -> None:
+                 max_origins: int = 256, fixed_path: bool = True) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
         if max_origins < 1:
             raise ValueError("max_origins must be at least 1")
         self.max_origins = max_origins
+        if not isinstance(fixed_path, bool):
+            raise ValueError("fixed_path must be a bool")
+        #: Send sealed-URL requests on the fixed path a relay announces (spec 5.2).
+        self.fixed_path = fixed_path
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         self.reactor: IReactorTime = reactor
@@ -398,7 +410,8 @@ class RelayClient:
                 continue
             try:
                 outcome = await self._attempt(origin, method, target, plain_headers, body,
-                                              lease, plain_request, options, state.records)
+                                              lease, plain_request, options, state.records,
+                                              state.fixed_path if self.fixed_path else None)
             except DecodeFailed:
                 # The answer did not authenticate: the upstream may have run
                 # the request (never resent), and the pair's response keys
@@ -427,12 +440,13 @@ class RelayClient:
 
     async def _attempt(self, origin: str, method: str, target: str, headers: HeaderList,
                        body: BodyData | None, lease: Lease, plain_request: PlainRequest,
-                       options: SealOptions, records: bool = False) -> IResponse | RelayError:
+                       options: SealOptions, records: bool = False,
+                       fixed_path: str | None = None) -> IResponse | RelayError:
         """Send once; a relay-made 55x comes back as a value, for the retry logic."""
         encoding = crypto_stopwatch(self.metrics, "request_encode")
         outgoing = encoding.time(seal_request, lease.keys, lease.client_id, lease.seq, method,
                                  target, headers, has_body=body is not None, options=options,
-                                 records=records,
+                                 records=records, fixed_path=fixed_path,
                                  body_length=None if body is None else body.length)
         producer = None
         if body is not None:

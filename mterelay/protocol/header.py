@@ -25,7 +25,8 @@ from .errors import InvalidClientId, MalformedHeader
 
 __all__ = ["MODE_MTE", "MODE_MKE", "MODE_MKR", "MODES", "MAX_SEQ", "MAX_HEADER_LENGTH",
            "FRAMING_HEADER", "RELAY_FRAMINGS", "RelayHeader", "is_pair_id",
-           "parse_framings"]
+           "parse_framings", "FIXED_PATH", "FIXED_PATH_HEADER", "URL_HEADER",
+           "parse_fixed_path"]
 
 MODE_MTE = "MTE"
 MODE_MKE = "MKE"
@@ -36,6 +37,16 @@ MODES = (MODE_MTE, MODE_MKE, MODE_MKR)
 #: accepts and can answer with; absent on relays older than record framing.
 FRAMING_HEADER = "x-mte-relay-framing"
 RELAY_FRAMINGS = "MTE,MKE,MKR"
+#: The fixed path of sealed-URL requests (spec 5.2): every request of a
+#: client has the same URL, so a browser sends one CORS preflight per origin
+#: and Access-Control-Max-Age instead of one per request.
+FIXED_PATH = "/api/mte-relay/request"
+#: Answer header of ``HEAD /api/mte-relay`` naming the fixed path the relay
+#: accepts; absent on relays older than it.
+FIXED_PATH_HEADER = "x-mte-relay-fixed-path"
+#: Request header carrying the url item's token on the fixed path.
+URL_HEADER = "x-mte-relay-url"
+_FIXED_PATH_RE = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*){1,8}")
 #: Largest sequence number: 2**53 - 1 keeps it exact in JavaScript numbers.
 MAX_SEQ = 2**53 - 1
 #: Far above the longest valid header (101 + 1 + 64 + 12 + 1 + 16 = 195).
@@ -209,3 +220,25 @@ class RelayHeader:
             raise ValueError("an MKR response needs a request with streaming=2")
         return attrs.evolve(self, mode=mode, url_enc=False,
                             headers_enc=headers_enc, body_enc=body_enc)
+
+
+def parse_fixed_path(value: str | bytes | None) -> str | None:
+    """The fixed path an ``x-mte-relay-fixed-path`` value announces, or None.
+
+    Only a plain absolute path is taken (no query, no dot segments, no
+    percent-encoding): anything else is ignored and the client keeps the
+    per-request form, which every relay accepts.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    value = value.strip(" \t")
+    if len(value) > 128 or _FIXED_PATH_RE.fullmatch(value) is None:
+        return None
+    if any(segment in (".", "..") for segment in value.split("/")):
+        return None
+    return value

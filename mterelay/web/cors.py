@@ -19,12 +19,12 @@ from twisted.web.iweb import IRequest
 
 #: Response headers a browser script must be able to read (spec 14).  Others
 #: are hidden from it unless CORS-safelisted (content-type, cache-control, ...).
-EXPOSED = (b"x-mte-relay, x-mte-relay-eh, x-mte-relay-framing, x-request-id, "
-           b"x-mte-upstream-reached, retry-after")
+EXPOSED = (b"x-mte-relay, x-mte-relay-eh, x-mte-relay-framing, x-mte-relay-fixed-path, "
+           b"x-request-id, x-mte-upstream-reached, retry-after")
 #: Request headers a browser client sends; allowed on every preflight even
 #: when not asked for, so a client need not guess which ones to list.
-PROTOCOL_REQUEST_HEADERS = (b"x-mte-relay", b"x-mte-relay-eh", b"content-type",
-                            b"x-mte-response-headers", b"x-request-id")
+PROTOCOL_REQUEST_HEADERS = (b"x-mte-relay", b"x-mte-relay-eh", b"x-mte-relay-url",
+                            b"content-type", b"x-mte-response-headers", b"x-request-id")
 #: A preflight answer depends on all three.
 PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 #: Default of CORS_MAX_AGE: long enough to save a preflight round trip on

@@ -240,14 +240,47 @@ class GuardedHTTPChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+class NegotiatingChannel(_GenericHTTPChannelProtocol):
+    """Twisted's protocol-negotiating wrapper, told when HTTP/2 takes over.
+
+    With ALPN ``h2`` the wrapper replaces the HTTP/1.1 channel by an
+    ``H2Connection`` on the first bytes; the replaced channel's header
+    deadline, armed when the connection opened, must not fire later and
+    close the connection the HTTP/2 channel now uses (it did: every h2
+    connection was cut ``header_timeout`` seconds after it opened).  HTTP/2
+    has its own guards: Twisted's idle timeout (any frame resets it) and
+    the connection cap, which counts this wrapper like any connection.
+    """
+
+    def connectionLost(self, reason: Any) -> None:
+        # A plain method, not proxyForInterface's data descriptor: assigning
+        # ``connectionLost`` on the wrapper (RelaySite's bookkeeping hook) then
+        # stays on the wrapper.  Through the descriptor it landed on the
+        # HTTP/1.1 channel, which HTTP/2 replaces: the site never heard of the
+        # close, and every h2 connection stayed counted for ever (the drain
+        # waited out its grace, the connection cap filled up).
+        self._channel.connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        before = self._channel
+        super().dataReceived(data)
+        after = self._channel
+        if after is not before:
+            if isinstance(before, GuardedHTTPChannel):
+                before._cancel_deadline()
+            # Requests on it find the connection the site tracks (site._outer).
+            after.mterelay_outer = getattr(before, "mterelay_outer", self)
+
+
 def guarded_channel_factory(factory: Any = None) -> _GenericHTTPChannelProtocol:
     """``Site.protocol``: Twisted's protocol-negotiating wrapper around a guarded channel."""
-    return _GenericHTTPChannelProtocol(GuardedHTTPChannel())
+    return NegotiatingChannel(GuardedHTTPChannel())
 
 
 __all__ = [
     "ConnectionGuard",
     "GuardedHTTPChannel",
+    "NegotiatingChannel",
     "default_max_connections",
     "guarded_channel_factory",
 ]

@@ -21,7 +21,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
-from mterelay.protocol.header import FRAMING_HEADER, RELAY_FRAMINGS
+from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
+                                      RELAY_FRAMINGS)
 from mterelay.protocol.errors import (InvalidClientId, MalformedPairRequest, MissingHeader,
                                      RelayError)
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST, parse_pair_requests, respond_all
@@ -75,6 +76,8 @@ def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:
     request.setHeader(RELAY_HEADER, client_id.encode("ascii"))
     # Clients send record framing (MKR, streaming=2) only to relays saying so.
     request.setHeader(FRAMING_HEADER.encode("ascii"), RELAY_FRAMINGS.encode("ascii"))
+    # ... and sealed-URL requests on the fixed path only to relays naming it (spec 5.2).
+    request.setHeader(FIXED_PATH_HEADER.encode("ascii"), FIXED_PATH.encode("ascii"))
     request.setHeader(b"cache-control", b"no-store")
     request.setResponseCode(200)
     return b""

@@ -33,7 +33,8 @@ from mterelay.flushing import TurnCoalescer
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
-from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
+from mterelay.protocol.header import (FIXED_PATH, MODE_MKE, MODE_MKR, MODE_MTE, URL_HEADER,
+                                      RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.replay import Verdict
 from mterelay.protocol.records import (BODY_LENGTH_CONTROL, RECORD_MAX, RECORD_OVERHEAD,
@@ -50,6 +51,7 @@ from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
+from mterelay.web.h2 import request_has_body as h2_request_has_body
 from mterelay.web.site import request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
@@ -57,6 +59,8 @@ log = Logger(namespace="mterelay.inbound")
 
 RELAY_HEADER = b"x-mte-relay"
 ITEM_HEADER = b"x-mte-relay-eh"
+URL_TOKEN_HEADER = URL_HEADER.encode("ascii")
+FIXED_TARGET = FIXED_PATH.encode("ascii")
 RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
 SEALED_CONTENT_TYPE = b"application/octet-stream"
 #: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
@@ -90,6 +94,17 @@ def has_body(headers: Headers) -> bool:
         return True
     lengths = headers.getRawHeaders(b"content-length", [])
     return any(value.strip() not in (b"", b"0") for value in lengths)
+
+
+def request_has_body(request: IRequest) -> bool:
+    """:func:`has_body` of a received request, HTTP/2's streamed bodies included.
+
+    An HTTP/2 body streamed by its client has neither Content-Length nor
+    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.web.h2`
+    decides from the stream.
+    """
+    h2 = h2_request_has_body(request)
+    return has_body(request.requestHeaders) if h2 is None else h2
 
 
 def declared_length(headers: Headers) -> int | None:
@@ -328,12 +343,13 @@ class InboundProxy:
         """Stateless checks answer at once; the rest runs in an :class:`Exchange`."""
         try:
             header, token, client = self._check(request)
+            target = wire_target(request, header)
         except RelayError as error:
             return relay_error(request, error)
         except _Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
-        Exchange(self, request, header, token, client).start()
+        Exchange(self, request, header, token, client, target).start()
         return NOT_DONE_YET
 
     def _check(self, request: IRequest) -> tuple[RelayHeader, bytes, str]:
@@ -349,7 +365,7 @@ class InboundProxy:
             raise MissingHeader("x-mte-relay-eh header is required")
         if len(tokens) > 1:
             raise MalformedHeader("x-mte-relay-eh sent more than once")
-        body = has_body(headers)
+        body = request_has_body(request)
         if body and not header.body_enc:
             raise _Refused(400, "Bad request",
                            "a request body must be sealed (bodyEnc=1); clear bodies are refused")
@@ -364,6 +380,31 @@ class InboundProxy:
         return header, tokens[0], client
 
 
+def wire_target(request: IRequest, header: RelayHeader) -> bytes:
+    """The request target the headers item is bound to (spec 6.3, 5.2).
+
+    Per-request form: the request line's target.  Fixed-path form: the path
+    is :data:`FIXED_PATH` and the url token travels in ``x-mte-relay-url``;
+    the message is sealed exactly as in the per-request form, so its target
+    is ``"/" + token`` - the two forms differ only in where the token
+    travels, and the headers item still binds it.
+    """
+    tokens = request.requestHeaders.getRawHeaders(URL_TOKEN_HEADER, [])
+    if request.path != FIXED_TARGET:
+        if tokens:
+            raise MalformedHeader(f"{URL_HEADER} is only sent on {FIXED_PATH}")
+        return request.uri
+    if not header.url_enc:
+        raise MalformedHeader(f"{FIXED_PATH} carries only sealed urls (urlEnc=1)")
+    if request.uri != FIXED_TARGET:
+        raise _Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
+    if not tokens:
+        raise MissingHeader(f"{URL_HEADER} header is required on {FIXED_PATH}")
+    if len(tokens) > 1:
+        raise MalformedHeader(f"{URL_HEADER} sent more than once")
+    return b"/" + tokens[0].strip(b" \t")
+
+
 class Exchange:
     """One encrypted request, from its pair lookup to the sealed answer."""
 
@@ -372,9 +413,12 @@ class Exchange:
     forwarded = False
 
     def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
-                 token: bytes, client: str) -> None:
+                 token: bytes, client: str, target: bytes | None = None) -> None:
         self.proxy = proxy
         self.request = request
+        #: What the headers item is bound to: the wire target, or "/" + the
+        #: x-mte-relay-url token on the fixed path.
+        self.target = request.uri if target is None else target
         self.header = header
         self.token = token
         self.client = client
@@ -503,8 +547,8 @@ class Exchange:
         request = self.request
         cipher = MessageCipher(keys, self.header, Direction.C2S)
         return cipher, self.decoding.time(
-            cipher.open_request_headers, self.token, request.method, request.uri,
-            has_body=has_body(request.requestHeaders))
+            cipher.open_request_headers, self.token, request.method, self.target,
+            has_body=request_has_body(request))
 
     async def _accepted(self, opened: tuple[MessageCipher, dict[str, list[str]], CachedPair]
                         ) -> tuple[MessageCipher, dict[str, list[str]]]:
@@ -536,7 +580,7 @@ class Exchange:
                                        pair.generation)
 
     def _target(self, cipher: MessageCipher) -> bytes:
-        uri = self.request.uri
+        uri = self.target
         if self.header.url_enc:
             target = self.decoding.time(cipher.open_url, uri[1:]).encode("ascii")
         else:

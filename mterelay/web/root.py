@@ -27,12 +27,15 @@ from mterelay.web.inbound import InboundProxy
 from mterelay.web.outbound import OutboundProxy
 from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
+from mterelay.web.public import PublicFile, is_public_path, load_public_files, render_public
 from mterelay.protocol.errors import MissingHeader
+from mterelay.protocol.header import FIXED_PATH as _FIXED_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
 
 RELAY_HEADER = b"x-mte-relay"
 RELAY_PATH = b"/api/mte-relay"
+FIXED_PATH = _FIXED_PATH.encode("ascii")
 PAIR_PATH = b"/api/mte-pair"
 
 
@@ -41,8 +44,11 @@ class RelayRoot(Resource):
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
                  store: IPairStore, outbound_agent: IAgent | None = None,
-                 metrics: RelayMetrics | None = None) -> None:
+                 metrics: RelayMetrics | None = None,
+                 public_files: dict[bytes, PublicFile] | None = None) -> None:
         super().__init__()
+        # Loaded once: no request reads the file system (web/public.py).
+        self.public_files = load_public_files() if public_files is None else public_files
         self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
         if forwarder.metrics is None:
             forwarder.metrics = metrics
@@ -102,6 +108,10 @@ class RelayRoot(Resource):
             return self.outbound.render(request)
 
         path = request.path
+        if is_public_path(path):
+            # Before path_problem: any /public/ path that is not a loaded file,
+            # traversal attempts included, is the same 404.
+            return render_public(request, self.public_files)
         problem = path_problem(path)
         if problem:
             return error_body(request, 400, "Bad request", problem)
@@ -118,6 +128,11 @@ class RelayRoot(Resource):
                 return error_body(request, 405, "Method not allowed", "use POST /api/mte-pair")
             request.mterelay_role = "pairing"
             return self.pairing.render(request)
+        if path == FIXED_PATH:
+            # Sealed-URL requests on the fixed path (spec 5.2): never a
+            # pass-through route, whatever PASS_THROUGH_ROUTES says.
+            request.mterelay_role = "inbound"
+            return self.inbound.render(request)
         path_text = path.decode("latin-1")
         if matches_any(self.config.pass_through_routes, path_text):
             request.mterelay_role = "passthrough"

@@ -22,6 +22,7 @@ from mterelay.logs import TEXT
 from mterelay.metrics import RelayMetrics
 from mterelay.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
+from mterelay.web.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
 from mterelay.web.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
@@ -111,7 +112,8 @@ class RelaySite(Site):
         request.request_id = request_id
         if self.echo_request_id:
             request.echo_request_id = True  # StreamingRequest sets it with the headers
-        if self.draining:
+        if self.draining and not is_h2_request(request):
+            # (HTTP/2 forbids Connection; the GOAWAY of the drain says it.)
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             _http11(request.channel).persistent = False
         request.mterelay_channel = _outer(channel)
@@ -185,12 +187,9 @@ class RelaySite(Site):
         """
         self.draining = True
         for channel in list(self.channels):
-            inner = _http11(channel)
-            inner.persistent = False
-            if not getattr(inner, "requests", None):
-                inner.loseConnection()
+            close_gracefully(_http11(channel))
         for request in self.active:
-            if not request.startedWriting:
+            if not request.startedWriting and not is_h2_request(request):
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         in_flight = len(self.active)
         self._check_drained()
@@ -217,13 +216,19 @@ class RelaySite(Site):
     def _check_drained(self) -> None:
         if not self.draining or self.active or not self._drained_waiters:
             return
+        streams_open = False
         for channel in list(self.channels):
             inner = _http11(channel)
             # Idle now (opened during the drain and never used, or done): close
             # it after whatever it still has to write.
-            if not getattr(inner, "requests", None) and not _closing(inner):
-                inner.persistent = False
-                inner.loseConnection()
+            if not busy(inner) and not _closing(inner):
+                close_gracefully(inner)
+            elif is_h2_connection(inner) and busy(inner):
+                streams_open = True
+        if streams_open:
+            # An HTTP/2 stream leaves its connection's table only after its
+            # request finished (which brought us here): look again next turn.
+            self.clock.callLater(0, self._check_drained)
         if not self.channels:
             waiters, self._drained_waiters = self._drained_waiters, []
             for waiter in waiters:
@@ -245,8 +250,22 @@ def _http11(channel: Any) -> Any:
 
 
 def _outer(channel: Any) -> Any:
-    """The protocol the site built (and tracks in ``channels``) for ``channel``."""
-    return getattr(channel, "mterelay_outer", channel)
+    """The protocol the site built (and tracks in ``channels``) for ``channel``.
+
+    For an HTTP/2 request ``channel`` is its ``H2Stream``; the connection
+    (which the negotiating wrapper marked) is the stream's ``_conn``.
+    """
+    outer = getattr(channel, "mterelay_outer", None)
+    if outer is not None:
+        return outer
+    connection = getattr(channel, "_conn", None)
+    if connection is None:
+        return channel
+    outer = getattr(connection, "mterelay_outer", None)
+    if outer is not None:
+        return outer
+    # Before the wrapper could mark it: the TLS protocol wraps the wrapper.
+    return getattr(connection.transport, "wrappedProtocol", channel)
 
 
 def _closing(channel: Any) -> bool:

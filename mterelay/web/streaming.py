@@ -11,7 +11,11 @@ consumer (the upstream connection) is slower.
 It relies on two details of Twisted's HTTP/1.1 channel, both covered by the
 tests: the request line is on the channel when ``gotLength`` runs, and a
 request's ``_cleanup`` is what hands the connection to the next request.  On
-any other channel (HTTP/2) it falls back to Twisted's buffering.
+an HTTP/2 stream (``H2Stream``) the request starts one reactor turn after its
+HEADERS frame (the stream is registered with its connection only after
+``gotLength``; by then a HEADERS frame with END_STREAM has also ended it, so
+a body-less request is known as such), and the stream's own flow control
+(``pauseProducing`` stops opening its window) is the back-pressure.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
+
+from mterelay.web.h2 import stream_reactor
 
 
 _log = Logger(namespace="mterelay.web")
@@ -220,12 +226,28 @@ class StreamingRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
+        if length != 0 and hasattr(channel, "streamID") and hasattr(channel, "_conn"):
+            self._stream_h2(channel, length)
+            return
         if length == 0 or not all(hasattr(channel, a) for a in ("_command", "_path", "_version")):
             super().gotLength(length)
             return
         self.content = BytesIO()
         self.body = BodyPipe(UNKNOWN_LENGTH if length is None else length, channel.transport)
         Request.requestReceived(self, channel._command, channel._path, channel._version)
+
+    def _stream_h2(self, stream: Any, length: int | None) -> None:
+        """HTTP/2: stream the body, start the request on the next reactor turn."""
+        self.content = BytesIO()
+        # The stream is its own flow control: paused, it stops opening its window.
+        self.body = BodyPipe(UNKNOWN_LENGTH if length is None else length, stream)
+
+        def start() -> None:
+            if self._disconnected or stream.command is None:
+                return  # reset before it started
+            Request.requestReceived(self, stream.command, stream.path, b"HTTP/2")
+
+        stream_reactor(stream).callLater(0, start)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is None:
