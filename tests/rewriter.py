@@ -15,16 +15,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from mterelay.bodies import BytesProducer
+from twisted.internet import reactor
 
-__all__ = ["Rewriter"]
+from mterelay.bodies import BytesProducer
+from mterelay.connections import persistent_agent
+from mterelay.store.memory import MemoryPairStore
+from mterelay.tap import store_limits
+from mterelay.upstream import UpstreamForwarder
+from mterelay.web.root import RelayRoot
+from mterelay.web.site import RelaySite
+from tests.support import relay_config
+
+__all__ = ["Rewriter", "RewiredRelays", "add"]
 
 #: This hop's own headers, never passed on as they are (RFC 9110 7.6.1).
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -116,3 +125,40 @@ class Rewriter(Resource):
 def add(name: bytes, value: bytes) -> Edit:
     """An edit adding one header line."""
     return lambda headers: headers.addRawHeader(name, value)
+
+
+class RewiredRelays:
+    """TestCase mixin: relay B (in process, memory store) behind a :class:`Rewriter`.
+
+    ``rewire(upstream_factory)`` listens the upstream and relay B on loopback
+    and puts the on-path rewriter in front of B (``self.rewriter``); ports,
+    agents and the rewriter are cleaned up with the test.
+    """
+
+    async def rewire(self, upstream_factory: Any) -> None:
+        port = await self.listen(upstream_factory)
+        b = await self.listen(self.relay_site(relay_config(UPSTREAM=f"http://127.0.0.1:{port}")))
+        self.rewriter = Rewriter(reactor, f"http://127.0.0.1:{b}")
+        await self.rewriter.listen()
+        self.addCleanup(lambda: ensureDeferred(self.rewriter.close()))
+
+    def listen(self, factory: Any) -> "Deferred[int]":
+        """Listen ``factory`` on a free loopback port; fires the port number."""
+
+        def listening(port: Any) -> int:
+            self.addCleanup(port.stopListening)
+            return port.getHost().port
+
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        return endpoint.listen(factory).addCallback(listening)
+
+    def agent(self) -> Any:
+        agent, pool = persistent_agent(reactor, 8, 30, 5)
+        self.addCleanup(pool.closeCachedConnections)
+        return agent
+
+    def relay_site(self, config: Any, outbound_agent: Any = None) -> RelaySite:
+        forwarder = UpstreamForwarder(reactor, self.agent(), config.upstream, 10.0)
+        store = MemoryPairStore(reactor, store_limits(config))
+        return RelaySite(RelayRoot(config, forwarder, reactor, store,
+                                   outbound_agent=outbound_agent), reactor)

@@ -21,7 +21,6 @@ import json
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -32,14 +31,8 @@ import treq
 
 from mterelay.bodies import BytesProducer
 from mterelay.client import RelayClient
-from mterelay.connections import persistent_agent
 from mterelay.protocol.errors import DecodeFailed
-from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
-from mterelay.web.root import RelayRoot
-from mterelay.web.site import RelaySite
-from tests.rewriter import Rewriter
+from tests.rewriter import RewiredRelays
 from tests.support import RecordingUpstream, relay_config
 
 TOKEN = "retry-safety-token-0123456789"
@@ -82,35 +75,14 @@ def tamper_last_chunk(times: int = 10 ** 9) -> Any:
     return edit
 
 
-class RetrySafetyCase(TestCase):
+class RetrySafetyCase(RewiredRelays, TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.upstream = RecordingUpstream()
         self.sockets = RecordingSockets(Site(self.upstream))
-        port = yield self.listen(self.sockets)
-        b = yield self.listen(self.relay_site(relay_config(UPSTREAM=f"http://127.0.0.1:{port}")))
-        self.rewriter = Rewriter(reactor, f"http://127.0.0.1:{b}")
-        yield defer.ensureDeferred(self.rewriter.listen())
-        self.addCleanup(lambda: defer.ensureDeferred(self.rewriter.close()))
-
-    @defer.inlineCallbacks
-    def listen(self, factory: Any) -> Any:
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
-        return port.getHost().port
-
-    def agent(self) -> Any:
-        agent, pool = persistent_agent(reactor, 8, 30, 5)
-        self.addCleanup(pool.closeCachedConnections)
-        return agent
-
-    def relay_site(self, config: Any, outbound_agent: Any = None) -> RelaySite:
-        forwarder = UpstreamForwarder(reactor, self.agent(), config.upstream, 10.0)
-        store = MemoryPairStore(reactor, store_limits(config))
-        return RelaySite(RelayRoot(config, forwarder, reactor, store,
-                                   outbound_agent=outbound_agent), reactor)
+        yield defer.ensureDeferred(self.rewire(self.sockets))
 
     def client(self) -> RelayClient:
         client = RelayClient(reactor, pairs=2)

@@ -13,7 +13,6 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -21,19 +20,13 @@ from twisted.web.server import Site
 
 from mterelay.bodies import BytesProducer
 from mterelay.client import RelayClient
-from mterelay.connections import persistent_agent
-from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
-from mterelay.web.root import RelayRoot
-from mterelay.web.site import RelaySite
-from tests.rewriter import Rewriter, add
+from tests.rewriter import RewiredRelays, add
 from tests.support import RecordingUpstream, relay_config
 
 TOKEN = "rewriter-test-token-0123456789"
 
 
-class RewriterCase(TestCase):
+class RewriterCase(RewiredRelays, TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
@@ -42,29 +35,7 @@ class RewriterCase(TestCase):
         self.upstream.headers = [(b"content-type", b"application/json"),
                                  (b"set-cookie", b"session=upstream"), (b"etag", b'"v1"'),
                                  (b"x-secret", b"upstream-only")]
-        port = yield self.listen(Site(self.upstream))
-        b = yield self.listen(self.relay_site(relay_config(
-            UPSTREAM=f"http://127.0.0.1:{port}")))
-        self.rewriter = Rewriter(reactor, f"http://127.0.0.1:{b}")
-        yield defer.ensureDeferred(self.rewriter.listen())
-        self.addCleanup(lambda: defer.ensureDeferred(self.rewriter.close()))
-
-    @defer.inlineCallbacks
-    def listen(self, site: Any) -> Any:
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        self.addCleanup(port.stopListening)
-        return port.getHost().port
-
-    def agent(self) -> Any:
-        agent, pool = persistent_agent(reactor, 8, 30, 5)
-        self.addCleanup(pool.closeCachedConnections)
-        return agent
-
-    def relay_site(self, config: Any, outbound_agent: Any = None) -> RelaySite:
-        forwarder = UpstreamForwarder(reactor, self.agent(), config.upstream, 10.0)
-        store = MemoryPairStore(reactor, store_limits(config))
-        return RelaySite(RelayRoot(config, forwarder, reactor, store,
-                                   outbound_agent=outbound_agent), reactor)
+        yield defer.ensureDeferred(self.rewire(Site(self.upstream)))
 
     def client(self, **options: Any) -> RelayClient:
         client = RelayClient(reactor, **options)
