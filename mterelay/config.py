@@ -269,13 +269,18 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _seconds(value: Any) -> float:
+def _number(value: Any, unit: str) -> float:
+    """A float from a setting's value, refused with "must be a number of <unit>"."""
     if isinstance(value, bool):
-        raise ValueError("must be a number of seconds")
+        raise ValueError(f"must be a number of {unit}")
     try:
         return float(_text(value))
     except ValueError:
-        raise ValueError("must be a number of seconds") from None
+        raise ValueError(f"must be a number of {unit}") from None
+
+
+def _seconds(value: Any) -> float:
+    return _number(value, "seconds")
 
 
 def _positive_seconds(value: Any) -> float:
@@ -300,12 +305,7 @@ def _limit_seconds(value: Any) -> float:
 
 
 def _rate(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number of pairs per second")
-    try:
-        number = float(_text(value))
-    except ValueError:
-        raise ValueError("must be a number of pairs per second") from None
+    number = _number(value, "pairs per second")
     if not 0 < number <= 1_000_000:
         raise ValueError("must be a positive number of pairs per second (at most 1000000)")
     return number
