@@ -43,7 +43,8 @@ class RecordingAPI(SampleAPI):
     def render(self, request: Any) -> bytes:
         body = request.content.read()
         request.content.seek(0)
-        headers = {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
+        headers = {name.lower(): values
+                   for name, values in request.requestHeaders.getAllRawHeaders()}
         self.received.append((request.method, request.uri, headers, body))
         # Relay B's upstream pool is internal to build_service and RelayService.stopService
         # leaves its idle connections open: answering "close" keeps none, so the reactor
@@ -143,9 +144,10 @@ class DemoPageTests(TestCase):
         self.assertIn(f'"sha256": "{hashlib.sha256(SMALL).hexdigest()}"', done["answer"])
         self.assertIn(f'"bytes": {len(SMALL)}', done["answer"])
         self.assertIn('"name": "report.bin"', done["answer"])
-        self.assertRegex(done["wire"], rf"request body: +{len(SMALL)} bytes plaintext -> \d+ bytes sealed")
-        self.assertIn("sealed headers: content-type: application/octet-stream, x-file-name: report.bin",
-                      done["wire"])
+        self.assertRegex(done["wire"],
+                         rf"request body: +{len(SMALL)} bytes plaintext -> \d+ bytes sealed")
+        self.assertIn("sealed headers: content-type: application/octet-stream, "
+                      "x-file-name: report.bin", done["wire"])
         self.assertTrue(big["status"].startswith("413 Request Entity Too Large"), big["status"])
         self.assertIn('"error": "file too large"', big["answer"])
         self.assertIn(f'"limit": {LIMIT}', big["answer"])
