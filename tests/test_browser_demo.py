@@ -64,14 +64,18 @@ def collect(page: Any, prefix: str) -> dict[str, str]:
     return {part: page.inner_text(f"#{prefix}-{part}") for part in ("status", "answer", "wire")}
 
 
-def drive(context: Any, page_url: str, tap_url: str, screenshot: str) -> dict[str, Any]:
-    """The user's session: connect to the typed relay, both Login and both Upload scenarios."""
+def drive(context: Any, page_url: str, tap_url: str, not_a_relay: str,
+          screenshot: str) -> dict[str, Any]:
+    """A session: a wrong relay URL, then the typed relay; Login and Upload, both scenarios."""
     out: dict[str, Any] = {"errors": []}
     page = context.new_page()
     page.on("pageerror", lambda error: out["errors"].append(str(error)))
     page.goto(page_url)
     page.wait_for_selector("body[data-ready=true]")
     out["default_relay"] = page.input_value("#relay-url")
+    page.fill("#relay-url", not_a_relay)
+    page.click("#connect")
+    out["not_a_relay"] = wait_for_text(page, "#relay-status", "cannot use")
     page.fill("#relay-url", tap_url)
     page.click("#connect")
     out["relay_status"] = wait_for_text(page, "#relay-status", "connected")
@@ -114,12 +118,16 @@ class DemoPageTests(TestCase):
     @defer.inlineCallbacks
     def test_login_and_upload_scenarios(self) -> Any:
         screenshot = os.path.abspath("demo-page.png")
-        out = yield in_browser(drive, self.stack.page_url, self.tap.url, screenshot)
+        out = yield in_browser(drive, self.stack.page_url, self.tap.url, self.stack.api_url,
+                               screenshot)
         yield task.deferLater(reactor, 0.2, lambda: None)  # the browser's sockets close
         print(f"\nscreenshot of the demo page: {screenshot}")
 
         self.assertEqual(out["errors"], [])
         self.assertEqual(out["default_relay"], self.stack.relay_url)
+        # The sample API has no /public/: the client cannot load, and the page says so.
+        self.assertIn(f"cannot use {self.stack.api_url}: TypeError", out["not_a_relay"])
+        self.assertIn("CORS_ORIGINS", out["not_a_relay"])
         self.assertIn(f"connected to {self.tap.url}", out["relay_status"])
         self.assertIn("HEAD /api/mte-relay -> 200, POST /api/mte-pair -> 200", out["relay_status"])
 
@@ -132,7 +140,9 @@ class DemoPageTests(TestCase):
         for shown in (ok, fail):
             wire = shown["wire"]
             request = next(line for line in wire.splitlines() if line.startswith("request:"))
-            self.assertRegex(request, r"^request: +POST /[A-Za-z0-9_-]{16,}")
+            # A sealed path (base64url), or the fixed path with the sealed one in a header.
+            self.assertRegex(request, r"^request: +POST (/[A-Za-z0-9_-]{16,}"
+                                      r"(\.\.\. \(\d+ chars\))?|/api/mte-relay/request)$")
             self.assertNotIn("/api/", request.replace("/api/mte-relay/request", ""))
             self.assertIn("sealed headers: content-type: application/x-www-form-urlencoded", wire)
             self.assertIn("x-mte-relay-eh: <sealed,", wire)
@@ -163,14 +173,21 @@ class DemoPageTests(TestCase):
         self.assertGreater(len(png), 20_000)
 
         # The upstream got the plaintext, decrypted by relay B ...
-        seen = [(method, uri, body) for method, uri, _, body in self.api.received]
-        self.assertEqual(seen, [(b"POST", b"/api/login", b"user=demo&password=demo-password"),
+        def digest(body: bytes) -> bytes:
+            return body if len(body) < 100 else hashlib.sha256(body).hexdigest().encode()
+
+        seen = [(method, uri, digest(body)) for method, uri, _, body in self.api.received]
+        # First the page's attempt to load the client from the sample API itself (typed
+        # as the relay URL, in clear, answered 404), then the four decrypted requests.
+        self.assertEqual(seen, [(b"GET", b"/public/mte-relay-browser.js", b""),
+                                (b"POST", b"/api/login", b"user=demo&password=demo-password"),
                                 (b"POST", b"/api/login", b"user=demo&password=not-the-password"),
-                                (b"POST", b"/api/upload", SMALL), (b"POST", b"/api/upload", BIG)])
-        headers = self.api.received[2][2]
+                                (b"POST", b"/api/upload", digest(SMALL)),
+                                (b"POST", b"/api/upload", digest(BIG))])
+        headers = self.api.received[3][2]
         self.assertEqual(headers[b"x-file-name"], [b"report.bin"])
         self.assertEqual(headers[b"content-type"], [b"application/octet-stream"])
-        self.assertTrue(self.api.received[0][2][b"content-type"][0].startswith(
+        self.assertTrue(self.api.received[1][2][b"content-type"][0].startswith(
             b"application/x-www-form-urlencoded"))
 
         # ... while between the page and the relay only sealed data travelled.

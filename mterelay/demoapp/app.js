@@ -22,6 +22,28 @@ function byteLength(body) {
   return body.byteLength ?? 0;
 }
 
+/**
+ * A request body counted as the browser reads it. Pulled only on demand (high
+ * water mark 0), so wrapping reads nothing early: the client's HTTP/1.1 fallback
+ * relies on a streamed body the platform refused being still unread.
+ */
+function countedBody(source, onBytes) {
+  const reader = source.getReader();
+  return new ReadableStream({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else {
+        onBytes(value.byteLength);
+        controller.enqueue(value);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
 function counter(onBytes) {
   return new TransformStream({
     transform(chunk, controller) {
@@ -73,10 +95,10 @@ async function recordingFetch(input, init = {}) {
   else if (typeof body === 'string') entry.body = encoder.encode(body);
   if (body instanceof ReadableStream) {
     // A streamed upload: count the sealed bytes as the browser reads them.
-    body = body.pipeThrough(counter((n) => {
+    body = countedBody(body, (n) => {
       entry.requestBytes += n;
       if (onProgress) onProgress(entry.requestBytes, null);
-    }));
+    });
   }
   const response = onProgress && body instanceof Uint8Array
     ? await xhrFetch(url, { ...init, headers }, onProgress)
@@ -117,6 +139,11 @@ function wireReport(entries, sealedHeaders, plainBytes, needles) {
   }
   for (const e of entries.filter(isSealed)) {
     lines.push(`request:   ${e.method} ${short(e.url.pathname + e.url.search, 60)}`);
+    if (e.headers.some(([name]) => name === 'x-mte-relay-url')) {
+      lines.push('           (the fixed path: the sealed path and query travel in x-mte-relay-url)');
+    } else {
+      lines.push('           (the path is the sealed path and query, base64url)');
+    }
     const clear = e.headers.map(([name, value]) => {
       if (name === 'x-mte-relay-eh') return `${name}: <sealed, ${value.length} chars>`;
       if (name === 'x-mte-relay-url') return `${name}: <sealed url, ${value.length} chars>`;
@@ -166,6 +193,7 @@ function showError(prefix, error) {
     status.textContent = `relay error ${error.code}: ${error.message} (reached the upstream: ${error.upstreamReached})`;
   } else {
     status.textContent = `failed: ${error && error.name}: ${error && error.message}`;
+    if (!wireLog.length) relayStatus(`cannot use ${$('relay-url').value}: ${error && error.message}`, false);
   }
   $(`${prefix}-answer`).textContent = '';
   $(`${prefix}-wire`).textContent = wireLog.length ? wireReport(wireLog, {}, 0, []) : '(nothing was sent)';
@@ -204,7 +232,8 @@ async function connect() {
   try {
     await ensureClient();
   } catch (error) {
-    relayStatus(`cannot use ${$('relay-url').value}: ${error.name}: ${error.message}`, false);
+    relayStatus(`cannot use ${$('relay-url').value}: ${error.name}: ${error.message}`
+      + ` (is it a relay, reachable, with this page's origin ${location.origin} in its CORS_ORIGINS?)`, false);
   }
 }
 
