@@ -122,6 +122,8 @@ class DemoPageTests(TestCase):
                                screenshot)
         yield task.deferLater(reactor, 0.2, lambda: None)  # the browser's sockets close
         print(f"\nscreenshot of the demo page: {screenshot}")
+        for name in ("login_ok", "login_fail", "upload_201", "upload_413"):
+            print(f"  {name}: {out[name]['status']}")  # each includes the page's own timing
 
         self.assertEqual(out["errors"], [])
         self.assertEqual(out["default_relay"], self.stack.relay_url)
