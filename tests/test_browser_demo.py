@@ -149,6 +149,8 @@ class DemoPageTests(TestCase):
             self.assertIn("sealed headers: content-type: application/x-www-form-urlencoded", wire)
             self.assertIn("x-mte-relay-eh: <sealed,", wire)
             self.assertIn("plaintext found on the wire: none", wire)
+            self.assertRegex(wire, r"answer: +(200 OK|401 Unauthorized), \d+ bytes sealed -> "
+                                   r"\d+ bytes decrypted; clear headers [^\n]*x-mte-relay-eh")
         self.assertIn("request body:   32 bytes plaintext ->", ok["wire"])  # user=demo&password=...
 
         done, big = out["upload_201"], out["upload_413"]

@@ -11,6 +11,7 @@ const clients = new Map(); // relay URL -> { module, base, info }
 let wireLog = []; // what the client sent since the current demo action started
 let progressListener = null; // set while an upload runs
 let uploadLimit = 1024 * 1024;
+let answerBytes = 0; // the decrypted body size of the last answer shown
 
 // ---- the recording fetch -------------------------------------------------------
 
@@ -154,7 +155,8 @@ function wireReport(entries, sealedHeaders, plainBytes, needles) {
     lines.push(`sealed headers: ${names.length ? names.map((n) => `${n}: ${short(sealedHeaders[n], 40)}`).join(', ') : '(none)'}`
       + '  (only inside x-mte-relay-eh)');
     lines.push(`request body:   ${plainBytes} bytes plaintext -> ${e.requestBytes} bytes sealed on the wire`);
-    lines.push(`answer:         ${e.status} ${e.statusText || ''}, ${e.responseBytes} bytes sealed; clear headers `
+    lines.push(`answer:         ${e.status} ${e.statusText || ''}, ${e.responseBytes} bytes sealed -> `
+      + `${answerBytes} bytes decrypted; clear headers `
       + e.responseHeaders.map(([n]) => n).join(', '));
     // A needle is a string (looked for in the URL, the headers and the body) or
     // {label, bytes} (looked for in the body).
@@ -173,7 +175,9 @@ function wireReport(entries, sealedHeaders, plainBytes, needles) {
 }
 
 async function showAnswer(prefix, response, elapsed) {
-  const text = await response.text();
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  answerBytes = bytes.length;
+  const text = new TextDecoder().decode(bytes);
   let shown = text;
   try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch { /* not JSON */ }
   const good = response.status < 400;
