@@ -12,5 +12,6 @@ setup(
     # shipped so that pip and the Docker image serve it (at /public/) without Node.
     # (Here, not in setup.cfg: a package_data argument replaces setup.cfg's.)
     package_data={"twisted": ["plugins/mterelay_plugin.py"],
-                  "mterelay": ["public/*.js", "public/*.map"]},
+                  "mterelay": ["public/*.js", "public/*.map",
+                               "demoapp/*.html", "demoapp/*.js", "demoapp/*.css"]},
 )

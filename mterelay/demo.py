@@ -3,7 +3,9 @@
 Everything runs in this one process on loopback ports chosen by the kernel:
 the sample API, relay B in front of it, and relay A (the outbound relay)
 in front of B, with a wire tap between A and B recording what travels there
-- all with the in-memory store.  It sends a few requests in clear to B (echo,
+- all with the in-memory store - and the browser demo page (``mterelay/demoapp``:
+Login and File Upload with the browser client) on an origin of its own that
+relay B's CORS_ORIGINS allows.  It sends a few requests in clear to B (echo,
 pass-through), then the same kind of traffic through ``RelayClient``, then
 the headline deployment: plain HTTP requests from an "application" to relay
 A, which encrypts them for relay B, showing the answers and an excerpt of the
@@ -15,23 +17,28 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 import secrets
 import sys
 import tempfile
 from typing import Any
 
+import attrs
 import treq
 from twisted.internet import defer, endpoints, task
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.internet.interfaces import IListeningPort
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from mterelay.client import RelayClient
 
 from mterelay.config import load_config
+from mterelay.demoapp import DemoPage
 from mterelay.logs import make_observer
-from mterelay.sampleapi import SampleAPI
+from mterelay.sampleapi import UPLOAD_LIMIT, SampleAPI
 from mterelay.tap import RelayService, build_service
 from mterelay.wiretap import WireTap, hexdump
 
@@ -180,26 +187,66 @@ async def server_to_server(reactor: Any, api_url: str, relay_b_port: int) -> Rel
     return relay_a
 
 
-async def run(reactor: Any, once: bool) -> None:
-    api_port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(SampleAPI())
-    )
+def page_origins(port: int) -> list[str]:
+    """The origins a browser may give the demo page: both loopback spellings."""
+    return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
+@attrs.define
+class DemoStack:
+    """The sample API, relay B in front of it, and the demo page (CORS allowed at B)."""
+
+    api_url: str
+    relay_url: str
+    page_url: str
+    relay: RelayService
+    ports: Sequence[IListeningPort]
+
+    @property
+    def relay_port(self) -> int:
+        return int(self.relay_url.rsplit(":", 1)[1])
+
+    async def stop(self) -> None:
+        await self.relay.stopService()
+        for port in self.ports:
+            await port.stopListening()
+
+
+async def start_stack(reactor: Any, api: Resource | None = None, page_port: int = 0,
+                      log_level: str = "warning") -> DemoStack:
+    """Start what the browser demo needs on loopback; the page first, so B can allow its origin."""
+    loopback = endpoints.TCP4ServerEndpoint
+    api_port = await loopback(reactor, 0, interface="127.0.0.1").listen(
+        Site(api if api is not None else SampleAPI()))
+    page = DemoPage(upload_limit=getattr(api, "upload_limit", UPLOAD_LIMIT))
+    page_listener = await loopback(reactor, page_port, interface="127.0.0.1").listen(Site(page))
     api_url = f"http://127.0.0.1:{api_port.getHost().port}"
+    page_number = page_listener.getHost().port
     config = load_config(
         {
             "UPSTREAM": api_url,
             "CLIENT_ID_SECRET": secrets.token_urlsafe(32),
             "LISTEN": "tcp:0:interface=127.0.0.1",
             "PASS_THROUGH_ROUTES": "/health,/version,/api/items",
-            "LOG_LEVEL": "warning",
+            "CORS_ORIGINS": ",".join(page_origins(page_number)),
+            "LOG_LEVEL": log_level,
         }
     )
-    relay = build_service(config, reactor, make_observer("warning", "text", sys.stdout))
+    relay = build_service(config, reactor, make_observer(log_level, "text", sys.stdout))
     relay.startService()
     assert relay.listener is not None
     port = await relay.listener.when_listening()
-    relay_url = f"http://127.0.0.1:{port.getHost().port}"
-    print(f"sample API : {api_url}\nrelay B    : {relay_url}  (store: in-memory)")
+    page.relay_url = f"http://127.0.0.1:{port.getHost().port}"
+    return DemoStack(api_url, page.relay_url, f"http://127.0.0.1:{page_number}/", relay,
+                     [page_listener, api_port])
+
+
+async def run(reactor: Any, once: bool, page_port: int = 0) -> None:
+    stack = await start_stack(reactor, page_port=page_port)
+    api_url, relay_url, relay = stack.api_url, stack.relay_url, stack.relay
+    print(f"sample API : {api_url}\nrelay B    : {relay_url}  (store: in-memory)"
+          f"\ndemo page  : {stack.page_url}  (open it in a browser: Login and File Upload"
+          " through relay B with the browser client; relay B's CORS_ORIGINS allows this origin)")
 
     calls = [
         ("echo (liveness, no pairing)", "GET", "/api/mte-echo/hello", None),
@@ -216,23 +263,28 @@ async def run(reactor: Any, once: bool) -> None:
     print("\n=== through mterelay.client.RelayClient: end-to-end encrypted ===")
     await encrypted(reactor, relay_url)
 
-    relay_a = await server_to_server(reactor, api_url, port.getHost().port)
+    relay_a = await server_to_server(reactor, api_url, stack.relay_port)
 
     if once:
         await relay_a.stopService()
-        await relay.stopService()
-        await api_port.stopListening()
+        await stack.stop()
         return
     print(f"\nThe relays keep running: try  curl {relay_url}/api/mte-echo/test\n"
-          f"or  .venv/bin/mterelay-client -i {relay_url}/api/items?page=2\nCtrl-C stops them.")
+          f"or  .venv/bin/mterelay-client -i {relay_url}/api/items?page=2\n"
+          f"or open the demo page {stack.page_url} in a browser\nCtrl-C stops them.")
     await defer.Deferred()  # until Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="exit after the scripted requests")
+    parser.add_argument("--page-port", type=int, default=0, metavar="PORT",
+                        help="port of the demo page on 127.0.0.1 (default: any free port)")
     args = parser.parse_args(argv)
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor, args.once)))
+    if not 0 <= args.page_port <= 65535:
+        parser.error("--page-port: must be 0..65535")
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(
+        run(reactor, args.once, args.page_port)))
 
 
 if __name__ == "__main__":

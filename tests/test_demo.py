@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from twisted.trial.unittest import TestCase
 
@@ -22,6 +25,7 @@ class DemoTests(TestCase):
         out = result.stdout.decode()
         self.assertEqual(result.returncode, 0, out + result.stderr.decode())
         self.assertIn('"echo": "hello"', out)
+        self.assertRegex(out, r"demo page  : http://127\.0\.0\.1:\d+/ ")
         self.assertIn('"status": "ok"', out)
         self.assertIn('"page": 2', out)
         self.assertIn("<- 569", out)
@@ -68,6 +72,15 @@ class DemoTests(TestCase):
                     break
                 out += chunk
         self.assertIn(b"Ctrl-C stops", out)
+        # The browser demo page is served on its own origin, pointing at relay B.
+        page = re.search(rb"demo page  : (http://127\.0\.0\.1:\d+/)", out)
+        relay_b = re.search(rb"relay B    : (http://127\.0\.0\.1:\d+)", out)
+        assert page is not None and relay_b is not None, out
+        self.assertNotEqual(page.group(1).rstrip(b"/"), relay_b.group(1))
+        with urllib.request.urlopen(page.group(1).decode() + "config.json", timeout=10) as answer:
+            self.assertEqual(json.load(answer)["relayUrl"], relay_b.group(1).decode())
+        with urllib.request.urlopen(page.group(1).decode(), timeout=10) as answer:
+            self.assertIn(b"mterelay demo", answer.read())
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=20)
         self.assertEqual(process.returncode, 0, (out + rest).decode())

@@ -205,6 +205,8 @@ class ImageInstallTests(SynchronousTestCase):
         for shadowing in ("twisted/__init__.py", "twisted/plugins/__init__.py"):
             self.assertNotIn(shadowing, names)
         self.assertFalse([n for n in names if n.startswith("tests/")])
+        for page_file in ("index.html", "app.js", "style.css"):  # make demo's browser page
+            self.assertIn(f"mterelay/demoapp/{page_file}", names)
 
         # Stage 2: a clean interpreter, only the wheels, no index.
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True,
