@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from mterelay import __version__
+from mterelay.samplescenarios import scenario_answer
 
 
 def _json(request: IRequest, status: int, payload: Any) -> bytes:
@@ -55,4 +56,7 @@ class SampleAPI(Resource):
             page = int((request.args.get(b"page") or [b"1"])[0] or 1)
             items = [{"id": (page - 1) * 3 + i, "name": f"item {(page - 1) * 3 + i}"} for i in (1, 2, 3)]
             return _json(request, 200, {"page": page, "items": items})
+        scenario = scenario_answer(method, path, body)
+        if scenario is not None:
+            return _json(request, *scenario)
         return _json(request, 404, {"error": "not found", "path": path.decode("latin-1")})
