@@ -131,7 +131,7 @@ class SyncRelayClient:
         self._turn = 0
         self._hold_until = 0.0
         self._hold: PairingFailed | None = None
-        self._handshake_ms = 0.0
+        self.last_handshake_ms = 0.0
         # Under gevent (Locust) this is a cooperative lock: greenlets of one
         # user that need a pair at once share one pairing.
         self._lock = threading.Lock()
@@ -155,7 +155,7 @@ class SyncRelayClient:
     def _report(self, method: str, path: str, url: str, started: float,
                 answer: WireAnswer | None, error: BaseException | None) -> None:
         elapsed = (time.perf_counter() - started) * 1000
-        self._handshake_ms += elapsed
+        self.last_handshake_ms += elapsed
         if self.on_handshake is not None:
             self.on_handshake(method, path, url, elapsed,
                               0 if answer is None else len(answer.body), error)
@@ -263,7 +263,7 @@ class SyncRelayClient:
         Transport errors of ``send`` (connection refused, timeout) propagate
         and are never resent: the upstream may have run the request.
         """
-        self._handshake_ms = 0.0
+        self.last_handshake_ms = 0.0
         method = method.upper()
         options = options or self.options
         origin, target = split_url(url)
@@ -300,7 +300,7 @@ class SyncRelayClient:
                 error = None if answer.status >= 400 else DecodeFailed(
                     f"a {answer.status} answer without x-mte-relay is not authentic")
                 return SealedAnswer(answer.status, answer.reason, answer.headers, answer.body,
-                                    False, error, self._handshake_ms, resent)
+                                    False, error, self.last_handshake_ms, resent)
             refusal = relay_error(answer.status, answer.body, answer.twisted_headers())
             if refusal.upstream_reached is None:
                 streamed = body is not None and outgoing.header.mode != MODE_MTE
@@ -317,7 +317,7 @@ class SyncRelayClient:
                 can_resend = False
             if not can_resend:
                 return SealedAnswer(answer.status, answer.reason, answer.headers, answer.body,
-                                    False, refusal, self._handshake_ms, resent)
+                                    False, refusal, self.last_handshake_ms, resent)
             resent = True
 
     def _open(self, answer: WireAnswer, outgoing: OutgoingRequest, pair: _Pair,
@@ -338,9 +338,9 @@ class SyncRelayClient:
             # may not be the relay's: stop using it (spec 10.5).
             self.drop(pair)
             return SealedAnswer(answer.status, answer.reason, [], b"", False, error,
-                                self._handshake_ms, resent)
+                                self.last_handshake_ms, resent)
         return SealedAnswer(answer.status, answer.reason, opened.headers, plain, True, None,
-                            self._handshake_ms, resent)
+                            self.last_handshake_ms, resent)
 
 
 def lower_headers(headers: Iterable[tuple[Any, Any]]) -> HeaderList:

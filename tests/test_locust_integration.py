@@ -1,0 +1,171 @@
+"""Locust, headless, through a real relay: the example locustfile's scenarios, zero failures.
+
+Locust runs in a child process (it monkey-patches the standard library
+with gevent on import, which must never happen in the trial process).  The
+sample API, recording what it receives, runs in this test's reactor on
+loopback; relay B is a real ``twistd -n mterelay``; a wire tap between
+Locust and the relay keeps every byte Locust sent.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mterelay.sampleapi import SampleAPI
+from mterelay.wiretap import WireTap
+from tests.support import SECRET, VENV_BIN, Recorded, RelayProcess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOCUSTFILE = os.path.join(os.path.dirname(HERE), "examples", "locust", "locustfile.py")
+LOCUST = os.path.join(VENV_BIN, "locust")
+
+SCENARIOS = ["echo", "login", "patients: list", "patients: read", "patients: create",
+             "credit card", "payload 1 KB", "payload 10 KB", "payload 25 KB", "payload 50 KB",
+             "relay echo (clear)"]
+
+
+class RecordingSampleAPI(Resource):
+    """The sample API, keeping what reached it (the plaintext the relay forwarded)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api = SampleAPI()
+        self.received: list[Recorded] = []
+
+    def render(self, request: Any) -> bytes:
+        body = request.content.read()
+        request.content.seek(0)
+        self.received.append(Recorded(
+            request.method, request.uri,
+            {k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()}, body))
+        return self.api.render(request)
+
+
+def read_stats(path: str) -> dict[tuple[str, str], dict[str, str]]:
+    with open(path, newline="") as handle:
+        return {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
+
+
+class LocustThroughRelayTests(TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        if not os.path.exists(LOCUST):
+            if os.environ.get("CI"):
+                self.fail("locust is not installed: the test extra must bring it")
+            raise SkipTest("locust is not installed (pip install -e '.[test]')")
+        self.upstream = RecordingSampleAPI()
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(self.upstream))
+        self.addCleanup(port.stopListening)
+        self.relay = RelayProcess.start(
+            {"UPSTREAM": f"http://127.0.0.1:{port.getHost().port}", "CLIENT_ID_SECRET": SECRET},
+            self.mktemp() + ".log")
+        self.addCleanup(self.relay.stop)
+        self.relay.wait_listening()
+        self.tap = WireTap([self.relay.port], reactor)
+        yield defer.ensureDeferred(self.tap.listen())
+        self.addCleanup(self.tap.port.stopListening)
+
+    @defer.inlineCallbacks
+    def run_locust(self, users: int = 5, seconds: int = 5, **environ: str) -> Any:
+        prefix = self.mktemp()
+        os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+        env.update(environ)
+        out, err, code = yield getProcessOutputAndValue(
+            LOCUST,
+            ["-f", LOCUSTFILE, "--host", self.tap.url, "--headless", "-u", str(users),
+             "-r", str(users), "-t", f"{seconds}s", "--csv", prefix, "--only-summary",
+             "--loglevel", "WARNING", "--stop-timeout", "5"],
+            env=env, reactor=reactor)
+        output = (out + err).decode("utf-8", "replace")
+        stats_path = prefix + "_stats.csv"
+        self.assertTrue(os.path.exists(stats_path), f"no statistics written:\n{output}")
+        return code, output, read_stats(stats_path)
+
+    def check_run(self, code: int, output: str, stats: dict[tuple[str, str], dict[str, str]]
+                  ) -> None:
+        failed = {name: row["Failure Count"] for name, row in stats.items()
+                  if row["Failure Count"] != "0"}
+        self.assertEqual(failed, {}, f"failures reported by Locust:\n{output[-4000:]}")
+        self.assertEqual(code, 0, output[-4000:])
+        names = {name for _, name in stats}
+        for scenario in SCENARIOS:
+            self.assertIn(scenario, names, f"scenario {scenario!r} never ran:\n{output[-2000:]}")
+        for key, row in stats.items():
+            self.assertGreater(int(row["Request Count"]), 0, key)
+        # Pairing once per user (5 users): reported under its own name.
+        self.assertEqual(int(stats[("HEAD", "/api/mte-relay")]["Request Count"]), 5)
+        self.assertEqual(int(stats[("POST", "/api/mte-pair")]["Request Count"]), 5)
+        # Sizes are the opened answers: the 50 KB echo answers ~50 KB of plaintext.
+        self.assertGreater(float(stats[("POST", "payload 50 KB")]["Average Content Size"]),
+                           50 * 1024)
+
+    @defer.inlineCallbacks
+    def test_headless_run_has_no_failures_and_the_upstream_sees_plaintext(self) -> Any:
+        code, output, stats = yield self.run_locust()
+        self.check_run(code, output, stats)
+        seen = self.upstream.received
+        uris = {r.uri for r in seen}
+        self.assertTrue({b"/api/login", b"/api/credit-card", b"/api/patients",
+                         b"/api/echo"} <= uris, uris)
+        cards = [r for r in seen if r.uri == b"/api/credit-card"]
+        self.assertTrue(all(b"4111 1111 1111 1111" in r.body for r in cards))
+        self.assertTrue(any(len(r.body) == 50 * 1024 for r in seen if r.uri == b"/api/echo"))
+        for record in seen:
+            self.assertEqual(record.headers[b"user-agent"][0][:15], b"mterelay-locust",
+                             "only the sealed User-Agent reaches the upstream")
+        login = [r for r in seen if r.uri == b"/api/login"]
+        self.assertTrue(login)
+        # The session cookie the upstream set (sealed) comes back on later requests, sealed.
+        self.assertTrue(any(b"cookie" in r.headers for r in seen))
+        # Between Locust and the relay: no path, no card number, no patient, no cookie.
+        wire = self.tap.sent()
+        self.assertGreater(len(wire), 50 * 1024)
+        for secret in (b"/api/login", b"/api/credit-card", b"4111", b"078-05-1120",
+                       b"Jane Doe", b"session=", b"password"):
+            self.assertFalse(secret in wire, f"{secret!r} on the wire")
+        self.assertFalse(b"approved" in self.tap.received(), "a sealed answer read in clear")
+        # Only the clear echo requests carry a clear User-Agent (sealed ones carry none).
+        self.assertEqual(wire.count(b"User-Agent:"), wire.count(b"GET /api/mte-echo/locust "))
+
+    @defer.inlineCallbacks
+    def test_mte_framing_and_clear_url(self) -> Any:
+        code, output, stats = yield self.run_locust(
+            seconds=4, MTERELAY_FRAMING="MTE", MTERELAY_SEAL_URL="0")
+        self.check_run(code, output, stats)
+        wire = self.tap.sent()
+        self.assertIn(b"POST /api/credit-card HTTP/1.1", wire)  # the path in clear, as asked
+        self.assertFalse(b"4111" in wire, "the card number on the wire")
+        self.assertIn(b",MTE,0,1,1,", wire)
+
+
+class ImportWithoutLocustTests(TestCase):
+    def test_clear_error_message(self) -> Any:
+        """Without Locust, importing mterelay.locust names the extra to install."""
+        code = ("import sys; sys.modules['locust'] = None\n"
+                "try:\n    import mterelay.locust\n"
+                "except ImportError as e:\n    print(e)\n")
+        d = getProcessOutputAndValue(sys.executable, ["-c", code], env=dict(os.environ),
+                                     reactor=reactor)
+
+        def check(result: tuple[bytes, bytes, int]) -> None:
+            out, err, status = result
+            self.assertEqual(status, 0, err)
+            self.assertIn(b"pip install 'mterelay[locust]'", out)
+
+        return d.addCallback(check)
