@@ -9,7 +9,8 @@ Locust and the relay keeps every byte Locust sent.
 
 from __future__ import annotations
 
-import csv
+import collections
+import json
 import os
 import sys
 from typing import Any
@@ -53,9 +54,14 @@ class RecordingSampleAPI(Resource):
         return self.api.render(request)
 
 
-def read_stats(path: str) -> dict[tuple[str, str], dict[str, str]]:
-    with open(path, newline="") as handle:
-        return {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
+def read_stats(path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Locust's final statistics (``--json-file``), by (method, name).
+
+    Not the ``--csv`` files: Locust rewrites those once a second and does not
+    write them again at shutdown, so they can miss the last second of a run.
+    """
+    with open(path) as handle:
+        return {(entry["method"], entry["name"]): entry for entry in json.load(handle)}
 
 
 class LocustThroughRelayTests(TestCase):
@@ -71,9 +77,12 @@ class LocustThroughRelayTests(TestCase):
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Site(self.upstream))
         self.addCleanup(port.stopListening)
-        self.relay = RelayProcess.start(
-            {"UPSTREAM": f"http://127.0.0.1:{port.getHost().port}", "CLIENT_ID_SECRET": SECRET},
-            self.mktemp() + ".log")
+        self.upstream_url = f"http://127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def start_relay(self, **environ: str) -> Any:
+        environ.update({"UPSTREAM": self.upstream_url, "CLIENT_ID_SECRET": SECRET})
+        self.relay = RelayProcess.start(environ, self.mktemp() + ".log")
         self.addCleanup(self.relay.stop)
         self.relay.wait_listening()
         self.tap = WireTap([self.relay.port], reactor)
@@ -89,34 +98,41 @@ class LocustThroughRelayTests(TestCase):
         out, err, code = yield getProcessOutputAndValue(
             LOCUST,
             ["-f", LOCUSTFILE, "--host", self.tap.url, "--headless", "-u", str(users),
-             "-r", str(users), "-t", f"{seconds}s", "--csv", prefix, "--only-summary",
+             "-r", str(users), "-t", f"{seconds}s", "--json-file", prefix, "--only-summary",
              "--loglevel", "WARNING", "--stop-timeout", "5"],
             env=env, reactor=reactor)
         output = (out + err).decode("utf-8", "replace")
-        stats_path = prefix + "_stats.csv"
+        stats_path = prefix + ".json"
         self.assertTrue(os.path.exists(stats_path), f"no statistics written:\n{output}")
         return code, output, read_stats(stats_path)
 
-    def check_run(self, code: int, output: str, stats: dict[tuple[str, str], dict[str, str]]
-                  ) -> None:
-        failed = {name: row["Failure Count"] for name, row in stats.items()
-                  if row["Failure Count"] != "0"}
+    def check_run(self, code: int, output: str, stats: dict[tuple[str, str], dict[str, Any]],
+                  pairings: int | None = 5) -> None:
+        failed = {name: row["num_failures"] for name, row in stats.items() if row["num_failures"]}
         self.assertEqual(failed, {}, f"failures reported by Locust:\n{output[-4000:]}")
         self.assertEqual(code, 0, output[-4000:])
         names = {name for _, name in stats}
         for scenario in SCENARIOS:
             self.assertIn(scenario, names, f"scenario {scenario!r} never ran:\n{output[-2000:]}")
         for key, row in stats.items():
-            self.assertGreater(int(row["Request Count"]), 0, key)
+            self.assertGreater(row["num_requests"], 0, key)
         # Pairing once per user (5 users): reported under its own name.
-        self.assertEqual(int(stats[("HEAD", "/api/mte-relay")]["Request Count"]), 5)
-        self.assertEqual(int(stats[("POST", "/api/mte-pair")]["Request Count"]), 5)
+        self.assertEqual(stats[("HEAD", "/api/mte-relay")]["num_requests"], 5)
+        if pairings is not None:
+            self.assertEqual(stats[("POST", "/api/mte-pair")]["num_requests"], pairings)
         # Sizes are the opened answers: the 50 KB echo answers ~50 KB of plaintext.
-        self.assertGreater(float(stats[("POST", "payload 50 KB")]["Average Content Size"]),
-                           50 * 1024)
+        big = stats[("POST", "payload 50 KB")]
+        self.assertGreater(big["total_content_length"] / big["num_requests"], 50 * 1024)
+        # Every sealed request Locust counted reached the upstream exactly once.
+        sealed = sum(row["num_requests"] for (_, name), row in stats.items()
+                     if name in SCENARIOS and name != "relay echo (clear)")
+        seen = collections.Counter((r.method, r.uri) for r in self.upstream.received)
+        self.assertEqual(len(self.upstream.received), sealed,
+                         f"{seen} {[(k, r['num_requests']) for k, r in stats.items()]}")
 
     @defer.inlineCallbacks
     def test_headless_run_has_no_failures_and_the_upstream_sees_plaintext(self) -> Any:
+        yield self.start_relay()
         code, output, stats = yield self.run_locust()
         self.check_run(code, output, stats)
         seen = self.upstream.received
@@ -145,6 +161,7 @@ class LocustThroughRelayTests(TestCase):
 
     @defer.inlineCallbacks
     def test_mte_framing_and_clear_url(self) -> Any:
+        yield self.start_relay()
         code, output, stats = yield self.run_locust(
             seconds=4, MTERELAY_FRAMING="MTE", MTERELAY_SEAL_URL="0")
         self.check_run(code, output, stats)
@@ -152,6 +169,22 @@ class LocustThroughRelayTests(TestCase):
         self.assertIn(b"POST /api/credit-card HTTP/1.1", wire)  # the path in clear, as asked
         self.assertFalse(b"4111" in wire, "the card number on the wire")
         self.assertIn(b",MTE,0,1,1,", wire)
+
+
+    @defer.inlineCallbacks
+    def test_exhausted_pairs_are_repaired_without_failures(self) -> Any:
+        """A pair carries 8 messages: every user is refused 559 again and again, re-pairs, resends."""
+        yield self.start_relay(PAIR_MAX_MESSAGES="8")
+        code, output, stats = yield self.run_locust(seconds=5)
+        self.check_run(code, output, stats, pairings=None)
+        sealed = sum(row["num_requests"] for (_, name), row in stats.items()
+                     if name in SCENARIOS and name != "relay echo (clear)")
+        pairings = stats[("POST", "/api/mte-pair")]["num_requests"]
+        self.assertGreaterEqual(pairings, 5 + (sealed - 5 * 8) // 8,
+                                "a new pair after every 8 messages")
+        refused = [line for line in self.relay.output().splitlines()
+                   if "mterelay.access" in line and " 559 " in line]
+        self.assertEqual(len(refused), pairings - 5, "each exhausted pair refused once")
 
 
 class ImportWithoutLocustTests(TestCase):
