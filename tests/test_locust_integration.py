@@ -90,14 +90,15 @@ class LocustThroughRelayTests(TestCase):
         self.addCleanup(self.tap.port.stopListening)
 
     @defer.inlineCallbacks
-    def run_locust(self, users: int = 5, seconds: int = 5, **environ: str) -> Any:
+    def run_locust(self, users: int = 5, seconds: int = 5, locustfile: str = LOCUSTFILE,
+                   **environ: str) -> Any:
         prefix = self.mktemp()
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
         env.update(environ)
         out, err, code = yield getProcessOutputAndValue(
             LOCUST,
-            ["-f", LOCUSTFILE, "--host", self.tap.url, "--headless", "-u", str(users),
+            ["-f", locustfile, "--host", self.tap.url, "--headless", "-u", str(users),
              "-r", str(users), "-t", f"{seconds}s", "--json-file", prefix, "--only-summary",
              "--loglevel", "WARNING", "--stop-timeout", "5"],
             env=env, reactor=reactor)
@@ -185,6 +186,30 @@ class LocustThroughRelayTests(TestCase):
         refused = [line for line in self.relay.output().splitlines()
                    if "mterelay.access" in line and " 559 " in line]
         self.assertEqual(len(refused), pairings - 5, "each exhausted pair refused once")
+
+
+    @defer.inlineCallbacks
+    def test_an_answer_that_does_not_open_is_a_failure(self) -> Any:
+        yield self.start_relay()
+        failures_log = self.mktemp()
+        code, output, stats = yield self.run_locust(
+            users=3, seconds=3, locustfile=os.path.join(HERE, "locust_wrongkeys.py"),
+            FAILURES_LOG=failures_log)
+        self.assertNotEqual(code, 0, "Locust exits non-zero when requests failed")
+        wrong = stats[("POST", "wrong key")]
+        self.assertEqual((wrong["num_requests"], wrong["num_failures"]), (3, 3), output[-3000:])
+        with open(failures_log) as handle:
+            failures = handle.read().splitlines()
+        self.assertEqual(len(failures), 3, failures)
+        for line in failures:
+            self.assertTrue(line.startswith("wrong key: DecodeFailed: "), line)
+        for name in ("first", "after"):
+            self.assertEqual(stats[("POST", name)]["num_failures"], 0, output[-3000:])
+        self.assertGreater(stats[("POST", "after")]["num_requests"], 0)
+        # The pair whose answer did not open was dropped: one new pairing per user.
+        self.assertEqual(stats[("POST", "/api/mte-pair")]["num_requests"], 6)
+        # The relay ran the request (never resent): the upstream saw it once per user.
+        self.assertEqual(sum(r.body == b'{"n": 1}' for r in self.upstream.received), 3)
 
 
 class ImportWithoutLocustTests(TestCase):
