@@ -165,7 +165,8 @@ class MteRelaySession(HttpSession):
 
     # ------------------------------------------------------------ requests
 
-    def request(self, method: str | bytes, url: str | bytes, name: str | None = None,  # type: ignore[override]
+    def request(  # type: ignore[override]
+                self, method: str | bytes, url: str | bytes, name: str | None = None,
                 catch_response: bool = False, context: dict[str, Any] | None = None, *,
                 data: Any = None, json: Any = None, seal: bool = True,
                 **kwargs: Any) -> ResponseContextManager:

@@ -174,7 +174,7 @@ class LocustThroughRelayTests(TestCase):
 
     @defer.inlineCallbacks
     def test_exhausted_pairs_are_repaired_without_failures(self) -> Any:
-        """A pair carries 8 messages: every user is refused 559 again and again, re-pairs, resends."""
+        """A pair carries 8 messages: each user is refused 559 again and again, re-pairs, resends."""
         yield self.start_relay(PAIR_MAX_MESSAGES="8")
         code, output, stats = yield self.run_locust(seconds=5)
         self.check_run(code, output, stats, pairings=None)
