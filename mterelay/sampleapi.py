@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from mterelay import __version__
+from mterelay.samplescenarios import scenario_answer
 
 #: The demo accounts (user -> password).  Not secrets: they are printed by the demo.
 DEMO_USERS = {"alice": "secret", "carol": "s3cret-pw", "demo": "demo-password"}
@@ -70,6 +71,9 @@ class SampleAPI(Resource):
             page = int((request.args.get(b"page") or [b"1"])[0] or 1)
             items = [{"id": (page - 1) * 3 + i, "name": f"item {(page - 1) * 3 + i}"} for i in (1, 2, 3)]
             return _json(request, 200, {"page": page, "items": items})
+        scenario = scenario_answer(method, path, body)
+        if scenario is not None:
+            return _json(request, *scenario)
         return _json(request, 404, {"error": "not found", "path": path.decode("latin-1")})
 
     def _login(self, request: IRequest, body: bytes) -> bytes:
