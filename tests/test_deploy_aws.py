@@ -660,3 +660,15 @@ class DeployScriptTests(SynchronousTestCase):
         result = subprocess.run([shellcheck, DEPLOY_SH], capture_output=True, text=True,
                                 timeout=60)
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+
+
+class DocumentationTests(SynchronousTestCase):
+    def test_deploy_guide_names_every_parameter(self) -> None:
+        with open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8") as handle:
+            guide = handle.read()
+        section = guide[guide.index("## AWS with CloudFormation"):]
+        section = section[:section.index("\n## ", 1)]
+        documented = set(re.findall(r"`(\w+)`", section))
+        for stack in ("demo", "production"):
+            parameters = set(load_template(f"{stack}.yaml")["Parameters"])
+            self.assertEqual(parameters - documented, set(), stack)
