@@ -122,6 +122,9 @@ async function attempt(relay, request, body, lease, opts) {
     target = `/${b64urlEncode(token)}`;
   }
   const wireHeaders = new Headers(split.clear);
+  // Section 5.2: the same sealed bytes, the token in a header, one URL (one preflight).
+  const fixed = header.urlEnc && relay.fixedPath && !opts.perRequestForm ? relay.fixedPath : null;
+  if (fixed) wireHeaders.set('x-mte-relay-url', target.slice(1));
   let wireBody = null;
   if (bodyEnc) {
     if (body instanceof Uint8Array) {
@@ -147,7 +150,7 @@ async function attempt(relay, request, body, lease, opts) {
   if (wireBody && !(wireBody instanceof Uint8Array)) init.duplex = 'half';
   let wire;
   try {
-    wire = await relay.fetch(`${relay.base}${target}`, init);
+    wire = await relay.fetch(`${relay.base}${fixed || target}`, init);
   } catch (error) {
     // Chromium streams a request body only over HTTP/2 and rejects it over HTTP/1.1
     // (a TypeError) without reading it: then the body can still be sent buffered.
@@ -157,7 +160,9 @@ async function attempt(relay, request, body, lease, opts) {
     }
     throw error;
   }
-  return openResponse(relay, header, lease, wire, request);
+  const outcome = await openResponse(relay, header, lease, wire, request);
+  outcome.fixed = fixed !== null;
+  return outcome;
 }
 
 async function openResponse(relay, header, lease, wire, request) {
@@ -228,10 +233,12 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     encodeUrls: mteOptions.encodeUrls ?? o.encodeUrls,
     encodeHeaders: mteOptions.encodeHeaders ?? o.encodeHeaders,
     useStreaming: mteOptions.useStreaming ?? o.useStreaming,
+    perRequestForm: mteOptions.fixedPath === false,
   };
   // A body is held (so it can be resent) unless the caller asked to stream it to a
   // relay that speaks records; a streamed body is never resent (section 10.2).
   // The first lease is taken first: only a validated relay says whether it speaks records.
+  if (relay.revalidate) await relay.validateAgain();
   let first = await relay.pool.acquire(0, signal);
   let body = null;
   if (request.body !== null) {
@@ -246,7 +253,7 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     first = null;
     lease.records = relay.records && !opts.fixedFraming;
     opts.upload = { pulled: false };
-    const { response, error, fallback } = await attempt(relay, request, body, lease, opts);
+    const { response, error, fallback, fixed } = await attempt(relay, request, body, lease, opts);
     if (response) return response;
     if (fallback) {
       // Nothing was read, nothing sent: buffer the body and send it on a new seq; and
@@ -260,6 +267,13 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     const canResend = tries === 0 && RESEND_CODES.has(code) && isReplayable(body)
       && (error.upstreamReached === 'no' || IDEMPOTENT.has(request.method));
     if (REPAIR_CODES.has(code)) after = relay.pool.drop(lease.pair);
+    if (code === 562 && fixed) {
+      // A replica without the fixed path (section 5.2) cannot open it: the resend takes
+      // the per-request form every relay accepts, and the origin is asked again (HEAD)
+      // before its next request whether it still announces the fixed path.
+      opts.perRequestForm = true;
+      relay.revalidate = true;
+    }
     if (code === 566) after = relay.forgetClient(lease.clientId);
     if (code === 568 && lease.records && tries === 0 && isReplayable(body)) {
       // An older replica (section 5.1): resend with fixed framing, then learn anew.
