@@ -76,7 +76,7 @@ function streamedRecords(source, sealer, state) {
 }
 
 /** The response body: the wire body through the opener, released as it authenticates. */
-function openedStream(wireBody, opener) {
+function openedStream(wireBody, opener, failure) {
   const reader = wireBody.getReader();
   return new ReadableStream({
     async pull(controller) {
@@ -95,7 +95,8 @@ function openedStream(wireBody, opener) {
         reader.cancel(error).catch(() => {});
         // An abort stays an AbortError (fetch semantics); a body cut short is a 562.
         const aborted = error && error.name === 'AbortError';
-        controller.error(aborted || error instanceof MteRelayError ? error : decodeFailed(`body lost: ${error}`));
+        failure.error = aborted || error instanceof MteRelayError ? error : decodeFailed(`body lost: ${error}`);
+        controller.error(failure.error);
       }
     },
     cancel(reason) {
@@ -165,6 +166,25 @@ async function attempt(relay, request, body, lease, opts) {
   return outcome;
 }
 
+/**
+ * Chromium's json()/text()/arrayBuffer()/blob() reject an errored body with a plain
+ * "TypeError: Failed to fetch", hiding the MteRelayError (code 562) a caller must see
+ * to know the answer did not authenticate: the error the body stream failed with wins.
+ */
+function keepBodyError(response, failure) {
+  for (const name of ['arrayBuffer', 'blob', 'bytes', 'formData', 'json', 'text']) {
+    const native = response[name];
+    if (typeof native !== 'function') continue;
+    Object.defineProperty(response, name, {
+      configurable: true,
+      writable: true,
+      value: (...args) => native.apply(response, args).catch((error) => {
+        throw failure.error || error;
+      }),
+    });
+  }
+}
+
 async function openResponse(relay, header, lease, wire, request) {
   const raw = wire.headers.get('x-mte-relay');
   if (raw === null) {
@@ -203,9 +223,10 @@ async function openResponse(relay, header, lease, wire, request) {
     }
   }
   let body = null;
+  const failure = { error: null };
   if (rh.bodyEnc && !NULL_BODY_STATUS.has(wire.status) && request.method !== 'HEAD') {
     const opener = new BodyOpener(lease.pair.keys.s2c, rh, S2C, { declaredLength: declared });
-    body = openedStream(wire.body || new ReadableStream({ start: (c) => c.close() }), opener);
+    body = openedStream(wire.body || new ReadableStream({ start: (c) => c.close() }), opener, failure);
   } else {
     wire.body?.cancel().catch(() => {}); // clear bytes here would be unauthenticated
   }
@@ -213,6 +234,7 @@ async function openResponse(relay, header, lease, wire, request) {
   try {
     Object.defineProperty(response, 'url', { value: request.url });
   } catch { /* read-only on some platforms */ }
+  keepBodyError(response, failure);
   return { response };
 }
 
