@@ -264,8 +264,11 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
   let first = await relay.pool.acquire(0, signal);
   let body = null;
   if (request.body !== null) {
-    const stream = init && init.body instanceof ReadableStream;
-    if (stream && opts.useStreaming !== false && relay.records && relay.streamUploads !== false
+    // A ReadableStream body streams unless useStreaming is false; any other body (a
+    // File, say) streams only when this request asks for it (mteOptions.useStreaming).
+    const stream = (init && init.body instanceof ReadableStream && opts.useStreaming !== false)
+      || mteOptions.useStreaming === true;
+    if (stream && relay.records && relay.streamUploads !== false
         && opts.encodeType !== 'MTE') body = request.body;
     else body = new Uint8Array(await request.arrayBuffer());
   }

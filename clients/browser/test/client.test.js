@@ -377,3 +377,23 @@ test('fixed path: a second 562 after the per-request resend is the caller\'s err
   assert.equal(messages(fake).length, 2);
   assert.equal(fake.upstream.length, 0);
 });
+
+test('useStreaming per request streams any body as records; a stream body stays buffered when it is false', async () => {
+  const { fake, relay } = setup();
+  const streamed = [];
+  relay.fetch = (url, init) => { streamed.push(init.body instanceof ReadableStream); return fake.fetch(url, init); };
+  const f = (input, init, mte) => relayFetch(() => relay, input, init, mte || {});
+  const file = new Blob(['file ', 'contents']);
+  const r = await f(`${ORIGIN}/up`, { method: 'POST', body: file }, { useStreaming: true });
+  assert.equal((await r.json()).body, 'file contents');
+  const again = await f(`${ORIGIN}/up`, { method: 'POST', body: 'plain' });
+  assert.equal((await again.json()).body, 'plain');
+  const mk = () => new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('s')); c.close(); } });
+  const off = await f(`${ORIGIN}/up`, { method: 'POST', body: mk(), duplex: 'half' }, { useStreaming: false });
+  assert.equal((await off.json()).body, 's');
+  const sent = messages(fake).slice(-3);
+  assert.deepEqual(streamed.slice(-3), [true, false, false]);
+  assert.deepEqual(sent.map((e) => e.relayHeader.mode), ['MKR', 'MKR', 'MKR']);
+  // Only the buffered ones declare their length.
+  assert.equal(sent[0].headers.get('content-length'), null);
+});
