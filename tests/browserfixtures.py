@@ -88,6 +88,9 @@ class SuiteUpstream(Resource):
                 request.write(self.download[offset:offset + step])
             request.finish()
             return NOT_DONE_YET
+        if path == "/kib":
+            request.setHeader(b"content-type", b"application/octet-stream")
+            return b"k" * 1024
         if path == "/slow":
             return self._slow(request)
         if path == "/release":

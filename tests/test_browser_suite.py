@@ -539,6 +539,117 @@ class BrowserRedisTests(MethodsMixin, SuiteCase):
         yield super().setUp()
 
 
+PAIRING_JS = """
+async ({relay, n}) => {
+  const ms = [];
+  for (let i = 0; i < n; i++) {
+    const t = performance.now();
+    await mte.initMteRelayClient({relayUrl: relay, numberOfPairs: 1, replace: true,
+                                  storage: mte.memoryStorage()});
+    ms.push(performance.now() - t);
+  }
+  return ms;
+}
+"""
+
+KIB_JS = """
+async ({relay, n}) => {
+  const kib = new Uint8Array(1024).fill(107);
+  const out = {get: [], post: []};
+  for (let i = 0; i < n + 5; i++) {
+    let t = performance.now();
+    const g = await mte.mteFetch(relay + "/kib?i=" + i);
+    if ((await g.arrayBuffer()).byteLength !== 1024) throw new Error("GET size");
+    if (i >= 5) out.get.push(performance.now() - t);
+    t = performance.now();
+    const p = await mte.mteFetch(relay + "/kib", {method: "POST", body: kib});
+    if ((await p.arrayBuffer()).byteLength !== 1024) throw new Error("POST size");
+    if (i >= 5) out.post.push(performance.now() - t);
+  }
+  return out;
+}
+"""
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+class BrowserMeasureTests(SuiteCase):
+    """``MEASURE=1``: the numbers issue 16 asks for, from one run in Chromium (prints a table)."""
+
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def test_measure(self) -> Any:
+        import gzip
+        import os
+
+        if os.environ.get("MEASURE") != "1":
+            raise SkipTest("set MEASURE=1 to measure (about 40 s)")
+        plain = self.start_relay()
+        key, cert = write_self_signed(self.mktemp())
+        port = free_port()
+        tls = RelayProcess.start(self.relay_env(LISTEN=ssl_listen(port, key, cert)),
+                                 self.mktemp() + ".log", port=port)
+        self.addCleanup(lambda: tls.stop() if tls.process.poll() is None else None)
+        yield wait_tls(tls)
+        tls_url = f"https://127.0.0.1:{port}"
+        rows: list[tuple[str, str]] = []
+
+        def preflights() -> int:
+            return count(r"access#info\] OPTIONS ", plain.output())
+
+        def measure() -> None:
+            for form, options in (("fixed path", {}), ("per-request path", {"fixedPath": False})):
+                with chromium() as context:
+                    tab = context.new_page()
+                    tab.goto(self.page + "/page")
+                    tab.evaluate(HARNESS_JS, {"relay": plain.url, "options": options})
+                    time.sleep(0.2)
+                    before = preflights()
+                    tab.evaluate(HUNDRED_JS, plain.url)
+                    time.sleep(0.3)
+                    rows.append((f"preflights per 100 requests, {form}",
+                                 str(preflights() - before)))
+            with chromium(ignore_https_errors=True) as context:
+                tab = context.new_page()
+                tab.goto(self.page + "/page")
+                tab.evaluate(HARNESS_JS, {"relay": plain.url, "options": {}})
+                pairing = tab.evaluate(PAIRING_JS, {"relay": plain.url, "n": 21})
+                rows.append(("pairing (HEAD + 1 pair), median of 21",
+                             f"{median(pairing):.1f} ms"))
+                kib = tab.evaluate(KIB_JS, {"relay": plain.url, "n": 51})
+                rows.append(("encrypted GET, 1 KiB answer, median of 51",
+                             f"{median(kib['get']):.1f} ms"))
+                rows.append(("encrypted POST, 1 KiB each way, median of 51",
+                             f"{median(kib['post']):.1f} ms"))
+                for name, url in (("HTTP/1.1", plain.url), ("HTTP/2 (TLS)", tls_url)):
+                    tab.evaluate(HARNESS_JS, {"relay": url, "options": {}})
+                    big = tab.evaluate(BIG_JS, url)
+                    assert big["upAnswer"]["sha256"] == big["pageUp"], big
+                    assert big["pageDown"] == self.upstream.download_sha256
+                    rows.append((f"20 MB upload, {name}", f"{big['upMs']:.0f} ms"))
+                    rows.append((f"20 MB download, {name}", f"{big['downMs']:.0f} ms"))
+                    streamed = tab.evaluate(STREAM_JS, {"relay": url, "chunks": 320,
+                                                        "size": 65536, "gate": False})
+                    assert streamed["status"] == 200, streamed
+                    rows.append((f"20 MB streamed-body upload (ReadableStream), {name}",
+                                 f"{streamed['ms']:.0f} ms"))
+
+        yield threads.deferToThread(measure)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for name in ("mte-relay-browser.js", "mte-relay-browser.iife.js"):
+            with open(os.path.join(here, "mterelay", "public", name), "rb") as handle:
+                data = handle.read()
+            rows.append((f"{name}, gzip -9", f"{len(gzip.compress(data, 9))} bytes "
+                         f"({len(data)} raw)"))
+        width = max(len(r[0]) for r in rows)
+        print("\n" + "\n".join(f"{a:<{width}}  {b}" for a, b in rows))
+
+
 def wait_tls(relay: RelayProcess) -> "defer.Deferred[None]":
     import socket
 
