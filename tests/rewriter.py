@@ -4,8 +4,8 @@ It stands where a hostile network, or a TLS-terminating load balancer an
 attacker controls, stands between relay A (or a RelayClient) and relay B:
 it receives each request on 127.0.0.1, lets the test edit its headers and
 its body (``body_edits``: the tampering of a sealed body on the way),
-forwards it to the target, lets the test edit the response's headers and
-passes the response back.  Bodies are passed through byte for byte (read
+forwards it to the target, lets the test edit the response's headers (and
+body: ``response_body_edits``) and passes the response back.  Bodies are passed through byte for byte (read
 whole: the tests send small ones).  What it forwarded and received is kept
 (``requests``, ``responses``) so a test can check what travelled in clear.
 """
@@ -62,6 +62,8 @@ class Rewriter(Resource):
         self.request_edits: list[Edit] = []
         self.response_edits: list[Edit] = []
         self.body_edits: list[BodyEdit] = []
+        #: ``(request uri, response headers, body) -> body to pass back``.
+        self.response_body_edits: list[Callable[[bytes, Headers, bytes], bytes]] = []
         self.requests: list[tuple[bytes, bytes, Headers]] = []
         self.responses: list[tuple[int, Headers]] = []
         self.port: Any = None
@@ -112,6 +114,8 @@ class Rewriter(Resource):
                 answer.setRawHeaders(name, list(values))
         for edit in self.response_edits:
             edit(answer)
+        for response_body_edit in self.response_body_edits:
+            content = response_body_edit(request.uri, answer, content)
         self.responses.append((response.code, answer))
         request.setResponseCode(response.code, response.phrase)
         for name, values in answer.getAllRawHeaders():

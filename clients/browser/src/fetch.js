@@ -76,7 +76,7 @@ function streamedRecords(source, sealer, state) {
 }
 
 /** The response body: the wire body through the opener, released as it authenticates. */
-function openedStream(wireBody, opener) {
+function openedStream(wireBody, opener, failure) {
   const reader = wireBody.getReader();
   return new ReadableStream({
     async pull(controller) {
@@ -95,7 +95,8 @@ function openedStream(wireBody, opener) {
         reader.cancel(error).catch(() => {});
         // An abort stays an AbortError (fetch semantics); a body cut short is a 562.
         const aborted = error && error.name === 'AbortError';
-        controller.error(aborted || error instanceof MteRelayError ? error : decodeFailed(`body lost: ${error}`));
+        failure.error = aborted || error instanceof MteRelayError ? error : decodeFailed(`body lost: ${error}`);
+        controller.error(failure.error);
       }
     },
     cancel(reason) {
@@ -122,6 +123,9 @@ async function attempt(relay, request, body, lease, opts) {
     target = `/${b64urlEncode(token)}`;
   }
   const wireHeaders = new Headers(split.clear);
+  // Section 5.2: the same sealed bytes, the token in a header, one URL (one preflight).
+  const fixed = header.urlEnc && relay.fixedPath && !opts.perRequestForm ? relay.fixedPath : null;
+  if (fixed) wireHeaders.set('x-mte-relay-url', target.slice(1));
   let wireBody = null;
   if (bodyEnc) {
     if (body instanceof Uint8Array) {
@@ -147,7 +151,7 @@ async function attempt(relay, request, body, lease, opts) {
   if (wireBody && !(wireBody instanceof Uint8Array)) init.duplex = 'half';
   let wire;
   try {
-    wire = await relay.fetch(`${relay.base}${target}`, init);
+    wire = await relay.fetch(`${relay.base}${fixed || target}`, init);
   } catch (error) {
     // Chromium streams a request body only over HTTP/2 and rejects it over HTTP/1.1
     // (a TypeError) without reading it: then the body can still be sent buffered.
@@ -157,7 +161,28 @@ async function attempt(relay, request, body, lease, opts) {
     }
     throw error;
   }
-  return openResponse(relay, header, lease, wire, request);
+  const outcome = await openResponse(relay, header, lease, wire, request);
+  outcome.fixed = fixed !== null;
+  return outcome;
+}
+
+/**
+ * Chromium's json()/text()/arrayBuffer()/blob() reject an errored body with a plain
+ * "TypeError: Failed to fetch", hiding the MteRelayError (code 562) a caller must see
+ * to know the answer did not authenticate: the error the body stream failed with wins.
+ */
+function keepBodyError(response, failure) {
+  for (const name of ['arrayBuffer', 'blob', 'bytes', 'formData', 'json', 'text']) {
+    const native = response[name];
+    if (typeof native !== 'function') continue;
+    Object.defineProperty(response, name, {
+      configurable: true,
+      writable: true,
+      value: (...args) => native.apply(response, args).catch((error) => {
+        throw failure.error || error;
+      }),
+    });
+  }
 }
 
 async function openResponse(relay, header, lease, wire, request) {
@@ -198,9 +223,10 @@ async function openResponse(relay, header, lease, wire, request) {
     }
   }
   let body = null;
+  const failure = { error: null };
   if (rh.bodyEnc && !NULL_BODY_STATUS.has(wire.status) && request.method !== 'HEAD') {
     const opener = new BodyOpener(lease.pair.keys.s2c, rh, S2C, { declaredLength: declared });
-    body = openedStream(wire.body || new ReadableStream({ start: (c) => c.close() }), opener);
+    body = openedStream(wire.body || new ReadableStream({ start: (c) => c.close() }), opener, failure);
   } else {
     wire.body?.cancel().catch(() => {}); // clear bytes here would be unauthenticated
   }
@@ -208,6 +234,7 @@ async function openResponse(relay, header, lease, wire, request) {
   try {
     Object.defineProperty(response, 'url', { value: request.url });
   } catch { /* read-only on some platforms */ }
+  keepBodyError(response, failure);
   return { response };
 }
 
@@ -228,15 +255,20 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     encodeUrls: mteOptions.encodeUrls ?? o.encodeUrls,
     encodeHeaders: mteOptions.encodeHeaders ?? o.encodeHeaders,
     useStreaming: mteOptions.useStreaming ?? o.useStreaming,
+    perRequestForm: mteOptions.fixedPath === false,
   };
   // A body is held (so it can be resent) unless the caller asked to stream it to a
   // relay that speaks records; a streamed body is never resent (section 10.2).
   // The first lease is taken first: only a validated relay says whether it speaks records.
+  if (relay.revalidate) await relay.validateAgain();
   let first = await relay.pool.acquire(0, signal);
   let body = null;
   if (request.body !== null) {
-    const stream = init && init.body instanceof ReadableStream;
-    if (stream && opts.useStreaming !== false && relay.records && relay.streamUploads !== false
+    // A ReadableStream body streams unless useStreaming is false; any other body (a
+    // File, say) streams only when this request asks for it (mteOptions.useStreaming).
+    const stream = (init && init.body instanceof ReadableStream && opts.useStreaming !== false)
+      || mteOptions.useStreaming === true;
+    if (stream && relay.records && relay.streamUploads !== false
         && opts.encodeType !== 'MTE') body = request.body;
     else body = new Uint8Array(await request.arrayBuffer());
   }
@@ -246,7 +278,7 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     first = null;
     lease.records = relay.records && !opts.fixedFraming;
     opts.upload = { pulled: false };
-    const { response, error, fallback } = await attempt(relay, request, body, lease, opts);
+    const { response, error, fallback, fixed } = await attempt(relay, request, body, lease, opts);
     if (response) return response;
     if (fallback) {
       // Nothing was read, nothing sent: buffer the body and send it on a new seq; and
@@ -260,6 +292,13 @@ export async function relayFetch(lookup, input, init, mteOptions = {}) {
     const canResend = tries === 0 && RESEND_CODES.has(code) && isReplayable(body)
       && (error.upstreamReached === 'no' || IDEMPOTENT.has(request.method));
     if (REPAIR_CODES.has(code)) after = relay.pool.drop(lease.pair);
+    if (code === 562 && fixed) {
+      // A replica without the fixed path (section 5.2) cannot open it: the resend takes
+      // the per-request form every relay accepts, and the origin is asked again (HEAD)
+      // before its next request whether it still announces the fixed path.
+      opts.perRequestForm = true;
+      relay.revalidate = true;
+    }
     if (code === 566) after = relay.forgetClient(lease.clientId);
     if (code === 568 && lease.records && tries === 0 && isReplayable(body)) {
       // An older replica (section 5.1): resend with fixed framing, then learn anew.

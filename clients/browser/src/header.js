@@ -85,3 +85,16 @@ export function announcesRecords(value) {
   if (value === null || value === undefined) return false;
   return value.split(',').some((t) => t.replace(/^[ \t]+|[ \t]+$/g, '') === 'MKR');
 }
+
+const FIXED_PATH_RE = /^(\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*){1,8}$/;
+
+/**
+ * The fixed path an `x-mte-relay-fixed-path` value announces (section 5.2), or null:
+ * anything but a plain absolute path keeps the per-request form, which every relay accepts.
+ */
+export function parseFixedPath(value) {
+  if (typeof value !== 'string') return null;
+  const path = value.replace(/^[ \t]+|[ \t]+$/g, '');
+  if (path.length > 128 || !FIXED_PATH_RE.test(path)) return null;
+  return path.split('/').some((s) => s === '.' || s === '..') ? null : path;
+}

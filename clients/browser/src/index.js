@@ -30,6 +30,8 @@ function checkOptions(options) {
     throw new TypeError('initMteRelayClient: pathPrefix must start with "/"');
   }
   pathPrefix = pathPrefix.replace(/\/+$/, '');
+  const fixedPath = options.fixedPath ?? true;
+  if (typeof fixedPath !== 'boolean') throw new TypeError('initMteRelayClient: fixedPath must be a boolean');
   const fetchImpl = options.fetch ?? globalThis.fetch;
   if (typeof fetchImpl !== 'function') throw new TypeError('initMteRelayClient: no fetch available');
   return {
@@ -39,6 +41,7 @@ function checkOptions(options) {
     encodeUrls: options.encodeUrls ?? true,
     encodeHeaders,
     pathPrefix,
+    fixedPath,
     useStreaming: options.useStreaming ?? true,
     storage: checkStorage(options.storage ?? defaultStorage()),
     fetch: (...args) => fetchImpl(...args),

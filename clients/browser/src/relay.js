@@ -2,7 +2,7 @@
 // persisted in storage), whether it announced record framing, and its pool of pairs
 // (POST /api/mte-pair). Reactions follow docs/protocol.md sections 2, 10.3 and 10.4.
 
-import { announcesRecords, clientUuid, isClientId } from './header.js';
+import { announcesRecords, clientUuid, isClientId, parseFixedPath } from './header.js';
 import { MteRelayError } from './errors.js';
 import { completePairing, makePairRequest, newPairId } from './pairing.js';
 import { PairPool } from './pool.js';
@@ -41,6 +41,10 @@ export class RelayOrigin {
     this.base = options.origin + options.pathPrefix;
     this.ids = clientIdStore(options.storage, options.origin);
     this.records = false;
+    // The announced fixed path (section 5.2), null for the per-request form; and
+    // whether a 562 on it asks for a fresh HEAD before the next request.
+    this.fixedPath = null;
+    this.revalidate = false;
     this.fetch = options.fetch;
     this.pool = new PairPool({
       size: options.numberOfPairs,
@@ -69,10 +73,20 @@ export class RelayOrigin {
         throw new MteRelayError(566, 'Relay answered no valid client id', { reason: 'HEAD /api/mte-relay' });
       }
       this.records = announcesRecords(response.headers.get('x-mte-relay-framing'));
+      this.fixedPath = this.options.fixedPath === false ? null
+        : parseFixedPath(response.headers.get('x-mte-relay-fixed-path'));
+      this.revalidate = false;
       this.ids.set(id);
       return id;
     }
     throw new MteRelayError(566);
+  }
+
+  /** validate() once for every request waiting on a revalidation; a failure keeps what was known. */
+  validateAgain() {
+    this.again ||= this.validate().catch(() => { this.revalidate = false; })
+      .finally(() => { this.again = null; });
+    return this.again;
   }
 
   /** POST /api/mte-pair for `count` fresh pairs; a 409 is answered once with new ids. */

@@ -13,10 +13,11 @@ import { initMteRelayClient } from '../src/index.js';
 
 const ORIGIN = 'http://relay.test';
 
-function setup({ records = true, numberOfPairs = 2, storage = memoryStorage(), encodeType = 'MKE', encodeHeaders = true } = {}) {
-  const fake = new FakeRelay({ records });
-  const relay = new RelayOrigin({ origin: ORIGIN, pathPrefix: '', numberOfPairs, encodeType, encodeUrls: true,
-    encodeHeaders, useStreaming: true, storage, fetch: fake.fetch });
+function setup({ records = true, numberOfPairs = 2, storage = memoryStorage(), encodeType = 'MKE', encodeHeaders = true,
+  fixedPath = null, acceptsFixedPath = true, pathPrefix = '', clientFixedPath = true } = {}) {
+  const fake = new FakeRelay({ records, fixedPath, acceptsFixedPath, prefix: pathPrefix });
+  const relay = new RelayOrigin({ origin: ORIGIN, pathPrefix, numberOfPairs, encodeType, encodeUrls: true,
+    encodeHeaders, useStreaming: true, storage, fetch: fake.fetch, fixedPath: clientFixedPath });
   const f = (input, init, mte) => relayFetch((o) => (o === ORIGIN ? relay : null), input, init, mte || {});
   return { fake, relay, f, storage };
 }
@@ -295,4 +296,104 @@ test('the wire request never asks the HTTP cache to skip (it would defeat the pr
   relay.fetch = (url, init) => { inits.push(init); return fake.fetch(url, init); };
   await (await relayFetch(() => relay, `${ORIGIN}/c`, { cache: 'no-store' }, {})).text();
   assert.ok(inits.every((i) => !('cache' in i)));
+});
+
+const FIXED = '/api/mte-relay/request';
+const heads = (fake) => fake.log.filter((e) => e.path === '/api/mte-relay').length;
+
+test('fixed path: announced, every sealed-URL request goes to it with the token in x-mte-relay-url', async () => {
+  const { fake, f } = setup({ fixedPath: FIXED });
+  for (const [method, url] of [['GET', '/a/b?q=1'], ['POST', '/c'], ['PUT', '/d'], ['DELETE', '/e?x=%20']]) {
+    const body = method === 'POST' || method === 'PUT' ? '{"k":1}' : undefined;
+    const answer = await (await f(`${ORIGIN}${url}`, { method, body })).json();
+    assert.equal(answer.url, url);
+    assert.equal(answer.method, method);
+  }
+  const sent = messages(fake);
+  assert.equal(sent.length, 4);
+  for (const e of sent) {
+    assert.equal(e.path, FIXED);
+    const token = e.headers.get('x-mte-relay-url');
+    assert.match(token, /^[A-Za-z0-9_-]+$/);
+    assert.equal(e.relayHeader.urlEnc, true);
+  }
+  assert.equal(new Set(sent.map((e) => e.headers.get('x-mte-relay-url'))).size, 4);
+});
+
+test('fixed path: not taken when absent, malformed, turned off, per request off, or urls in clear', async () => {
+  for (const [opts, mte] of [[{}, {}], [{ fixedPath: '/a/../b' }, {}], [{ fixedPath: '/a?q' }, {}],
+    [{ fixedPath: `/${'a'.repeat(130)}` }, {}], [{ fixedPath: FIXED, clientFixedPath: false }, {}],
+    [{ fixedPath: FIXED }, { fixedPath: false }]]) {
+    const { fake, f } = setup(opts);
+    const answer = await (await f(`${ORIGIN}/p?q=2`, {}, mte)).json();
+    assert.equal(answer.url, '/p?q=2');
+    const [e] = messages(fake);
+    assert.notEqual(e.path, FIXED, JSON.stringify(opts));
+    assert.equal(e.headers.get('x-mte-relay-url'), null);
+  }
+  const { fake, f } = setup({ fixedPath: FIXED });
+  await (await f(`${ORIGIN}/clear`, {}, { encodeUrls: false })).arrayBuffer();
+  const [e] = messages(fake);
+  assert.equal(e.path, '/clear');
+  assert.equal(e.headers.get('x-mte-relay-url'), null);
+});
+
+test('fixed path: kept after the clear pathPrefix, which is not sealed', async () => {
+  const { fake, f } = setup({ fixedPath: FIXED, pathPrefix: '/edge' });
+  const answer = await (await f(`${ORIGIN}/edge/api/x?y=1`)).json();
+  assert.equal(answer.url, '/api/x?y=1');
+  const [e] = messages(fake);
+  assert.equal(e.wirePath, `/edge${FIXED}`);
+});
+
+test('fixed path: a replica without it answers 562; resent once in the per-request form, then HEAD again', async () => {
+  const { fake, f } = setup({ fixedPath: FIXED, acceptsFixedPath: false, numberOfPairs: 1 });
+  const answer = await (await f(`${ORIGIN}/first`, { method: 'POST', body: 'x' })).json();
+  assert.equal(answer.url, '/first');
+  assert.equal(answer.body, 'x');
+  const sent = messages(fake);
+  assert.equal(sent.length, 2);
+  assert.equal(sent[0].path, FIXED);
+  assert.notEqual(sent[1].path, FIXED);
+  assert.equal(sent[1].headers.get('x-mte-relay-url'), null);
+  assert.notEqual(sent[0].relayHeader.pairId, sent[1].relayHeader.pairId); // re-paired
+  assert.equal(fake.upstream.length, 1);
+  // The next request validates first; the replicas now agree there is no fixed path.
+  assert.equal(heads(fake), 1);
+  fake.fixedPath = null;
+  await (await f(`${ORIGIN}/second`)).arrayBuffer();
+  assert.equal(heads(fake), 2);
+  const last = messages(fake).at(-1);
+  assert.notEqual(last.path, FIXED);
+  assert.equal(fake.upstream.length, 2);
+  await (await f(`${ORIGIN}/third`)).arrayBuffer();
+  assert.equal(heads(fake), 2); // once, not per request
+});
+
+test('fixed path: a second 562 after the per-request resend is the caller\'s error', async () => {
+  const { fake, f } = setup({ fixedPath: FIXED, acceptsFixedPath: false, numberOfPairs: 1 });
+  fake.script.push(null, { status: 562, body: { upstreamReached: 'no' } });
+  await assert.rejects(f(`${ORIGIN}/x`), (e) => e instanceof MteRelayError && e.code === 562);
+  assert.equal(messages(fake).length, 2);
+  assert.equal(fake.upstream.length, 0);
+});
+
+test('useStreaming per request streams any body as records; a stream body stays buffered when it is false', async () => {
+  const { fake, relay } = setup();
+  const streamed = [];
+  relay.fetch = (url, init) => { streamed.push(init.body instanceof ReadableStream); return fake.fetch(url, init); };
+  const f = (input, init, mte) => relayFetch(() => relay, input, init, mte || {});
+  const file = new Blob(['file ', 'contents']);
+  const r = await f(`${ORIGIN}/up`, { method: 'POST', body: file }, { useStreaming: true });
+  assert.equal((await r.json()).body, 'file contents');
+  const again = await f(`${ORIGIN}/up`, { method: 'POST', body: 'plain' });
+  assert.equal((await again.json()).body, 'plain');
+  const mk = () => new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('s')); c.close(); } });
+  const off = await f(`${ORIGIN}/up`, { method: 'POST', body: mk(), duplex: 'half' }, { useStreaming: false });
+  assert.equal((await off.json()).body, 's');
+  const sent = messages(fake).slice(-3);
+  assert.deepEqual(streamed.slice(-3), [true, false, false]);
+  assert.deepEqual(sent.map((e) => e.relayHeader.mode), ['MKR', 'MKR', 'MKR']);
+  // Only the buffered ones declare their length.
+  assert.equal(sent[0].headers.get('content-length'), null);
 });

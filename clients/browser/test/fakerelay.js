@@ -12,8 +12,13 @@ import { encodeHeadersItem } from '../src/headersitem.js';
 const CLIENT = (n) => `${String(n).padStart(8, '0')}-0000-4000-8000-000000000000.${'a'.repeat(64)}`;
 
 export class FakeRelay {
-  constructor({ records = true } = {}) {
+  constructor({ records = true, fixedPath = null, acceptsFixedPath = true, prefix = '' } = {}) {
+    this.prefix = prefix; // a reverse proxy's clear prefix, stripped before routing
     this.records = records;
+    // fixedPath: announced on HEAD; acceptsFixedPath false plays a replica that lacks
+    // section 5.2 behind one that announces it (it takes the path for the token).
+    this.fixedPath = fixedPath;
+    this.acceptsFixedPath = acceptsFixedPath;
     this.pairs = new Map();
     this.log = [];
     this.script = [];       // answers to give to encrypted requests, in order
@@ -30,10 +35,15 @@ export class FakeRelay {
     const headers = new Headers(init.headers);
     const body = init.body instanceof Uint8Array ? init.body : init.body instanceof ReadableStream
       ? new Uint8Array(await new Response(init.body).arrayBuffer()) : init.body ? new TextEncoder().encode(init.body) : null;
-    const entry = { method: init.method || 'GET', path: u.pathname + u.search, headers, body };
+    let pathname = u.pathname;
+    if (this.prefix) {
+      if (!pathname.startsWith(`${this.prefix}/`)) return this.json(404, { code: 404, error: 'no prefix' });
+      pathname = pathname.slice(this.prefix.length);
+    }
+    const entry = { method: init.method || 'GET', path: pathname + u.search, wirePath: u.pathname + u.search, headers, body };
     this.log.push(entry);
-    if (u.pathname === '/api/mte-relay') return this.head(headers);
-    if (u.pathname === '/api/mte-pair') return this.pair(headers, body);
+    if (pathname === '/api/mte-relay') return this.head(headers);
+    if (pathname === '/api/mte-pair') return this.pair(headers, body);
     return this.message(entry);
   };
 
@@ -47,6 +57,7 @@ export class FakeRelay {
     const id = presented || this.newId();
     const h = { 'x-mte-relay': id };
     if (this.records) h['x-mte-relay-framing'] = 'MTE,MKE,MKR';
+    if (this.fixedPath) h['x-mte-relay-fixed-path'] = this.fixedPath;
     return new Response(null, { status: 200, headers: h });
   }
 
@@ -100,7 +111,12 @@ export class FakeRelay {
     const pair = this.pairs.get(h.pairId);
     if (!pair) return this.json(560, { code: 560, error: 'State not found.', upstreamReached: 'no' });
     if (pair.seen.has(h.seq)) return this.json(562, { code: 562, error: 'Failed to decode.', upstreamReached: 'no' });
-    const target = entry.path;
+    const token = entry.headers.get('x-mte-relay-url');
+    const onFixed = Boolean(this.fixedPath && this.acceptsFixedPath && entry.path === this.fixedPath);
+    if (onFixed !== (token !== null) && this.acceptsFixedPath) {
+      return this.json(onFixed ? 569 : 568, { code: onFixed ? 569 : 568, error: 'fixed path', upstreamReached: 'no' });
+    }
+    const target = onFixed ? `/${token}` : entry.path;
     const eh = await openItem(pair.keys.c2s, h, C2S, KIND_HEADERS, 1, true,
       b64urlDecode(entry.headers.get('x-mte-relay-eh')), requestBinding(entry.method, h.bodyEnc, target));
     if (!eh) return this.json(562, { code: 562, error: 'Failed to decode.', upstreamReached: 'no' });
