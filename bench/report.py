@@ -502,8 +502,9 @@ def light_load_section(doc: Doc) -> str:
     lines = [f"### Light load: one request at a time, and paced at {fmt_rps(light['rate_rps'])} "
              f"req/s over {light['connections']} connections, {light['duration_s']:g} s each",
              "", markdown_table(header, rows), "",
-             "Keep-alive client of bench/lightload.py; paced latency counts from when a "
-             "request was due (no coordinated omission). Goals (issue 18): relay added median "
+             "Keep-alive client of bench/lightload.py; a paced request that found every "
+             "connection busy counts from when it was due (no coordinated omission). Goals "
+             "(issue 18): relay added median "
              f"≤ {light.get('goal_sequential_ms', 2.0):g} ms one at a time, ≤ "
              f"{light.get('goal_paced_ms', 3.0):g} ms paced."]
     rounds = {name: " / ".join(f"{v:.2f}" for v in entry["sequential"]["rounds_p50_ms"]

@@ -806,14 +806,16 @@ def main(argv: list[str] | None = None) -> int:
                          f"\"{worktree.subject}\", checked out at {worktree.path}")
                 bench.worktree = worktree
             bench.start(stack)
+            # Memory first: on fresh relays, before the sweep's peaks leave freed memory
+            # in their allocators that new connections would reuse unseen.
+            if args.memory_connections or args.memory_pairs:
+                bench.memory_test()
             progress("sweep: " + ", ".join(t.label for t in bench.targets if t.available))
             bench.sweep()
             if not args.no_fixed_rate:
                 bench.fixed_rate_test()
             if not args.no_light:
                 bench.light_load_test()
-            if args.memory_connections or args.memory_pairs:
-                bench.memory_test()
             if args.profile:
                 bench.profile_relay(output, timestamp, stack.directory)
             bench.collect_logs(stack, output / f"{timestamp}-logs" if args.keep_logs else None)
