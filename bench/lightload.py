@@ -118,6 +118,17 @@ class Connection:
             self.writer.close()
         self.reader = self.writer = None
 
+    async def aclose(self) -> None:
+        """Close and wait until the socket is closed: asyncio.run() stops the loop
+        before a plain close() has run, which would leave the socket to the GC."""
+        writer = self.writer
+        self.close()
+        if writer is not None:
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
 
 @dataclass
 class LoadResult:
@@ -167,7 +178,7 @@ async def sequential(port: int, request: bytes, duration_s: float) -> LoadResult
         while time.perf_counter() < end:
             await _one(connection, result, time.perf_counter())
     finally:
-        connection.close()
+        await connection.aclose()
     result.duration_s = time.perf_counter() - start
     return result
 
@@ -201,8 +212,7 @@ async def paced(port: int, request: bytes, rate: float, connections: int,
             tasks.append(asyncio.ensure_future(send(connection, origin)))
         await asyncio.gather(*tasks)
     finally:
-        for connection in pool:
-            connection.close()
+        await asyncio.gather(*(connection.aclose() for connection in pool))
     result.duration_s = time.perf_counter() - start
     return result
 

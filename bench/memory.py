@@ -72,8 +72,7 @@ async def hold_connections(port: int, request: bytes, count: int,
         await asyncio.sleep(0.5)  # let both relays settle (pool, buffers)
         return ok, errors, measure()
     finally:
-        for connection in connections:
-            connection.close()
+        await asyncio.gather(*(connection.aclose() for connection in connections))
 
 
 def connections_figures(a_pids: list[int], b_pids: list[int], port: int, request: bytes,

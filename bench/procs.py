@@ -655,14 +655,15 @@ def start_bare_chain(stack: ProcessStack, upstream_url: str) -> tuple[Proc, Proc
     return b1, b2
 
 
-def start_sidecar_pair(stack: ProcessStack, nginx: str, upstream_port: int) -> tuple[Proc, Proc]:
+def start_sidecar_pair(stack: ProcessStack, nginx: str, upstream_port: int,
+                       trusted: bytes | None = None) -> tuple[Proc, Proc]:
     """sidecar-out -> TLS 1.3 -> sidecar-in -> upstream (bench/sidecar.py).  Returns
-    (sidecar-out, sidecar-in)."""
+    (sidecar-out, sidecar-in); ``trusted``: see :func:`bench.sidecar.write_pair`."""
     from bench import sidecar
 
     inner_port, outer_port = free_port(), free_port()
     files = sidecar.write_pair(stack.directory / "sidecar", outer_port, inner_port,
-                               upstream_port)
+                               upstream_port, trusted)
 
     def argv(conf: Path) -> list[str]:
         return [nginx, "-p", str(conf.parent), "-c", str(conf), "-e",

@@ -133,8 +133,13 @@ class SidecarFiles:
         return self.inner_dir / "nginx.conf"
 
 
-def write_pair(base: Path, outer_port: int, inner_port: int, upstream_port: int) -> SidecarFiles:
-    """Certificate, key and both nginx.conf files under ``base``."""
+def write_pair(base: Path, outer_port: int, inner_port: int, upstream_port: int,
+               trusted: bytes | None = None) -> SidecarFiles:
+    """Certificate, key and both nginx.conf files under ``base``.
+
+    ``trusted`` (tests only): the PEM sidecar-out trusts instead of sidecar-in's
+    own certificate, to show that it refuses a certificate it does not trust.
+    """
     files = SidecarFiles(base / "sidecar-out", base / "sidecar-in")
     files.outer_dir.mkdir(parents=True)
     files.inner_dir.mkdir(parents=True)
@@ -144,5 +149,9 @@ def write_pair(base: Path, outer_port: int, inner_port: int, upstream_port: int)
     key.write_bytes(key_pem)
     key.chmod(0o600)
     files.inner_conf.write_text(inner_conf(files.inner_dir, inner_port, upstream_port, cert, key))
-    files.outer_conf.write_text(outer_conf(files.outer_dir, outer_port, inner_port, cert))
+    anchor = cert
+    if trusted is not None:
+        anchor = base / "sidecar-trusted.pem"
+        anchor.write_bytes(trusted)
+    files.outer_conf.write_text(outer_conf(files.outer_dir, outer_port, inner_port, anchor))
     return files

@@ -192,6 +192,24 @@ class SidecarProcessTests(SynchronousTestCase):
                 old.wrap_socket(raw, server_hostname=sidecar.SERVER_NAME).close()
 
 
+    def test_an_untrusted_certificate_is_refused(self) -> None:
+        nginx = procs.find_nginx(lambda _: None, install=False)
+        if nginx is None:
+            raise self.skipTest("nginx is not installed")
+        stack = procs.ProcessStack()
+        self.addCleanup(stack.close)
+        upstream = procs.start_upstream(stack, "builtin", None, 1024)
+        assert upstream.port is not None
+        stranger, _ = sidecar.self_signed()
+        outer, _ = procs.start_sidecar_pair(stack, nginx, upstream.port, trusted=stranger)
+        assert outer.port is not None
+        answer = procs.http_request(outer.port, "POST", "/bench/echo?size=1k",
+                                    runmod.request_body(), {"content-type": "application/json"})
+        self.assertEqual(answer.status, 502)
+        log = (stack.directory / "sidecar" / "sidecar-out" / "nginx-error.log").read_text()
+        self.assertIn("certificate", log)
+
+
 class LightLoadSocketTests(SynchronousTestCase):
     """The light-load client against a real upstream process on loopback."""
 
@@ -258,6 +276,8 @@ class MemoryTests(SynchronousTestCase):
                                            request, 5)
         self.assertEqual((found["connections"], found["answers"], found["errors"]), (5, 5, 0))
         self.assertEqual(len(found["a_rss_kib"]), 2)
+        # all closed again (not left to the garbage collector after asyncio.run)
+        self.assertEqual(count_connections(), 0)
         import asyncio
 
         ok, errors, seen = asyncio.run(memory.hold_connections(upstream.port, request, 4,
