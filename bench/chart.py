@@ -13,7 +13,8 @@ from typing import Any
 
 from bench.report import find_run, good_rps, levels, percentile_ms
 
-_STYLE = {"direct": ("black", "o"), "baseline": ("tab:blue", "s"), "relay": ("tab:red", "^")}
+_STYLE = {"direct": ("black", "o"), "baseline": ("tab:blue", "s"), "relay": ("tab:red", "^"),
+          "bare": ("tab:cyan", "P"), "sidecar": ("tab:orange", "X")}
 
 
 def style(name: str) -> tuple[str, str, str]:

@@ -640,3 +640,49 @@ def start_relay_pair(stack: ProcessStack, upstream_url: str, redis_url: str,
         stack.stop(b)
         raise
     return RelayPair(a, b, workers)
+
+
+def start_bare_chain(stack: ProcessStack, upstream_url: str) -> tuple[Proc, Proc]:
+    """B1 -> B2 -> upstream: two bare treq hops (bench/bare_proxy.py).  Returns (B1, B2)."""
+    script = str(BENCH_DIR / "bare_proxy.py")
+    b2_port, b1_port = free_port(), free_port()
+    b2 = stack.start("bare-b2", [sys.executable, script, str(b2_port), upstream_url],
+                     clean_env({}), b2_port)
+    b1 = stack.start("bare-b1", [sys.executable, script, str(b1_port), b2.url],
+                     clean_env({}), b1_port)
+    wait_http(b2, "/", timeout=30)
+    wait_http(b1, "/", timeout=30)
+    return b1, b2
+
+
+def start_sidecar_pair(stack: ProcessStack, nginx: str, upstream_port: int,
+                       trusted: bytes | None = None) -> tuple[Proc, Proc]:
+    """sidecar-out -> TLS 1.3 -> sidecar-in -> upstream (bench/sidecar.py).  Returns
+    (sidecar-out, sidecar-in); ``trusted``: see :func:`bench.sidecar.write_pair`."""
+    from bench import sidecar
+
+    inner_port, outer_port = free_port(), free_port()
+    files = sidecar.write_pair(stack.directory / "sidecar", outer_port, inner_port,
+                               upstream_port, trusted)
+
+    def argv(conf: Path) -> list[str]:
+        return [nginx, "-p", str(conf.parent), "-c", str(conf), "-e",
+                str(conf.parent / "nginx-error.log"), "-g", "daemon off;"]
+
+    inner = stack.start("sidecar-in", argv(files.inner_conf), clean_env({}), inner_port)
+    outer = stack.start("sidecar-out", argv(files.outer_conf), clean_env({}), outer_port)
+    for proc in (inner, outer):
+        deadline = time.monotonic() + 15
+        while True:  # the TLS listener does not answer plain HTTP: wait for the port
+            if not proc.alive():
+                raise StartupError(f"{proc.name} exited with status {proc.popen.returncode}:"
+                                   f"\n{proc.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StartupError(f"{proc.name} did not listen on {proc.port}:\n"
+                                       f"{proc.log_tail()}") from None
+                time.sleep(0.05)
+    return outer, inner

@@ -42,13 +42,17 @@ def build_document(*, timestamp: str, started: str, finished: str, command: list
                    fixed_rate: Mapping[str, Any] | None, profile: Mapping[str, Any] | None,
                    logs: Mapping[str, Any],
                    teardown: Mapping[str, Any] | None = None,
-                   compare: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   compare: Mapping[str, Any] | None = None,
+                   light_load: Mapping[str, Any] | None = None,
+                   memory: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON written to ``bench/results/<timestamp>.json``: every raw number.
 
     ``compare`` (``--compare REV`` only; the key is absent otherwise): the
     revision, its target's name and label, ``levels`` and ``fixed_rate``,
     the relay vs relay@REV figures of :func:`compare_levels` and
-    :func:`compare_fixed_rate`.
+    :func:`compare_fixed_rate`.  ``light_load`` (one request at a time and
+    paced, per target) and ``memory`` (the relay per connection and per
+    pair) are None when not run.
     """
     doc = {
         "schema": SCHEMA,
@@ -64,6 +68,8 @@ def build_document(*, timestamp: str, started: str, finished: str, command: list
         "profile": dict(profile) if profile is not None else None,
         "logs": dict(logs),
         "teardown": dict(teardown or {}),
+        "light_load": dict(light_load) if light_load is not None else None,
+        "memory": dict(memory) if memory is not None else None,
     }
     if compare is not None:
         doc["compare"] = dict(compare)
@@ -88,6 +94,17 @@ def check_document(doc: Doc) -> list[str]:
                 problems.append(f"compare lacks {key}")
         if compared.get("target") not in names:
             problems.append(f"compare target {compared.get('target')!r} is not a target")
+    light = doc.get("light_load") or {}
+    for name, entry in (light.get("targets") or {}).items():
+        if name not in names:
+            problems.append(f"light load for unknown target {name!r}")
+        for kind in ("sequential", "paced"):
+            found = entry.get(kind)
+            if found is None:
+                continue
+            for key in ("answers", "errors", "achieved_rps", "latency_ms", "cpu_ms_per_answer"):
+                if key not in found:
+                    problems.append(f"light load {name} {kind} lacks {key}")
     for run in doc.get("runs", []):
         if run.get("target") not in names:
             problems.append(f"run for unknown target {run.get('target')!r}")
@@ -234,6 +251,10 @@ def fmt_ms(value: float | None, signed: bool = False) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
+def fmt_ratio(value: float | None) -> str:
+    return NA if value is None else f"× {value:.2f}"
+
+
 def fmt_errors(runs: Mapping[str, Mapping[str, Any] | None],
                short: Mapping[str, str]) -> str:
     """``0``, or per target: ``relay 12 (10 non-2xx, 2 socket)``."""
@@ -362,6 +383,168 @@ def cpu_table(doc: Doc) -> str:
             row.append(fmt_ms(cpu_ms_per_answer(run, target)))
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def cpu_ratio(doc: Doc, numerator: str, denominator: str, connections: int) -> float | None:
+    """CPU per answer of ``numerator`` ÷ that of ``denominator`` at one level."""
+    targets = target_map(doc)
+    top, bottom = targets.get(numerator), targets.get(denominator)
+    if not top or not bottom or not top.get("available") or not bottom.get("available"):
+        return None
+    mine = cpu_ms_per_answer(find_run(doc, numerator, connections), top)
+    theirs = cpu_ms_per_answer(find_run(doc, denominator, connections), bottom)
+    return None if mine is None or not theirs else mine / theirs
+
+
+def baselines_table(doc: Doc) -> str:
+    """Every column against the bare chain (issue 18's yardstick), one row per level.
+
+    Empty when the document has no ``bare`` target (results of an older harness).
+    """
+    targets = target_map(doc)
+    if "bare" not in targets:
+        return ""
+    other = compare_target(doc)
+    multi = next((t for t in doc["targets"] if t["name"].startswith("relay-w")), None)
+    columns = [name for name in ("direct", "sidecar", "bare", "baseline", "relay")
+               if name in targets]
+    if other:
+        columns.append(other["name"])
+    if multi:
+        columns.append(multi["name"])
+    judged = ["relay"] + ([other["name"]] if other else []) + ([multi["name"]] if multi else [])
+    header = (["c"] + [f"{targets[n]['label']} req/s" for n in columns]
+              + [f"{targets[n]['label']} ÷ bare req/s" for n in judged]
+              + [f"{targets[n]['label']} ÷ bare CPU/answer" for n in judged] + ["errors"])
+    short = {n: targets[n]["label"] for n in columns}
+    rows = []
+    for level in levels(doc):
+        runs = {n: (find_run(doc, n, level) if targets[n].get("available") else None)
+                for n in columns}
+        bare = good_rps(runs.get("bare"))
+        rows.append([str(level)] + [fmt_rps(good_rps(runs[n])) for n in columns]
+                    + [fmt_ratio(None if good_rps(runs[n]) is None or not bare
+                                 else good_rps(runs[n]) / bare) for n in judged]  # type: ignore
+                    + [fmt_ratio(cpu_ratio(doc, n, "bare", level)) for n in judged]
+                    + [fmt_errors(runs, short)])
+    lines = ["### Against the bare two-hop treq chain", "",
+             "bare chain = two twisted.web hops forwarding with treq over a persistent pool, "
+             "nothing else (the baseline the relay is judged against); heavy chain = the "
+             "same with an access line and header copies; nginx sidecar = nginx → TLS 1.3 → "
+             "nginx. ÷ bare req/s > 1 and ÷ bare CPU/answer < 1 are better than the bare "
+             "chain.", "", markdown_table(header, rows)]
+    if doc["settings"].get("repeat", 1) > 1:
+        spread = "; ".join(
+            f"c={level}: " + ", ".join(f"{ratio:.2f}" for ratio in
+                                      round_ratios(doc, "relay", "bare", level))
+            for level in levels(doc))
+        lines += ["", f"relay ÷ bare chain req/s round by round: {spread}."]
+    return "\n".join(lines)
+
+
+def light_cpu_ms(result: Mapping[str, Any]) -> float | None:
+    """CPU ms of the target's processes per good answer of one light-load run."""
+    cpu = result.get("cpu") or {}
+    cores = cpu.get("processes_cores") or {}
+    answers = result.get("answers") or 0
+    if not answers or "elapsed_s" not in cpu or not cores:
+        return None
+    return 1000.0 * sum(cores.values()) * cpu["elapsed_s"] / answers
+
+
+def light_added(section: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per target and kind: its p50 / p99 minus the reference's (direct), in ms."""
+    targets = section.get("targets") or {}
+    reference = targets.get(section.get("reference", "direct")) or {}
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, entry in targets.items():
+        out[name] = {}
+        for kind in ("sequential", "paced"):
+            mine = (entry.get(kind) or {}).get("latency_ms") or {}
+            base = (reference.get(kind) or {}).get("latency_ms") or {}
+            out[name][kind] = {p: (None if mine.get(p) is None or base.get(p) is None
+                                   else mine[p] - base[p]) for p in ("p50", "p99")}
+    return out
+
+
+def light_load_section(doc: Doc) -> str:
+    """``### Light load``: one request at a time, and paced, with the added median."""
+    light = doc.get("light_load")
+    if not light:
+        return "### Light load\n\nnot run."
+    targets = target_map(doc)
+    added = light.get("added") or light_added(light)
+    header = ["target", "1-at-a-time p50 ms", "p99 ms", "added median over direct ms",
+              "CPU ms/answer", f"paced {fmt_rps(light['rate_rps'])} req/s: achieved req/s",
+              "p50 ms", "p99 ms", "added median over direct ms", "CPU ms/answer", "errors"]
+    rows = []
+    for name, entry in light["targets"].items():
+        shown = targets.get(name, {}).get("label", name)
+        if not entry.get("sequential") and not entry.get("paced"):
+            rows.append([shown] + [NA] * 9 + [entry.get("note", NA)])
+            continue
+        row = [shown]
+        errors = []
+        for kind in ("sequential", "paced"):
+            found = entry.get(kind)
+            if not found:
+                row += [NA] * (4 if kind == "sequential" else 5)
+                continue
+            latency = found["latency_ms"]
+            if kind == "paced":
+                row.append(fmt_rps(found["achieved_rps"]))
+            row += [fmt_ms(latency.get("p50")), fmt_ms(latency.get("p99")),
+                    fmt_ms(added.get(name, {}).get(kind, {}).get("p50"), signed=True),
+                    fmt_ms(found.get("cpu_ms_per_answer"))]
+            if found["errors"]:
+                errors.append(f"{kind} {found['errors']}")
+        rows.append(row + ["; ".join(errors) or "0"])
+    lines = [f"### Light load: one request at a time, and paced at {fmt_rps(light['rate_rps'])} "
+             f"req/s over {light['connections']} connections, {light['duration_s']:g} s each",
+             "", markdown_table(header, rows), "",
+             "Keep-alive client of bench/lightload.py; a paced request that found every "
+             "connection busy counts from when it was due (no coordinated omission). Goals "
+             "(issue 18): relay added median "
+             f"≤ {light.get('goal_sequential_ms', 2.0):g} ms one at a time, ≤ "
+             f"{light.get('goal_paced_ms', 3.0):g} ms paced."]
+    rounds = {name: " / ".join(f"{v:.2f}" for v in entry["sequential"]["rounds_p50_ms"]
+                               if v is not None)
+              for name, entry in light["targets"].items()
+              if len((entry.get("sequential") or {}).get("rounds_p50_ms") or []) > 1}
+    if rounds:
+        lines.append("One-at-a-time p50 per round (ms): " + "; ".join(
+            f"{name}: {values}" for name, values in rounds.items()) + ".")
+    return "\n".join(lines)
+
+
+def _kib(value: float | None) -> str:
+    return NA if value is None else f"{value:,.1f} KiB"
+
+
+def memory_section(doc: Doc) -> str:
+    """``### Memory``: the relay's RSS per connection and per pair."""
+    found = doc.get("memory")
+    if not found:
+        return "### Memory\n\nnot run."
+    if found.get("skipped"):
+        return f"### Memory\n\nskipped: {found['skipped']}"
+    lines = ["### Memory (relay pair, VmRSS)", ""]
+    conns = found.get("connections")
+    if conns:
+        lines.append(
+            f"* per connection ({conns['answers']} keep-alive connections to relay A held "
+            f"open, errors {conns['errors']}): relay A {_kib(conns['a_kib_per_connection'])}, "
+            f"relay B {_kib(conns['b_kib_per_connection'])}, pair "
+            f"{_kib(conns['pair_kib_per_connection'])}")
+    pairs = found.get("pairs")
+    if pairs:
+        problems = f"; problems: {pairs['problems'][0]}" if pairs.get("problems") else ""
+        lines.append(
+            f"* per pair ({pairs['created']} of {pairs['pairs']} pairs created at relay B): "
+            f"relay B {_kib(pairs['b_kib_per_pair'])}, Redis "
+            f"{_kib(pairs['redis_kib_per_pair'])}{problems}")
+    lines += ["", f"{found.get('note', '')}"]
+    return "\n".join(lines)
 
 
 def fixed_rate_section(doc: Doc) -> str:
@@ -493,10 +676,6 @@ def _vs(diff: float | None, mine: float | None, theirs: float | None) -> str:
     return f"{fmt_ms(diff, signed=True)} ms ({fmt_ms(mine)} vs {fmt_ms(theirs)} ms)"
 
 
-def fmt_ratio(value: float | None) -> str:
-    return NA if value is None else f"× {value:.2f}"
-
-
 def compare_section(doc: Doc) -> str:
     """``### relay vs relay @ <short>``: one line per level, and the fixed-rate one."""
     compared = doc.get("compare") or {}
@@ -573,12 +752,19 @@ def format_report(doc: Doc) -> str:
     """Everything printed to stdout at the end of a run (Markdown)."""
     parts = [title_line(doc), "", sweep_table(doc), ""]
     parts += [f"* {line}" for line in notes(doc)]
+    against = baselines_table(doc)
+    if against:
+        parts += ["", against]
     compared = compare_section(doc)
     if compared:
         parts += ["", compared]
     parts += ["", "### Latency per target", "", latency_table(doc), "",
               "### CPU per answer (the target's own processes; wrk and the upstream excluded)",
               "", cpu_table(doc), "", fixed_rate_section(doc)]
+    if "light_load" in doc:
+        parts += ["", light_load_section(doc)]
+    if "memory" in doc:
+        parts += ["", memory_section(doc)]
     profile = doc.get("profile")
     if profile:
         parts.append("")

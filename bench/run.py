@@ -4,7 +4,12 @@
 Measured with wrk on this machine (all on 127.0.0.1):
 
 * ``direct``   wrk -> upstream (nginx answering 1 KiB, or the built-in server)
-* ``baseline`` wrk -> P1 -> P2 -> upstream (two plain Twisted/treq proxies)
+* ``sidecar``  wrk -> nginx -> TLS 1.3 -> nginx -> upstream (bench/sidecar.py; what
+  users pick instead for service-to-service encryption; n/a without nginx)
+* ``bare``     wrk -> B1 -> B2 -> upstream (two bare treq hops, bench/bare_proxy.py:
+  the baseline the relay is judged against)
+* ``baseline`` wrk -> P1 -> P2 -> upstream (two heavier Twisted/treq proxies with an
+  access line and header copies, bench/baseline_proxy.py: "heavy chain")
 * ``relay``    wrk -> relay A (outbound) -> relay B (inbound, Redis) -> upstream
 * ``relay-wN`` the same with ``WORKERS=N`` on A and B (n/a when unsupported)
 * ``relay@<short>`` with ``--compare REV``: the relay pair of git revision REV
@@ -12,14 +17,20 @@ Measured with wrk on this machine (all on 127.0.0.1):
   tree's hot path is compared with REV's in the same run (bench/compare.py)
 
 at several concurrency levels, then baseline and relay (and relay@REV) at one
-fixed offered rate (half the baseline's best throughput) for the latency goal.
+fixed offered rate (half the baseline's best throughput), then the light-load
+latency runs (bench/lightload.py: one request at a time, and paced at
+``--light-rate`` req/s over ``--light-connections``) against direct, bare,
+relay (and relay@REV), then the relay's memory per connection and per pair
+(bench/memory.py).
 Progress goes to stderr, the Markdown table to stdout, raw numbers to
 ``bench/results/<timestamp>.json`` (and ``latest.json``), a chart to
 ``<timestamp>.png`` (and ``latest.png``).  See docs/performance.md.
 
     python bench/run.py [--quick] [--levels 10,50] [--duration S] [--warmup S]
                         [--upstream auto|nginx|builtin] [--no-chart] [--profile]
-                        [--output DIR] [--workers-max 2] [--compare REV]
+                        [--output DIR] [--workers-max 2] [--compare REV] [--repeat N]
+                        [--light-rate 200] [--light-connections 20] [--no-light]
+                        [--memory-connections N] [--memory-pairs N]
 """
 
 from __future__ import annotations
@@ -38,11 +49,12 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Mapping  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import chart, compare, machine, procs, profiling, rate, report  # noqa: E402
+from bench import chart, compare, lightload, machine, memory, procs, profiling, rate  # noqa: E402
+from bench import report  # noqa: E402
 from bench import wrk as wrkmod  # noqa: E402
 from bench.upstream_builtin import response_body  # noqa: E402
 
@@ -50,6 +62,14 @@ from bench.upstream_builtin import response_body  # noqa: E402
 FULL = (15.0, 3.0, 5.0)
 QUICK = (3.0, 1.0, 2.0)
 DEFAULT_LEVELS = (10, 50, 100, 200)
+#: --quick without --levels: two levels, so that the run with its extra columns
+#: (bare chain, nginx sidecar, light load, memory) stays under about 2 minutes.
+QUICK_LEVELS = (10, 50)
+#: Light load: the paced rate and connections of issue 18.
+LIGHT_RATE = 200.0
+LIGHT_CONNECTIONS = 20
+#: Memory: connections held open and pairs created (full run, --quick).
+MEMORY_COUNTS = (200, 100)
 #: One wrk thread: on 2 cores, every cycle wrk spends is taken from the
 #: processes under test, and one wrk thread drives >50k req/s on loopback,
 #: far above what the Python proxies reach.
@@ -93,9 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"short runs (default {QUICK[0]:g} s + {QUICK[1]:g} s warm-up); "
                              "under 2 minutes")
-    parser.add_argument("--levels", type=parse_levels, default=list(DEFAULT_LEVELS),
+    parser.add_argument("--levels", type=parse_levels, default=None,
                         help="concurrency levels (wrk -c), comma-separated (default "
-                             "10,50,100,200)")
+                             "10,50,100,200; --quick 10,50)")
     parser.add_argument("--duration", type=float, help="seconds per measured run "
                         f"(default {FULL[0]:g}; --quick {QUICK[0]:g}); wrk rounds up to whole s")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run "
@@ -130,8 +150,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure the relay of git revision REV (e.g. HEAD~3, a "
                              "commit): a temporary detached worktree on PYTHONPATH, target "
                              "relay@<short>, measured right after relay")
+    parser.add_argument("--light-rate", type=float, default=LIGHT_RATE,
+                        help=f"paced light-load rate, req/s (default {LIGHT_RATE:g})")
+    parser.add_argument("--light-connections", type=int, default=LIGHT_CONNECTIONS,
+                        help=f"connections of the paced light load (default "
+                             f"{LIGHT_CONNECTIONS})")
+    parser.add_argument("--no-light", action="store_true",
+                        help="skip the light-load latency runs")
+    parser.add_argument("--memory-connections", type=int, default=None, metavar="N",
+                        help=f"connections held open for the relay's memory per connection "
+                             f"(default {MEMORY_COUNTS[0]}; --quick {MEMORY_COUNTS[1]}; 0 = "
+                             "skip)")
+    parser.add_argument("--memory-pairs", type=int, default=None, metavar="N",
+                        help=f"pairs created for the relay's memory per pair (default "
+                             f"{MEMORY_COUNTS[0]}; --quick {MEMORY_COUNTS[1]}; 0 = skip)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
+    if args.levels is None:
+        args.levels = list(QUICK_LEVELS if args.quick else DEFAULT_LEVELS)
+    count = MEMORY_COUNTS[1] if args.quick else MEMORY_COUNTS[0]
+    args.memory_connections = count if args.memory_connections is None else \
+        args.memory_connections
+    args.memory_pairs = count if args.memory_pairs is None else args.memory_pairs
+    if args.light_rate <= 0 or args.light_connections < 1:
+        parser.error("--light-rate must be positive and --light-connections at least 1")
+    if args.memory_connections < 0 or args.memory_pairs < 0:
+        parser.error("--memory-connections and --memory-pairs must not be negative")
     args.duration = defaults[0] if args.duration is None else args.duration
     args.warmup = defaults[1] if args.warmup is None else args.warmup
     args.calibrate = defaults[2] if args.calibrate is None else args.calibrate
@@ -204,6 +248,10 @@ class Bench:
         self.nginx: str | None = None
         self.fixed_rate: dict[str, Any] | None = None
         self.profile: dict[str, Any] | None = None
+        self.light_load: dict[str, Any] | None = None
+        self.memory: dict[str, Any] | None = None
+        self.redis: procs.Proc | None = None
+        self.relay_pair: procs.RelayPair | None = None
         self.logs: dict[str, Any] = {}
         self.stack: procs.ProcessStack | None = None
         #: ``--compare``: the worktree of the revision (added before start()).
@@ -241,6 +289,23 @@ class Bench:
         self.progress(f"upstream on :{upstream.port}, redis on :{redis.port}; "
                       "starting baseline proxies and relays")
         p1, p2 = procs.start_baseline(stack, upstream.url)
+        b1, b2 = procs.start_bare_chain(stack, upstream.url)
+        sidecar = Target("sidecar", "nginx sidecar")
+        if self.nginx is None:
+            self.nginx = procs.find_nginx(self.progress, install=False)
+        if self.nginx is None:
+            sidecar.disable("nginx is not installed (`apt-get install nginx-light`)")
+        else:
+            try:
+                out, inner = procs.start_sidecar_pair(stack, self.nginx, upstream.port)
+            except procs.StartupError as why:
+                sidecar.disable(f"the nginx sidecar pair did not start: "
+                                f"{str(why).splitlines()[0][:300]}")
+            else:
+                sidecar.port, sidecar.procs = out.port, [out, inner]
+                sidecar.note = ("nginx → TLS 1.3 (certificate checked) → nginx, 1 worker "
+                                "each, keep-alive upstream pools on both hops")
+        self.redis = redis
         comparing = self.worktree is not None
         # With --compare both relay pairs start through relay_launcher.py (alike, and
         # each says which mterelay it runs).
@@ -248,9 +313,12 @@ class Bench:
                                       launcher=comparing)
         # Redis is part of the relay's cost (B's pair store), so it is counted with it.
         relay = Target("relay", "relay", pair.a.port, pair.headers, [pair.a, pair.b, redis])
+        self.relay_pair = pair
         self.targets = [
             Target("direct", "direct", upstream.port, procs=[upstream]),
-            Target("baseline", "baseline", p1.port, procs=[p1, p2]),
+            sidecar,
+            Target("bare", "bare chain", b1.port, procs=[b1, b2]),
+            Target("baseline", "heavy chain", p1.port, procs=[p1, p2]),
             relay,
         ]
         if comparing:
@@ -297,7 +365,7 @@ class Bench:
             if problem is None:
                 self.progress(f"pre-flight {target.label}: 200 with the 1 KiB body")
                 continue
-            if target is multi or target is self.compare_target:
+            if target is multi or target is self.compare_target or target is sidecar:
                 target.disable(f"pre-flight request failed: {problem}")
                 self.progress(f"{target.label}: n/a — {target.note}")
                 continue
@@ -495,6 +563,97 @@ class Bench:
                 section[f"compare_added_{p}_ms"] = report.added_ms(other, base, p)
         self.fixed_rate = section
 
+    def measured(self, target: Target, run: Callable[[], lightload.LoadResult]
+                 ) -> dict[str, Any]:
+        """One light-load run with the CPU its target's processes used per answer."""
+        groups = {p.name: [p.pid, *p.descendants()] for p in target.procs}
+        before = machine.cpu_snapshot(groups)
+        result = run().to_json()
+        cpu = machine.cpu_usage(before, machine.cpu_snapshot(groups))
+        result["cpu"] = cpu
+        result["cpu_ms_per_answer"] = report.light_cpu_ms(result)
+        return result
+
+    def light_load_test(self) -> None:
+        """One request at a time, then paced, against direct, bare, relay (and relay@REV):
+        rounds interleaved (order rotating), the median round (by p50) per target."""
+        args = self.args
+        by_name = {t.name: t for t in self.targets}
+        names = [n for n in ("direct", "bare", "relay") if n in by_name]
+        if self.compare_target is not None:
+            names.append(self.compare_target.name)
+        seconds = float(wrkmod.whole_seconds(args.duration))
+        section: dict[str, Any] = {
+            "rate_rps": args.light_rate, "connections": args.light_connections,
+            "duration_s": seconds, "reference": "direct", "goal_sequential_ms": 2.0,
+            "goal_paced_ms": 3.0, "targets": {}}
+        rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {"sequential": [], "paced": []} for name in names}
+        self.progress(f"light load: one request at a time and paced {args.light_rate:g} req/s "
+                      f"over {args.light_connections} connections, {seconds:g} s each")
+        for round_index in range(args.repeat):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                target = by_name[name]
+                if not target.available:
+                    continue
+                assert target.port is not None
+                request = lightload.build_request("/bench/echo?size=1k", request_body(),
+                                                  target.headers)
+                port = target.port
+                one = self.measured(target, lambda: lightload.run_sequential(
+                    port, request, seconds))
+                paced = self.measured(target, lambda: lightload.run_paced(
+                    port, request, args.light_rate, args.light_connections, seconds))
+                if not self.check_alive(target, "the light-load runs"):
+                    continue
+                rounds[name]["sequential"].append(one)
+                rounds[name]["paced"].append(paced)
+                which = f" round {round_index + 1}/{args.repeat}" if args.repeat > 1 else ""
+                self.progress(f"light {target.label:<18s} {describe_light(one)}  | paced "
+                              f"{describe_light(paced)}{which}")
+        for name in names:
+            target = by_name[name]
+            if not target.available:
+                section["targets"][name] = {"note": f"{NA_REASON}{target.note}"}
+                continue
+            entry: dict[str, Any] = {}
+            for kind, found in rounds[name].items():
+                if not found:
+                    continue
+                ranked = sorted(found, key=lambda r: r["latency_ms"]["p50"] or 0.0)
+                entry[kind] = dict(ranked[(len(ranked) - 1) // 2],
+                                   rounds_p50_ms=[r["latency_ms"]["p50"] for r in found])
+            section["targets"][name] = entry
+        section["added"] = report.light_added(section)
+        self.light_load = section
+
+    def memory_test(self) -> None:
+        """The relay's RSS per connection and per pair (bench/memory.py)."""
+        args = self.args
+        relay = next(t for t in self.targets if t.name == "relay")
+        if not relay.available or self.relay_pair is None:
+            self.memory = {"skipped": f"the relay is not available ({relay.note})"}
+            return
+        pair = self.relay_pair
+        a_pids = [pair.a.pid, *pair.a.descendants()]
+        b_pids = [pair.b.pid, *pair.b.descendants()]
+        section: dict[str, Any] = {"target": "relay", "note": (
+            "VmRSS deltas (pages; the allocator keeps freed memory): an order of magnitude")}
+        if args.memory_connections:
+            assert relay.port is not None
+            request = lightload.build_request("/bench/echo?size=1k", request_body(),
+                                              relay.headers)
+            section["connections"] = memory.connections_figures(
+                a_pids, b_pids, relay.port, request, args.memory_connections)
+            self.progress(f"memory: {describe_memory_connections(section['connections'])}")
+        if args.memory_pairs:
+            assert pair.b.port is not None
+            section["pairs"] = memory.pairs_figures(
+                b_pids, pair.b.port, self.redis.port if self.redis else None, args.memory_pairs)
+            self.progress(f"memory: {describe_memory_pairs(section['pairs'])}")
+        self.memory = section
+
     def profile_relay(self, output: Path, timestamp: str, directory: Path) -> None:
         """py-spy on relay A and B during extra c=50 relay runs (one per format)."""
         relay = next(t for t in self.targets if t.name == "relay")
@@ -570,6 +729,33 @@ def describe(result: wrkmod.WrkResult) -> str:
             f"p99 {p('p99')} ms  {errors}")
 
 
+def describe_light(result: Mapping[str, Any]) -> str:
+    """A one-line summary of a light-load run for the progress output."""
+    latency = result["latency_ms"]
+
+    def p(name: str) -> str:
+        value = latency.get(name)
+        return "n/a" if value is None else f"{value:.2f}"
+    return (f"{result['achieved_rps']:7,.0f} req/s p50 {p('p50')} ms p99 {p('p99')} ms "
+            f"errors {result['errors']}")
+
+
+def describe_memory_connections(found: Mapping[str, Any]) -> str:
+    return (f"{found['answers']} connections held open: relay A "
+            f"{found['a_rss_kib'][0]:,} → {found['a_rss_kib'][1]:,} KiB, relay B "
+            f"{found['b_rss_kib'][0]:,} → {found['b_rss_kib'][1]:,} KiB, errors "
+            f"{found['errors']}")
+
+
+def describe_memory_pairs(found: Mapping[str, Any]) -> str:
+    used = found["redis_used_memory_bytes"]
+    redis = ("" if used[0] is None else
+             f", redis used_memory {used[0]:,} → {used[1]:,} B")
+    problems = f"; problems: {found['problems'][0]}" if found["problems"] else ""
+    return (f"{found['created']} of {found['pairs']} pairs created: relay B "
+            f"{found['b_rss_kib'][0]:,} → {found['b_rss_kib'][1]:,} KiB{redis}{problems}")
+
+
 def describe_cpu(cpu: dict[str, Any], target: Target) -> str:
     """Cores used during a run by the target's processes, wrk and everything else."""
     mine = ", ".join(f"{p.name} {cpu['processes_cores'].get(p.name, 0):.2f}"
@@ -620,10 +806,16 @@ def main(argv: list[str] | None = None) -> int:
                          f"\"{worktree.subject}\", checked out at {worktree.path}")
                 bench.worktree = worktree
             bench.start(stack)
+            # Memory first: on fresh relays, before the sweep's peaks leave freed memory
+            # in their allocators that new connections would reuse unseen.
+            if args.memory_connections or args.memory_pairs:
+                bench.memory_test()
             progress("sweep: " + ", ".join(t.label for t in bench.targets if t.available))
             bench.sweep()
             if not args.no_fixed_rate:
                 bench.fixed_rate_test()
+            if not args.no_light:
+                bench.light_load_test()
             if args.profile:
                 bench.profile_relay(output, timestamp, stack.directory)
             bench.collect_logs(stack, output / f"{timestamp}-logs" if args.keep_logs else None)
@@ -650,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         "request_body_bytes": BODY_BYTES, "response_body_bytes": RESPONSE_BYTES,
         "method": "POST", "upstream": bench.upstream_kind, "upstream_label": bench.upstream_label,
         "workers_max": args.workers_max, "repeat": args.repeat,
+        "light_rate_rps": args.light_rate, "light_connections": args.light_connections,
+        "memory_connections": args.memory_connections, "memory_pairs": args.memory_pairs,
         "order": ("levels outermost, targets in table order" if args.repeat == 1 else
                   f"levels outermost, {args.repeat} rounds per level, the target order "
                   "rotating each round; tables show each cell's median round"),
@@ -669,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         timestamp=timestamp, started=started, finished=finished, command=sys.argv,
         machine=info, settings=settings, targets=[t.entry() for t in bench.targets],
         runs=bench.runs, fixed_rate=bench.fixed_rate, profile=bench.profile, logs=bench.logs,
+        light_load=bench.light_load, memory=bench.memory,
         teardown={"killed_after_sigterm_timeout": stack.slow_to_stop}, compare=compared)
     json_path = output / f"{timestamp}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
