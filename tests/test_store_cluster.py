@@ -85,6 +85,37 @@ class SlotTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             parse_redis_url("redis+sentinel://h")
 
+    def test_config_validates_cluster_settings(self):
+        from mterelay.config import ConfigError, load_config
+
+        base = {"UPSTREAM": "http://127.0.0.1:9", "CLIENT_ID_SECRET": "s" * 40}
+        config = load_config({**base, "REDIS_URL": "rediss+cluster://u:pw@cfg:6379"})
+        self.assertEqual(config.redis_url_redacted, "rediss+cluster://u:***@cfg:6379")
+        cases = [({"REDIS_URL": "redis+cluster://h/3"}, "REDIS_URL", "only database 0"),
+                 ({"REDIS_URL": "redis+cluster://h", "REDIS_KEY_PREFIX": "a{b}:"},
+                  "REDIS_KEY_PREFIX", "must not contain { or }"),
+                 ({"REDIS_URL": "redis+sentinel://h"}, "REDIS_URL", "redis+cluster://")]
+        for extra, setting, fragment in cases:
+            with self.assertRaises(ConfigError) as caught:
+                load_config({**base, **extra})
+            message = str(caught.exception)
+            self.assertEqual(caught.exception.setting, setting, message)
+            self.assertIn(fragment, message)
+            self.assertNotIn("\n", message)
+        # braces are fine without a cluster
+        load_config({**base, "REDIS_URL": "redis://h", "REDIS_KEY_PREFIX": "a{b}:"})
+
+    def test_factory_builds_the_cluster_store(self):
+        from mterelay.store.cluster import ClusterPairStore
+        from mterelay.store.factory import build_store
+        from mterelay.store.redis import RedisPairStore
+
+        store = build_store(reactor, redis_url="redis+cluster://h:7000", state_secret=SECRET)
+        self.assertIsInstance(store, ClusterPairStore)
+        store = build_store(reactor, redis_url="redis://h:7000", state_secret=SECRET)
+        self.assertNotIsInstance(store, ClusterPairStore)
+        self.assertIsInstance(store, RedisPairStore)
+
     def test_store_refuses_braces_in_the_prefix(self):
         from mterelay.store.cluster import ClusterPairStore
 

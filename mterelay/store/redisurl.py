@@ -75,8 +75,8 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ValueError("the Redis URL is malformed (bad port or brackets)") from None
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        raise ValueError("the Redis URL must start with redis://, rediss://, "
-                         "redis+cluster:// or rediss+cluster://")
+        raise ValueError("the Redis URL must start with redis:// or rediss:// "
+                         "(redis+cluster:// or rediss+cluster:// for a Redis Cluster)")
     if not parts.hostname:
         raise ValueError("the Redis URL has no host")
     if parts.fragment:
