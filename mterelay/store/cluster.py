@@ -10,8 +10,10 @@ plus routing:
   then from any known node: at start, every ``refresh_interval`` seconds, and
   (at most every ``min_refresh`` seconds) whenever a reply or a missing
   connection says the map is stale.  Only masters are used.
-* **A pool per master** on the existing RESP client (``redisclient``), each
+* **A pool per node** on the existing RESP client (``redisclient``), each
   with the URL's AUTH and TLS (verified against the node's announced host).
+  Commands go to masters only; the replicas' pools are there so that a
+  promoted replica is served the moment the map names it.
   Pools of nodes that left the map are closed after a grace period, so that
   calls already in flight on them still get their answers.
 * **Redirects.** ``MOVED`` updates the map for that slot, asks for a refresh
@@ -79,6 +81,8 @@ class ClusterPairStore(RedisPairStore):
         #: slot -> master; None where no master serves the slot (yet)
         self._slots: list[Node | None] = [None] * SLOTS
         self._pools: dict[Node, RedisPool] = {}
+        #: replicas of the current masters: connected, unused until promoted
+        self._replicas: set[Node] = set()
         self._started = False
         self._refreshing: Deferred | None = None
         self._refresh_again = False
@@ -121,6 +125,7 @@ class ClusterPairStore(RedisPairStore):
         self._closing = {}
         pools, self._pools = list(self._pools.values()), {}
         self._slots = [None] * SLOTS
+        self._replicas = set()
         return gatherResults([pool.stop("the pair store was stopped") for pool in pools]
                              ).addCallback(lambda _: None)
 
@@ -313,19 +318,23 @@ class ClusterPairStore(RedisPairStore):
         if new != old:
             _log.info("Redis Cluster masters: {masters}",
                       masters=", ".join(sorted(str(n) for n in new)))
-        for node in new:
+        self._replicas = {replica for item in ranges for replica in item.replicas} - new
+        for node in new | self._replicas:
             self._pool_for(node)
         for node in list(self._pools):
-            if node not in new and node != self._seed and node not in self._closing:
+            if not self._wanted(node) and node not in self._closing:
                 # let calls in flight finish before closing
                 self._closing[node] = self._reactor.callLater(
                     2 * self._timeout + 1, self._close_node, node)
         if self._usable():
             self._ready()
 
+    def _wanted(self, node: Node) -> bool:
+        return node in self._masters() or node in self._replicas or node == self._seed
+
     def _close_node(self, node: Node) -> None:
         self._closing.pop(node, None)
-        if node in self._masters() or node == self._seed:
+        if self._wanted(node):
             return
         pool = self._pools.pop(node, None)
         if pool is not None:

@@ -72,6 +72,8 @@ class SlotRange:
     first: int = attr.ib()
     last: int = attr.ib()
     master: Node = attr.ib()
+    #: connected in advance, never used for commands: a promoted one is ready at once
+    replicas: tuple[Node, ...] = attr.ib(default=())
 
 
 @attr.s(frozen=True, slots=True)
@@ -116,8 +118,9 @@ def parse_cluster_slots(reply: object, asked: str) -> list[SlotRange]:
     """The masters of a ``CLUSTER SLOTS`` reply; ValueError when malformed.
 
     ``asked`` is the host of the node that answered, used where the reply
-    leaves a node's endpoint unknown.  Replicas are ignored: the store reads
-    and writes masters only (a replica can lag, and the accept is a write).
+    leaves a node's endpoint unknown.  Commands go to masters only (a
+    replica can lag, and the accept is a write); replicas are listed so the
+    store can hold connections to them, ready for when one is promoted.
     """
     if not isinstance(reply, list):
         raise ValueError("CLUSTER SLOTS did not answer an array")
@@ -129,7 +132,8 @@ def parse_cluster_slots(reply: object, asked: str) -> list[SlotRange]:
         first, last = item[0], item[1]
         if not 0 <= first <= last < SLOTS:
             raise ValueError(f"bad slot range {first}-{last} in the CLUSTER SLOTS reply")
-        ranges.append(SlotRange(first, last, _endpoint(item[2], asked)))
+        replicas = tuple(_endpoint(entry, asked) for entry in item[3:])
+        ranges.append(SlotRange(first, last, _endpoint(item[2], asked), replicas))
     return ranges
 
 
