@@ -86,6 +86,15 @@ class RedisCluster:
                  "--cluster-yes"],
                 check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, timeout=60)
+            self.wait_ok(timeout, replicas=False)
+            # CLUSTER SLOTS lists a replica only once its replication offset
+            # is above 0: one write per master gets them there
+            for master in self.masters():
+                first = next(r[0] for r in self.slot_ranges() if r[2] == master.port)
+                key = next(f"warm{i}" for i in range(100000)
+                           if master.command("CLUSTER", "KEYSLOT", f"warm{i}") == first)
+                master.command("SET", key, "1")
+                master.command("DEL", key)
             self.wait_ok(timeout)
         except BaseException:
             self.cleanup()
@@ -160,7 +169,8 @@ class RedisCluster:
     def on_masters(self, *args: Any) -> list[Any]:
         return [node.command(*args) for node in self.masters()]
 
-    def wait_ok(self, timeout: float = 30.0, masters: int | None = None) -> None:
+    def wait_ok(self, timeout: float = 30.0, masters: int | None = None,
+                replicas: bool = True) -> None:
         """Until every live node says cluster_state:ok and they agree on the slot map."""
         masters = self.masters_wanted if masters is None else masters
         deadline = time.monotonic() + timeout
@@ -169,7 +179,11 @@ class RedisCluster:
             try:
                 states = {self.info_cluster(node)["cluster_state"] for node in self.alive()}
                 maps = {tuple(self.slot_ranges(node)) for node in self.alive()}
-                if states == {"ok"} and len(maps) == 1:
+                # with every node up, every master's replica must be in service
+                # (CLUSTER SLOTS lists a replica only once it has synced)
+                replicated = not replicas or len(self.alive()) < 2 * masters or all(
+                    len(item) > 3 for item in self.alive()[0].command("CLUSTER", "SLOTS"))
+                if states == {"ok"} and len(maps) == 1 and replicated:
                     ranges = next(iter(maps))
                     covered = sum(last - first + 1 for first, last, _ in ranges)
                     if covered == 16384 and len({p for _, _, p in ranges}) == masters:
