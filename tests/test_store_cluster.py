@@ -269,3 +269,30 @@ class RoutingTests(ClusterCase):
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual((yield store.accept(CID, PID, 1, K)), A)
         self.assertEqual((yield store.ping()), True)
+
+    @defer.inlineCallbacks
+    def test_accept_lost_in_flight_is_never_resent(self):
+        """Outcome unknown (connection lost after the accept was written): fail, no resend."""
+        store = yield self.make_store(refresh_interval=3600)
+        yield store.create(CID, PID, b"k")
+        yield store.accept(CID, PID, 0, K)  # script cached on the owner: one EVALSHA per try
+        owner = self.cluster.owner_of(store.key_name(CID, PID))
+
+        def evalsha_calls():
+            stats = self.cluster.info(owner, "commandstats").get("cmdstat_evalsha", "calls=0")
+            return int(stats.split("calls=")[1].split(",")[0])
+
+        before = evalsha_calls()
+        pool = store._pools[store.slot_owner(CID, PID)]
+        d = store.accept(CID, PID, 1, K)
+        [conn] = [c for c in pool.live if c.pending_calls()]
+        # the bytes leave now; the connection dies before the reply is read
+        conn.transport.doWrite()
+        conn.poison("test: connection lost after the accept was sent")
+        failure = yield self.assertFailure(d, StoreUnavailable)
+        self.assertIn("lost after the accept was sent", str(failure))
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertLessEqual(evalsha_calls() - before, 1)
+        # and the client's retry is a new seq, never this one again
+        self.assertIn((yield store.accept(CID, PID, 1, K)), (A, Verdict.REPLAYED))
+        self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
