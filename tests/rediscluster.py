@@ -44,7 +44,7 @@ def find_redis_cli() -> str:
     return found
 
 
-def shared_cluster(name: str) -> "RedisCluster":
+def shared_cluster(name: str, **options: Any) -> "RedisCluster":
     """The cluster ``name``, started on first use and stopped when the process exits.
 
     Starting six servers and joining them takes a second or two: tests share
@@ -55,7 +55,7 @@ def shared_cluster(name: str) -> "RedisCluster":
     if cluster is None or not cluster.healthy():
         if cluster is not None:
             cluster.cleanup()
-        cluster = RedisCluster()
+        cluster = RedisCluster(**options)
         cluster.start()
         _SHARED[name] = cluster
         atexit.register(cluster.cleanup)
@@ -65,10 +65,13 @@ def shared_cluster(name: str) -> "RedisCluster":
 class RedisCluster:
     """Six nodes; see the module docstring."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000,
+                 password: str | None = None) -> None:
         self.cli = find_redis_cli()
+        self.password = password
+        auth = ("--masterauth", password) if password else ()
         self.nodes = [
-            RedisServer(extra_args=(
+            RedisServer(password=password, extra_args=auth + (
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # a replica may take over however long it was cut off
@@ -79,7 +82,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        auth = f"default:{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout: float = 30.0) -> None:
         try:
@@ -87,7 +91,9 @@ class RedisCluster:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             subprocess.run(
-                [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "1",
+                [self.cli, *(("--no-auth-warning", "-a", self.password) if self.password
+                             else ()),
+                 "--cluster", "create", *addresses, "--cluster-replicas", "1",
                  "--cluster-yes"],
                 check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, timeout=60)

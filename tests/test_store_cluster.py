@@ -296,3 +296,40 @@ class RoutingTests(ClusterCase):
         # and the client's retry is a new seq, never this one again
         self.assertIn((yield store.accept(CID, PID, 1, K)), (A, Verdict.REPLAYED))
         self.assertEqual((yield store.accept(CID, PID, 2, K)), A)
+
+
+class AuthTests(TestCase):
+    """AUTH user password on every node, as ElastiCache RBAC requires."""
+
+    def setUp(self):
+        try:
+            self.cluster = shared_cluster("auth", password="cluster-pass-0123")
+        except SkipRedis as error:
+            raise SkipTest(str(error))
+
+    def store(self, url):
+        from mterelay.store.cluster import ClusterPairStore
+
+        store = ClusterPairStore(reactor, url, SECRET, connect_timeout=3)
+        self.addCleanup(store.stop)
+        return store
+
+    @defer.inlineCallbacks
+    def test_user_and_password_reach_every_master(self):
+        store = self.store(self.cluster.url)
+        yield store.start()
+        for i in range(12):
+            pid = f"auth{i:018d}"
+            yield store.create(CID, pid, b"k")
+            self.assertEqual((yield store.accept(CID, pid, 0, K)), A)
+        self.assertEqual(len(store._masters()), 3)
+        self.assertEqual((yield store.ping()), True)
+
+    @defer.inlineCallbacks
+    def test_wrong_password_is_fatal_and_not_logged(self):
+        url = self.cluster.url.replace("cluster-pass-0123", "wrong-pass-4567")
+        store = self.store(url)
+        failure = yield self.assertFailure(store.start(), StoreUnavailable)
+        self.assertIn("refused", str(failure))
+        self.assertNotIn("wrong-pass-4567", str(failure))
+        self.assertEqual((yield store.ping()), False)
