@@ -119,6 +119,10 @@ class FailoverTests(ClusterFaultCase):
         load = ClusterLoad(self.client_, self.balancer.url, bursts=12, gap=0.7)
         outcomes, fault = yield load.run(self.timed(load, lambda: self.cluster.failover(master)))
         result = self.assert_bounded_and_recovered(outcomes, fault)
+        # A graceful failover loses nothing: the old master answers MOVED and
+        # the store already holds connections to the promoted replica.
+        # (Before replicas were pre-connected: 22 and 26 of 600 answered 503.)
+        self.assertEqual(result["failed"], 0, result)
         self.report("CLUSTER FAILOVER", result, fault)
 
     @defer.inlineCallbacks
