@@ -9,8 +9,8 @@ bursts of concurrent requests to an in-process upstream.  The backends are
 measured alternately, ``--rounds`` times each, in the same run; the table
 gives the latency (p50/p90/p99 ms) of the burst requests (50 in flight at
 once: mostly queueing on the shared cores), of ``--serial`` requests sent
-one at a time (the per-request cost), and the failures (there should be none).  The real processes are the ones the fault
-tests use (tests/rediscluster.py, tests/redisserver.py, tests/clusterload.py).
+one at a time (the per-request cost), and the failures (there should be
+none).  The real processes are the ones the fault tests use (tests/rediscluster.py, tests/redisserver.py, tests/clusterload.py).
 """
 
 from __future__ import annotations
