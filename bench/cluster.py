@@ -10,7 +10,8 @@ measured alternately, ``--rounds`` times each, in the same run; the table
 gives the latency (p50/p90/p99 ms) of the burst requests (50 in flight at
 once: mostly queueing on the shared cores), of ``--serial`` requests sent
 one at a time (the per-request cost), and the failures (there should be
-none).  The real processes are the ones the fault tests use (tests/rediscluster.py, tests/redisserver.py, tests/clusterload.py).
+none).  The real processes are the ones the fault tests use
+(tests/rediscluster.py, tests/redisserver.py, tests/clusterload.py).
 """
 
 from __future__ import annotations
