@@ -477,7 +477,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("aws_region", "AWS_REGION", "awsRegion", _region, "aws-region",
             "AWS region the relay runs in."),
     Setting("redis_url", "REDIS_URL", "redisURL", _redis_url, "redis-url",
-            "redis:// or rediss:// URL for shared pair state (default: memory)."),
+            "redis://, rediss:// (or redis+cluster://, rediss+cluster:// for a Redis "
+            "Cluster) URL for shared pair state (default: memory)."),
     Setting("port", "PORT", "port", _int_between(1, 65535), "port",
             "TCP port to listen on (default 8080)."),
     Setting("listen", "LISTEN", "listen", _required_text, "listen",
@@ -633,6 +634,11 @@ def _check_combinations(values: Mapping[str, Any]) -> None:
             "own pairs, and a client's next request would land on a worker that never saw "
             "its pairing",
         )
+    redis_url = values.get("redis_url")
+    prefix = values.get("redis_key_prefix", "")
+    if redis_url and parse_redis_url(redis_url).cluster and ("{" in prefix or "}" in prefix):
+        raise ConfigError("REDIS_KEY_PREFIX", "must not contain { or } with a "
+                          "redis+cluster:// REDIS_URL (braces make the key's hash tag)")
     metrics_port = values.get("metrics_port")
     if metrics_port is not None and not values.get("metrics_listen"):
         if metrics_port == values.get("port", 8080) and not values.get("listen"):

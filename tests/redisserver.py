@@ -63,9 +63,12 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process; see the module docstring."""
 
-    def __init__(self, password: str | None = None, startup_timeout: float = 10.0) -> None:
+    def __init__(self, password: str | None = None, startup_timeout: float = 10.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.binary = find_redis_server()
         self.password = password
+        #: more redis-server options (e.g. cluster mode, tests/rediscluster.py)
+        self.extra_args = tuple(extra_args)
         self.host = "127.0.0.1"
         self.port: int | None = None
         self.startup_timeout = startup_timeout
@@ -98,6 +101,7 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra_args)
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
@@ -148,6 +152,11 @@ class RedisServer:
         """Stop and remove the temporary directory; safe to call twice."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, no goodbye to its clients or peers."""
+        self.resume()
+        self._kill()
 
     def _kill(self) -> None:
         if self.process is not None:

@@ -46,7 +46,7 @@ LIMITS = StoreLimits(max_messages=10**9)
 
 def _echo(store, script, *argv):
     """One EVAL through the store's own call path (connection choice, errors)."""
-    return store._run("echo", lambda conn: conn.execute_command(
+    return store._dispatch("echo", b"echo", lambda conn, asking: conn.execute_command(
         "EVAL", script, 0, *argv))
 
 

@@ -28,7 +28,10 @@ def build_store(
     max_pairs: int = 100_000,
     previous_state_secrets: Sequence[bytes] = (),
 ) -> IPairStore:
-    """The memory store when ``redis_url`` is None, else the Redis store.
+    """The memory store when ``redis_url`` is None, else the Redis (Cluster) store.
+
+    A ``redis+cluster://`` or ``rediss+cluster://`` URL selects the cluster
+    store (``mterelay.store.cluster``), which routes by key slot.
 
     ``state_secret`` (STATE_SECRET, else CLIENT_ID_SECRET, as bytes) seals
     pair secrets at rest and is required with Redis; ``previous_state_secrets``
@@ -38,6 +41,13 @@ def build_store(
         return MemoryPairStore(reactor, limits, max_pairs=max_pairs)
     if not state_secret:
         raise ValueError("a state secret is required to keep pairs in Redis")
+    from mterelay.store.redisurl import parse_redis_url
+
+    if parse_redis_url(redis_url).cluster:
+        from mterelay.store.cluster import ClusterPairStore
+
+        return ClusterPairStore(reactor, redis_url, state_secret, limits, key_prefix,
+                                previous_state_secrets=previous_state_secrets)
     from mterelay.store.redis import RedisPairStore
 
     return RedisPairStore(reactor, redis_url, state_secret, limits, key_prefix,

@@ -53,7 +53,7 @@ from mterelay.store.interface import (
     validate_generation, validate_ids)
 from mterelay.store.redisclient import (
     RedisConnection, RedisError, RedisPool, RedisReplyError)
-from mterelay.store.redisurl import parse_redis_url
+from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
 __all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
@@ -278,7 +278,7 @@ class RedisPairStore:
                     pair_generation(secrets))
         except ValueError:
             return fail()
-        d = self._run("create", self._script, _CREATE, key, *args)
+        d = self._run_script("create", _CREATE, key, *args)
         return d.addCallback(_created, pair_id)
 
     def get(self, client_id: str, pair_id: str) -> Deferred:
@@ -286,7 +286,7 @@ class RedisPairStore:
             key = self._key(client_id, pair_id)
         except ValueError:
             return fail()
-        d = self._run("get", lambda conn: conn.execute_command("HMGET", key, "s", "c"))
+        d = self._run("get", key, "HMGET", key, "s", "c")
         return d.addCallback(self._opened, key, pair_id)
 
     def accept(self, client_id: str, pair_id: str, seq: int, generation: str) -> Deferred:
@@ -298,7 +298,7 @@ class RedisPairStore:
             return fail()
         args = (seq, self._now_ms(), self._max_age_ms(),
                 self.limits.max_messages, self._idle_ms(), generation)
-        d = self._run("accept", self._script, _ACCEPT, key, *args)
+        d = self._run_script("accept", _ACCEPT, key, *args)
         return d.addCallback(_verdict)
 
     def delete(self, client_id: str, pair_id: str, generation: str | None = None) -> Deferred:
@@ -309,9 +309,9 @@ class RedisPairStore:
         except ValueError:
             return fail()
         if generation is None:
-            d = self._run("delete", lambda conn: conn.execute_command("DEL", key))
+            d = self._run("delete", key, "DEL", key)
         else:
-            d = self._run("delete", self._script, _DELETE, key, generation)
+            d = self._run_script("delete", _DELETE, key, generation)
         return d.addCallback(lambda _: None)
 
     def key_name(self, client_id: str, pair_id: str) -> str:
@@ -348,8 +348,10 @@ class RedisPairStore:
                       "treating the pair as unknown", pair_id=pair_id)
             return None
 
-    def _endpoint(self) -> IStreamClientEndpoint:
-        address = self.address
+    def _endpoint(self, address: RedisAddress | None = None) -> IStreamClientEndpoint:
+        """TCP (or TLS, verified against ``address.host``) to one server."""
+        if address is None:
+            address = self.address
         endpoint = HostnameEndpoint(self._reactor, address.host, address.port,
                                     timeout=self._connect_timeout)
         if not address.tls:
@@ -381,17 +383,45 @@ class RedisPairStore:
                 f"no connection to Redis at {self.address.redacted()}")
         return conn
 
-    def _run(self, op: str, call: Callable[..., Deferred], *args: Any) -> Deferred:
+    def _run(self, op: str, key: bytes, *command: Any) -> Deferred:
+        """One command about ``key`` (its only key); StoreUnavailable on any Redis error."""
+        def call(conn: RedisConnection, asking: bool) -> Deferred:
+            if asking:
+                _asking(conn)
+            return conn.execute_command(*command)
+
+        return self._dispatch(op, key, call)
+
+    def _run_script(self, op: str, script: _Script, key: bytes, *args: Any) -> Deferred:
+        def call(conn: RedisConnection, asking: bool) -> Deferred:
+            return self._script(conn, script, key, *args, asking=asking)
+
+        return self._dispatch(op, key, call)
+
+    def _dispatch(self, op: str, key: bytes,
+                  call: Callable[[RedisConnection, bool], Deferred]) -> Deferred:
+        """Run ``call`` on a connection that serves ``key`` (any one, here).
+
+        The cluster store overrides this to route by slot and follow redirects.
+        """
         try:
             conn = self._connection()
         except StoreUnavailable:
             return fail()
-        d = maybeDeferred(call, conn, *args)
+        d = maybeDeferred(call, conn, False)
         return d.addErrback(self._unavailable, op)
 
     def _script(self, conn: RedisConnection, script: _Script, key: bytes,
-                *args: Any) -> Deferred:
-        """EVALSHA, falling back to EVAL when the server lost its script cache."""
+                *args: Any, asking: bool = False) -> Deferred:
+        """EVALSHA, falling back to EVAL when the server lost its script cache.
+
+        After an ``ASK`` redirect (``asking``) the script goes as EVAL right
+        away: ``ASKING`` covers one command only, and a NOSCRIPT answer would
+        leave the EVAL fallback without it.
+        """
+        if asking:
+            _asking(conn)
+            return conn.execute_command("EVAL", script.source, 1, key, *args)
         d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
 
         def no_script(failure: Failure) -> Any:
@@ -428,6 +458,15 @@ class RedisPairStore:
                 waiter.errback(result)
             else:
                 waiter.callback(result)
+
+
+def _asking(conn: RedisConnection) -> None:
+    """Send ASKING, pipelined before the command it is for, on one connection.
+
+    Its "OK" is of no interest; an error reply to it shows up as the next
+    command's redirect or error anyway, so it is swallowed here.
+    """
+    conn.execute_command("ASKING").addErrback(lambda failure: None)
 
 
 def _verdict(code: int) -> Verdict:

@@ -1,4 +1,4 @@
-"""Parsing of ``REDIS_URL`` (``redis://`` and ``rediss://``).
+"""Parsing of ``REDIS_URL`` (``redis://``, ``rediss://`` and their ``+cluster`` forms).
 
 Kept apart from the store so configuration validation can use it without
 importing any Twisted networking code.
@@ -7,6 +7,13 @@ Accepted form::
 
     redis[s]://[[username]:password@]host[:port][/db]
         [?db=N&ssl_ca_certs=PATH&ssl_cert_reqs=required|none]
+    redis[s]+cluster://[[username]:password@]host[:port]
+        [?ssl_ca_certs=PATH&ssl_cert_reqs=required|none]
+
+``+cluster`` speaks the Redis Cluster protocol (ElastiCache with cluster
+mode enabled, ElastiCache Serverless): ``host`` is a seed (the
+configuration endpoint) from which the slot map is read; a cluster has only
+database 0, so another one is refused.
 
 User name and password are percent-decoded; a user name without a
 password is not sent (Redis AUTH needs a password).  Error messages never repeat
@@ -39,10 +46,16 @@ class RedisAddress:
     ca_certs: str | None = attr.ib(default=None)
     #: False only with ssl_cert_reqs=none (no certificate check at all)
     verify: bool = attr.ib(default=True)
+    #: redis+cluster:// or rediss+cluster://: route by slot (store.cluster)
+    cluster: bool = attr.ib(default=False)
+
+    def at(self, host: str, port: int) -> "RedisAddress":
+        """The same credentials and TLS settings for another node of a cluster."""
+        return attr.evolve(self, host=host, port=port)
 
     def redacted(self) -> str:
         """The URL with the password masked, for logs and error messages."""
-        scheme = "rediss" if self.tls else "redis"
+        scheme = ("rediss" if self.tls else "redis") + ("+cluster" if self.cluster else "")
         auth = ""
         if self.username is not None or self.password is not None:
             auth = (self.username or "") + (":***" if self.password is not None else "") + "@"
@@ -61,13 +74,15 @@ def parse_redis_url(url: str) -> RedisAddress:
     except ValueError:
         raise ValueError("the Redis URL is malformed (bad port or brackets)") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss"):
-        raise ValueError("the Redis URL must start with redis:// or rediss://")
+    if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        raise ValueError("the Redis URL must start with redis:// or rediss:// "
+                         "(redis+cluster:// or rediss+cluster:// for a Redis Cluster)")
     if not parts.hostname:
         raise ValueError("the Redis URL has no host")
     if parts.fragment:
         raise ValueError("the Redis URL must not have a #fragment")
-    tls = scheme == "rediss"
+    cluster = scheme.endswith("+cluster")
+    tls = scheme.startswith("rediss")
 
     db = None
     path = parts.path.strip("/")
@@ -98,9 +113,13 @@ def parse_redis_url(url: str) -> RedisAddress:
     password = unquote(parts.password) if parts.password is not None else None
     if password == "":
         password = None
+    if cluster and db:
+        raise ValueError("the Redis URL gives a database, but a Redis Cluster has only "
+                         "database 0")
     return RedisAddress(
-        host=parts.hostname, port=port or _DEFAULT_PORT, tls=tls, db=db,
-        username=username, password=password, ca_certs=ca_certs, verify=verify)
+        host=parts.hostname, port=port or _DEFAULT_PORT, tls=tls,
+        db=None if cluster else db, username=username, password=password,
+        ca_certs=ca_certs, verify=verify, cluster=cluster)
 
 
 def _parse_db(text: str) -> int:
