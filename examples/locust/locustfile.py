@@ -33,6 +33,8 @@ from mterelay.locust import MteRelayUser
 KB = 1024
 PAYLOAD_SIZES = (1, 10, 25, 50)
 
+ACCOUNTS = [("demo", "demo-password"), ("alice", "secret"), ("carol", "s3cret-pw")]
+
 
 def payload(size: int) -> bytes:
     """A JSON document of exactly ``size`` bytes."""
@@ -62,8 +64,9 @@ class RelayScenarios(MteRelayUser):
 
     @task
     def login(self) -> None:
-        user = f"user{random.randrange(1000)}"
-        with self.client.post("/api/login", json={"user": user, "password": "demo"},
+        # The sample API's demo accounts (mterelay/sampleapi.py DEMO_USERS).
+        user, password = random.choice(ACCOUNTS)
+        with self.client.post("/api/login", json={"user": user, "password": password},
                               name="login", catch_response=True) as response:
             if response.ok and (response.json().get("user") != user
                                 or "session" not in self.client.sealed_cookies):
