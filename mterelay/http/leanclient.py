@@ -264,6 +264,7 @@ class LeanClientProtocol(Protocol):
         self._lost: Failure | None = None
         self._received = False
         self._head_bytes = 0
+        self._head_size = 0
         self._head_failure: Failure | None = None
         self._raw: list[tuple[bytes, bytes]] = []
         self._phrase: list[bytes] = []
@@ -317,6 +318,7 @@ class LeanClientProtocol(Protocol):
         self._message_done = False
         self._received = False
         self._head_bytes = 0
+        self._head_size = 0
         self._raw = []
         self._phrase = []
         self._chunked = False
@@ -461,6 +463,9 @@ class LeanClientProtocol(Protocol):
         raw = self._raw
         if len(raw) >= MAX_HEADERS:
             raise self._stop(BadResponse(f"more than {MAX_HEADERS} headers"))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES:
+            raise self._stop(BadResponse(f"response head longer than {MAX_HEAD_BYTES} bytes"))
         raw.append((name, value))
 
     def on_headers_complete(self) -> None:
