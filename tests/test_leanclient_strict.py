@@ -135,8 +135,10 @@ def _twisted_case(name: str, answer: bytes) -> Any:
             except TimeoutError:
                 return  # still waiting for the body after 2 s
             # still waiting for a response after 2 s (cancelled by the timeout)
-            self.assertTrue(got.failure is not None and got.failure.check(CancelledError),
-                            got.describe())
+            failure = got.failure
+            self.assertIsNotNone(failure, got.describe())
+            reasons = getattr(failure.value, "reasons", [failure])  # type: ignore[union-attr]
+            self.assertTrue(any(r.check(CancelledError) for r in reasons), reasons)
             return
         got, _ = yield self.outcome(answer)
         if name in TWISTED_ACCEPTS:
