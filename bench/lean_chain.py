@@ -90,7 +90,12 @@ def hop(port: int, upstream: str, kind: str) -> None:
         isLeaf = True
 
         def render(self, request: Any) -> Any:
+            gone: list[bool] = []
+            request.notifyFinish().addErrback(lambda _: gone.append(True))
+
             def done(result: Any) -> None:
+                if gone:
+                    return  # wrk hung up at the end of its run
                 code, body = result
                 request.setResponseCode(code)
                 request.setHeader(b"content-length", b"%d" % len(body))
@@ -98,6 +103,8 @@ def hop(port: int, upstream: str, kind: str) -> None:
                 request.finish()
 
             def failed(failure: Any) -> None:
+                if gone:
+                    return
                 request.setResponseCode(502)
                 request.finish()
 

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
@@ -20,7 +20,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, FileBodyProducer,
-                                HTTPConnectionPool, RequestGenerationFailed,
+                                HTTPConnectionPool, RequestGenerationFailed, readBody,
                                 ResponseDone, ResponseFailed, ResponseNeverReceived)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -451,6 +451,43 @@ class BehaviourMixin:
         yield self.server.connections[0].lost  # an idle connection that talks is closed
         got = yield collect(agent, b"GET", base.encode() + b"/")
         self.assertEqual(got.body, b"hi")
+
+    @inlineCallbacks
+    def test_cancel_while_waiting_for_the_response(self) -> Any:
+        base = yield self.listen([])  # never answers
+        agent = self.agent(self.kind)
+        pending = agent.request(b"GET", base.encode() + b"/")
+        yield until(lambda: self.server.requests)
+        pending.cancel()
+        (failure,) = yield pending.addCallbacks(lambda r: [r], lambda f: [f])
+        self.assertTrue(failure.check(ResponseNeverReceived), failure)
+        self.assertTrue(failure.value.reasons[0].check(CancelledError), failure.value.reasons)
+        yield self.server.connections[0].lost  # the connection is dropped, never reused
+
+    @inlineCallbacks
+    def test_cancel_while_sending_the_body(self) -> Any:
+        base = yield self.listen([])
+        agent = self.agent(self.kind)
+        body = ControlledBody(10)
+        pending = agent.request(b"POST", base.encode() + b"/", None, body)
+        consumer = yield body.started
+        consumer.write(b"12345")
+        yield until(lambda: self.server.connections and self.server.connections[0].buffer)
+        pending.cancel()
+        (failure,) = yield pending.addCallbacks(lambda r: [r], lambda f: [f])
+        self.assertTrue(failure.check(RequestGenerationFailed), failure)
+        self.assertTrue(failure.value.reasons[0].check(CancelledError), failure.value.reasons)
+        self.assertTrue(body.finished.called)  # its Deferred cancelled, as Twisted does
+        yield until(lambda: self.server.connections)
+        yield self.server.connections[0].lost
+        self.assertEqual(self.server.requests, [])
+
+    @inlineCallbacks
+    def test_read_body(self) -> Any:
+        base = yield self.listen([OK_2])
+        response = yield self.agent(self.kind).request(b"GET", base.encode() + b"/")
+        body = yield readBody(response)
+        self.assertEqual(body, b"hi")
 
 
 class TwistedBehaviourTests(BehaviourMixin, ServerCase):

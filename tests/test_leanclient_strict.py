@@ -74,6 +74,8 @@ CASES: dict[str, bytes] = {
     "header_line_too_long": H + b"X-A: " + b"a" * 20000 + b"\r\nContent-Length: 2\r\n\r\nhi",
     "too_many_headers": H + b"".join(b"X-%d: v\r\n" % i for i in range(150))
     + b"Content-Length: 2\r\n\r\nhi",
+    "trailer_too_long": CHUNKED + b"2\r\nhi\r\n0\r\nX-T: " + b"t" * 20000 + b"\r\n\r\n",
+    "trailer_endless": CHUNKED + b"2\r\nhi\r\n0\r\nX-T: " + b"t" * 300000,
     "head_too_long": H + b"".join(b"X-%d: %b\r\n" % (i, b"v" * 1000) for i in range(80))
     + b"Content-Length: 2\r\n\r\nhi",
 }
@@ -85,7 +87,7 @@ TWISTED_ACCEPTS = {
     "bare_lf_in_header", "bare_cr_in_header_value", "nul_in_header_value",
     "status_line_garbage", "status_code_four_digits", "status_code_two_digits",
     "version_http_2", "version_http_0_9", "version_http_1_2", "version_lowercase",
-    "too_many_headers", "head_too_long",
+    "too_many_headers", "head_too_long", "trailer_too_long",
 }
 
 

@@ -33,7 +33,7 @@ from collections import deque
 from typing import Any, Callable
 
 import httptools
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -110,6 +110,11 @@ class _BodyTransport:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.abandon_body()
+
+    #: ``readBody`` cancels by ``abortConnection``; a body not read to its end
+    #: leaves the connection unusable either way.
+    abortConnection = stopProducing
+    loseConnection = stopProducing
 
     def _detach(self) -> None:
         """The body is complete: later pauses must not touch a connection serving others."""
@@ -273,6 +278,9 @@ class LeanClientProtocol(Protocol):
         self._connection_header: list[bytes] = []
         self._keep_alive = False
         self._pending_end = False
+        self._producing: Deferred[None] | None = None
+        self._since_body = 0
+        self._trailers = 0
         self.key: Any = None
 
     # ----------------------------------------------------------- state
@@ -311,7 +319,7 @@ class LeanClientProtocol(Protocol):
         if self._closed or self.is_closing():
             return fail(RequestNotSent())
         self._request = request
-        deferred: Deferred[IResponse] = Deferred()
+        deferred: Deferred[IResponse] = Deferred(self._cancel)
         self._deferred = deferred
         self._response = None
         self._answered = False
@@ -319,6 +327,9 @@ class LeanClientProtocol(Protocol):
         self._received = False
         self._head_bytes = 0
         self._head_size = 0
+        self._since_body = 0
+        self._trailers = 0
+        self._producing = None
         self._raw = []
         self._phrase = []
         self._chunked = False
@@ -333,6 +344,29 @@ class LeanClientProtocol(Protocol):
             self._send_body(body, transport)
         return deferred
 
+    def _cancel(self, deferred: "Deferred[IResponse]") -> None:
+        """The caller gave up: drop the connection, fail as Twisted's client does."""
+        if deferred is not self._deferred:
+            return
+        self._deferred = None
+        self._reusable = False
+        reasons = [Failure(CancelledError())]
+        writer, self._writer = self._writer, None
+        if self._body_sending and writer is not None:
+            self._body_sending = False
+            writer.closed = True
+            self._unregister()
+            producing, self._producing = self._producing, None
+            if producing is not None and not producing.called:
+                producing.cancel()
+            failure = Failure(RequestGenerationFailed(reasons))
+        elif self._received:
+            failure = Failure(ResponseFailed(reasons))
+        else:
+            failure = Failure(ResponseNeverReceived(reasons))
+        self.abort()
+        deferred.errback(failure)
+
     def _send_body(self, body: IBodyProducer, transport: Any) -> None:
         chunked = body.length is UNKNOWN_LENGTH
         writer = self._writer = _BodyWriter(transport, chunked)
@@ -342,6 +376,7 @@ class LeanClientProtocol(Protocol):
             producing = body.startProducing(writer)
         except BaseException:
             producing = fail(Failure())
+        self._producing = producing
         producing.addCallbacks(self._body_sent, self._body_failed,
                                callbackArgs=(body, writer), errbackArgs=(writer,))
 
@@ -391,10 +426,15 @@ class LeanClientProtocol(Protocol):
         self._received = True
         if self._response is None:
             self._head_bytes += len(data)
+        elif self._chunked:
+            self._since_body += len(data)
         try:
             self._parser.feed_data(data)
             if self._response is None and self._head_bytes > MAX_HEAD_BYTES:
                 raise BadResponse(f"response head longer than {MAX_HEAD_BYTES} bytes")
+            if self._since_body > MAX_HEAD_BYTES and not self._message_done:
+                # Chunk framing or trailers only, for longer than any head may be.
+                raise BadResponse(f"chunk framing or trailers longer than {MAX_HEAD_BYTES} bytes")
         except httptools.HttpParserUpgrade:
             self._fail(Failure(BadResponse("upgrade refused")))
             return
@@ -454,10 +494,12 @@ class LeanClientProtocol(Protocol):
         self._phrase.append(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._message_done:
-            return  # trailers of a chunked body: ignored
         if self._response is not None:
-            return  # trailers
+            # Trailers of a chunked body: ignored, within the limits of a head.
+            self._trailers += 1
+            if len(name) + len(value) + 2 > MAX_HEADER_LINE or self._trailers > MAX_HEADERS:
+                raise self._stop(BadResponse("trailers too long"))
+            return
         if len(name) + len(value) + 2 > MAX_HEADER_LINE:
             raise self._stop(BadResponse(f"header line longer than {MAX_HEADER_LINE} bytes"))
         raw = self._raw
@@ -525,6 +567,7 @@ class LeanClientProtocol(Protocol):
         if self._message_done:
             self._reusable = False
             raise self._stop(BadResponse("bytes after the response"))
+        self._since_body = 0
         self._response._data(data)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
@@ -705,7 +748,6 @@ class LeanPool:
                 waits.append(done)
                 connection._on_idle = lambda _c, d=done: d.called or d.callback(None)
                 connection.close()
-        from twisted.internet.defer import gatherResults
         return gatherResults(waits).addCallback(lambda _: None)
 
 
