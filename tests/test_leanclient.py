@@ -368,6 +368,21 @@ class BehaviourMixin:
         self.assertEqual(self.server.requests, [])
 
     @inlineCallbacks
+    def test_body_longer_than_its_length_is_never_sent(self) -> Any:
+        base = yield self.listen([OK_2])
+        body = ControlledBody(3)
+        result = collect(self.agent(self.kind), b"POST", base.encode() + b"/", None, body)
+        consumer = yield body.started
+        consumer.write(b"abcdef")
+        self.assertTrue(body.stopped)
+        got = yield result
+        body.finished.callback(None)  # too late: ignored
+        self.assertTrue(got.failure.check(RequestGenerationFailed), got.failure)
+        yield until(lambda: self.server.connections)
+        yield self.server.connections[0].lost
+        self.assertEqual(self.server.requests, [])  # not one byte of the body went out
+
+    @inlineCallbacks
     def test_never_answered(self) -> Any:
         base = yield self.listen([])
         self.server.answers = lambda connection, head, body: connection.transport.loseConnection()

@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError, _DataLoss, _ensureValidMethod
+from twisted.web._newclient import ParseError, WrongBodyLength, _DataLoss, _ensureValidMethod
 from twisted.web.client import (URI, RequestGenerationFailed, RequestNotSent, ResponseDone,
                                 ResponseFailed, ResponseNeverReceived)
 from twisted.web.error import SchemeNotSupported
@@ -75,10 +75,6 @@ class BadResponse(ParseError):
 
     def __str__(self) -> str:
         return self.args[0]
-
-
-class _WrongBodyLength(Exception):
-    """The body producer wrote more or fewer bytes than its ``length``."""
 
 
 @implementer(IPushProducer)
@@ -229,9 +225,13 @@ class _Request:
 class _BodyWriter:
     """The consumer a request's body producer writes to: frames and counts the bytes."""
 
-    def __init__(self, transport: Any, chunked: bool) -> None:
+    def __init__(self, transport: Any, length: Any, producer: Any,
+                 overrun: Callable[["_BodyWriter"], None]) -> None:
         self._transport = transport
-        self._chunked = chunked
+        self._overrun = overrun
+        self._chunked = length is UNKNOWN_LENGTH
+        self._length = length
+        self._producer = producer
         self.written = 0
         self.closed = False
 
@@ -243,6 +243,15 @@ class _BodyWriter:
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
+            return
+        if not self._chunked and self.written + len(data) > self._length:
+            # Never on the wire: the server would take the excess as the next
+            # request.  Like Twisted: stop the producer, fail the request now.
+            self.closed = True
+            try:
+                self._producer.stopProducing()
+            finally:
+                self._overrun(self)
             return
         self.written += len(data)
         if self._chunked:
@@ -368,8 +377,9 @@ class LeanClientProtocol(Protocol):
         deferred.errback(failure)
 
     def _send_body(self, body: IBodyProducer, transport: Any) -> None:
-        chunked = body.length is UNKNOWN_LENGTH
-        writer = self._writer = _BodyWriter(transport, chunked)
+        writer = self._writer = _BodyWriter(
+            transport, body.length, body,
+            lambda w: self._body_failed(Failure(WrongBodyLength("too many bytes written")), w))
         self._body_sending = True
         transport.registerProducer(body, True)
         try:
@@ -386,7 +396,7 @@ class LeanClientProtocol(Protocol):
         self._body_sending = False
         self._unregister()
         if body.length is not UNKNOWN_LENGTH and writer.written != body.length:
-            self._body_failed(Failure(_WrongBodyLength(
+            self._body_failed(Failure(WrongBodyLength(
                 f"the body producer wrote {writer.written} bytes of {body.length}")), writer)
             return
         writer.closed = True
@@ -400,6 +410,7 @@ class LeanClientProtocol(Protocol):
             return
         self._body_sending = False
         writer.closed = True
+        self._writer = None  # what the producer does next is nobody's concern
         self._unregister()
         self._reusable = False
         if self._answered:
