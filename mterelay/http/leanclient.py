@@ -824,6 +824,11 @@ class LeanAgent:
         if origin is not None:
             self.pool.close_idle(origin.key)
 
+    @property
+    def _pool(self) -> LeanPool:
+        """``OriginAgent``'s name for its pool, which callers and tests reach for."""
+        return self.pool
+
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:
             if not isinstance(method, bytes):
