@@ -1,0 +1,1 @@
+"""HTTP pieces of the relay: servers, clients, connection pools."""
