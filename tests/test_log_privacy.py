@@ -18,8 +18,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.connections import OriginAgent
-from mterelay.metrics import RelayMetrics
+from mterelay.http.connections import OriginAgent
+from mterelay.service.metrics import RelayMetrics
 from mterelay.web.paths import target_problem
 from mterelay.web.site import RelaySite
 from mterelay.web.streaming import StreamingRequest

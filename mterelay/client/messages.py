@@ -21,7 +21,7 @@ from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_H
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
-from mterelay.upstream import HOP_BY_HOP
+from mterelay.http.upstream import HOP_BY_HOP
 
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",

@@ -55,8 +55,8 @@ from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
-from mterelay.connections import persistent_agent
-from mterelay.timing import crypto_stopwatch
+from mterelay.http.connections import persistent_agent
+from mterelay.http.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
 

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 from mterelay.store.interface import IPairStore, PairExists, StoreLimits, StoreUnavailable
 
 __all__ = ["MeteredStore"]

@@ -31,7 +31,7 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 
 log = Logger(namespace="mterelay.guard")
 

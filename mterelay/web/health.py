@@ -31,7 +31,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.web.responses import error_body, json_body
 

@@ -11,7 +11,7 @@ never completed.
 
 Record framing (MKR, spec 7.2) is what live streams need: each piece of the
 upstream's answer is sealed and written as it arrives (what arrives in one
-reactor turn together, :mod:`mterelay.flushing`), and each record of a
+reactor turn together, :mod:`mterelay.http.flushing`), and each record of a
 request body is opened and sent upstream the moment it is complete.
 """
 
@@ -27,9 +27,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from mterelay.bodies import BytesProducer, abandon, drain, read_limited
-from mterelay.config import RoutePattern, matches_any
-from mterelay.flushing import TurnCoalescer
+from mterelay.http.bodies import BytesProducer, abandon, drain, read_limited
+from mterelay.service.config import RoutePattern, matches_any
+from mterelay.http.flushing import TurnCoalescer
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
@@ -44,8 +44,8 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
                                        sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
-from mterelay.timing import Stopwatch, crypto_stopwatch
-from mterelay.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
+from mterelay.http.timing import Stopwatch, crypto_stopwatch
+from mterelay.http.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
                                stream_body)
 from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,

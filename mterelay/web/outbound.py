@@ -3,7 +3,7 @@
 A request carrying ``x-mte-outbound-token`` is the local application asking
 this relay to act as its encrypting client (README, "Server-to-server").
 Nothing is sent anywhere unless the token is right and the control headers
-make sense (:mod:`mterelay.outboundrules`).  Then one shared
+make sense (:mod:`mterelay.web.outboundrules`).  Then one shared
 :class:`~mterelay.client.RelayClient` - one pool of MAX_POOL_SIZE pairs per
 remote origin, re-paired and re-validated by itself after a remote restart
 or secret change - seals the request, and the decrypted answer is streamed
@@ -41,14 +41,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.bodies import abandon
+from mterelay.http.bodies import abandon
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.config import Config
-from mterelay.connections import persistent_agent
-from mterelay.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
+from mterelay.service.config import Config
+from mterelay.http.connections import persistent_agent
+from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
-from mterelay.upstream import POOL_SIZE, copy_end_to_end, stream_body
+from mterelay.http.upstream import POOL_SIZE, copy_end_to_end, stream_body
 from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,

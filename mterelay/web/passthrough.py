@@ -11,8 +11,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.bodies import BytesProducer
-from mterelay.upstream import (
+from mterelay.http.bodies import BytesProducer
+from mterelay.http.upstream import (
     ForwardedFor,
     UpstreamError,
     UpstreamForwarder,

@@ -13,10 +13,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
-from mterelay.config import Config, matches_any
-from mterelay.metrics import RelayMetrics
-from mterelay.outboundrules import TOKEN_HEADER
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.config import Config, matches_any
+from mterelay.service.metrics import RelayMetrics
+from mterelay.web.outboundrules import TOKEN_HEADER
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
 from mterelay.store.keycache import KeyCache

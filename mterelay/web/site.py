@@ -18,9 +18,9 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from mterelay.logs import TEXT
-from mterelay.metrics import RelayMetrics
-from mterelay.nodelay import set_no_delay
+from mterelay.service.logs import TEXT
+from mterelay.service.metrics import RelayMetrics
+from mterelay.http.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
 from mterelay.web.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
 from mterelay.web.streaming import StreamingRequest
@@ -104,7 +104,7 @@ class RelaySite(Site):
         request.mterelay_started = self.clock.seconds()
         channel = request.channel
         if not getattr(channel, "mterelay_no_delay", False):
-            # Once per connection: Nagle off for the answers (see mterelay.nodelay).
+            # Once per connection: Nagle off for the answers (see mterelay.http.nodelay).
             set_no_delay(channel.transport)
             channel.mterelay_no_delay = True
         request.mterelay_role = "other"
@@ -165,7 +165,7 @@ class RelaySite(Site):
         path = request.path.decode("latin-1")[:300]
         duration_ms = round(seconds * 1000, 3)
         # Rendered here, once: Twisted's formatter costs more than the rest
-        # of the line's bookkeeping (see mterelay.logs.TEXT).
+        # of the line's bookkeeping (see mterelay.service.logs.TEXT).
         log.info(
             ACCESS_FORMAT,
             mterelay_text=f"{method} {path} {request.code} {duration_ms:.1f}ms",

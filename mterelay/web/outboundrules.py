@@ -4,7 +4,7 @@ An application asks its local relay to encrypt a request for a remote relay
 with a few ``x-mte-*`` headers.  Every check of those headers lives here,
 reactor-free, so each rule is unit-testable and the request handler
 (:mod:`mterelay.web.outbound`) only maps a :class:`Refused` to its answer.
-``mterelay.config`` uses :class:`OriginPattern` to validate OUTBOUND_UPSTREAMS
+``mterelay.service.config`` uses :class:`OriginPattern` to validate OUTBOUND_UPSTREAMS
 at start-up.
 """
 

@@ -25,25 +25,25 @@ from twisted.python.components import Componentized
 from twisted.web.server import Site
 
 from mterelay import __version__
-from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
-from mterelay.emf import EmfReporter, emf_dimensions, line_writer
-from mterelay.logs import (
+from mterelay.service.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
+from mterelay.service.emf import EmfReporter, emf_dimensions, line_writer
+from mterelay.service.logs import (
     LogDestination,
     LogDestinationError,
     log_destination,
     make_observer,
     syslog_observer,
 )
-from mterelay.metrics import RelayMetrics
-from mterelay.shutdown import Drainer
+from mterelay.service.metrics import RelayMetrics
+from mterelay.service.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
-from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from mterelay.workers import (
+from mterelay.service.workers import (
     WORKER_PORT_ENV,
     ReusePortEndpoint,
     WorkerSupervisor,

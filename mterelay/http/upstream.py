@@ -26,7 +26,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
-from mterelay.connections import persistent_agent
+from mterelay.http.connections import persistent_agent
 
 # RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
 HOP_BY_HOP = frozenset(

@@ -49,7 +49,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from mterelay.nodelay import NoDelayEndpointFactory
+from mterelay.http.nodelay import NoDelayEndpointFactory
 
 log = Logger(namespace="mterelay.connections")
 

@@ -1,7 +1,7 @@
 """Log observers honouring LOG_LEVEL and LOG_FORMAT.
 
 twistd installs the observer it finds as the application's ``ILogObserver``
-component (see :class:`mterelay.tap.RelayService`), so Twisted's own messages
+component (see :class:`mterelay.service.tap.RelayService`), so Twisted's own messages
 go through the same level filter and format as ours.  Logs go to stdout by
 default, the way container platforms (ECS, EKS, systemd's journal) collect
 them; twistd's ``--logfile`` and ``--syslog`` choose a file or syslog instead,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
-from mterelay.outboundrules import OriginPattern
+from mterelay.web.outboundrules import OriginPattern
 from mterelay.store.redisurl import parse_redis_url
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
