@@ -15,6 +15,7 @@ from typing import Any, Union
 import attrs
 from twisted.web.http_headers import Headers
 
+from mterelay.http import names
 from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
 from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
                                       RelayHeader)
@@ -29,11 +30,11 @@ __all__ = [
     "normalize_headers", "end_to_end", "seal_request", "open_response", "relay_error",
 ]
 
-RELAY_HEADER = "x-mte-relay"
-ITEM_HEADER = "x-mte-relay-eh"
-RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
-SEALED_CONTENT_TYPE = "application/octet-stream"
-CONTENT_TYPE = "content-type"
+RELAY_HEADER = names.text(names.RELAY_HEADER)
+ITEM_HEADER = names.text(names.ITEM_HEADER)
+RESPONSE_HEADERS_CONTROL = names.text(names.RESPONSE_HEADERS_CONTROL)
+SEALED_CONTENT_TYPE = names.text(names.SEALED_CONTENT_TYPE)
+CONTENT_TYPE = names.text(names.CONTENT_TYPE)
 #: The values of ``upstreamReached`` / ``x-mte-upstream-reached`` (spec 10.1).
 REACHED_VALUES = ("no", "maybe")
 

@@ -46,6 +46,7 @@ from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest,
                                       relay_error, seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
+from mterelay.http import names
 from mterelay.protocol.clientid import client_uuid, is_client_id
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, InvalidClientId,
                                       MalformedPairResponse, RelayError)
@@ -66,8 +67,8 @@ log = Logger(namespace="mterelay.client")
 RETRY_REPAIR = frozenset({559, 560, 562, 563, 564})
 #: The client id was refused: validate again, re-pair, retry once.
 RETRY_REVALIDATE = 566
-RELAY_PATH = "/api/mte-relay"
-PAIR_PATH = "/api/mte-pair"
+RELAY_PATH = names.text(names.RELAY_PATH)
+PAIR_PATH = names.text(names.PAIR_PATH)
 #: The relay's answer to a pairing whose pairId is already a pair (spec 2, 10).
 PAIR_ID_IN_USE = 409
 #: A relay-made error is a small JSON object; read no more than this of it.

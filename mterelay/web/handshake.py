@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from mterelay.http.names import RELAY_HEADER
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
                                       RELAY_FRAMINGS)
@@ -37,7 +38,6 @@ from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.pairing")
 
-RELAY_HEADER = b"x-mte-relay"
 #: A request entry is about 3.5 KB of base64url; leave room for whitespace.
 BYTES_PER_ENTRY = 6 * 1024
 #: Bytes per entry assumed before the body is read: compact or indented JSON

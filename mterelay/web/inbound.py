@@ -30,6 +30,9 @@ from zope.interface import implementer
 from mterelay.http.bodies import BytesProducer, abandon, drain, read_limited
 from mterelay.service.config import RoutePattern, matches_any
 from mterelay.http.flushing import TurnCoalescer
+from mterelay.http import names
+from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
+                                 SEALED_CONTENT_TYPE, URL_TOKEN_HEADER, text)
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
@@ -57,12 +60,7 @@ from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.inbound")
 
-RELAY_HEADER = b"x-mte-relay"
-ITEM_HEADER = b"x-mte-relay-eh"
-URL_TOKEN_HEADER = URL_HEADER.encode("ascii")
-FIXED_TARGET = FIXED_PATH.encode("ascii")
-RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
-SEALED_CONTENT_TYPE = b"application/octet-stream"
+FIXED_TARGET = names.FIXED_PATH
 #: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
 #: bodies must use MKE framing (streamed, unlimited).
 MTE_BODY_LIMIT = 64 * 1024 * 1024
@@ -71,6 +69,7 @@ ALWAYS_SEALED = frozenset({"content-type", "cache-control"})
 #: The clear Cache-Control of every sealed answer: no shared cache may keep a
 #: response only its own client can open (spec 14).
 NO_STORE = b"no-store"
+RESPONSE_HEADERS_CONTROL_TEXT = text(RESPONSE_HEADERS_CONTROL)
 #: Request headers never taken from the sealed item (they describe this hop).
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
@@ -133,11 +132,11 @@ def response_selection(clear: Headers, sealed: dict[str, list[str]],
     client seals its choice, so a clear one was added on the way, and taking
     it would let an on-path attacker have the response headers sent in clear.
     """
-    if RESPONSE_HEADERS_CONTROL in sealed:
-        return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL]))
+    if RESPONSE_HEADERS_CONTROL_TEXT in sealed:
+        return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL_TEXT]))
     if headers_enc:
         return None
-    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL.encode("ascii"))
+    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
     if values:
         return parse_response_selection(",".join(_text(value) for value in values))
     return None
@@ -728,7 +727,7 @@ class Exchange:
             self.encoding.report()
             request.finish()
             return
-        headers.setRawHeaders(b"content-type", [SEALED_CONTENT_TYPE])
+        headers.setRawHeaders(CONTENT_TYPE, [SEALED_CONTENT_TYPE])
         if plain is not None:
             sealed_body = self.encoding.time(cipher.seal_body, plain)
             self.encoding.report()

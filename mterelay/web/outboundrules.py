@@ -21,6 +21,8 @@ from typing import Any
 
 import attrs
 import idna
+
+from mterelay.http import names
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -29,11 +31,11 @@ __all__ = [
     "parse_origin", "upstream_origin", "allowed", "seal_choices",
 ]
 
-TOKEN_HEADER = b"x-mte-outbound-token"
-UPSTREAM_HEADER = b"x-mte-upstream"
-ENCODE_TYPE_HEADER = b"x-mte-encode-type"
-ENCODE_HEADERS_HEADER = b"x-mte-encode-headers"
-ENCODE_URL_HEADER = b"x-mte-encode-url"
+TOKEN_HEADER = names.OUTBOUND_TOKEN_HEADER
+UPSTREAM_HEADER = names.PEER_HEADER
+ENCODE_TYPE_HEADER = names.ENCODE_TYPE_HEADER
+ENCODE_HEADERS_HEADER = names.ENCODE_HEADERS_HEADER
+ENCODE_URL_HEADER = names.ENCODE_URL_HEADER
 
 #: The seed's encode types, as framings: MTE seals the body as one item
 #: (buffered whole, at most 64 MiB at an mterelay), MKE streamed - as records

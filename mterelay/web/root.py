@@ -29,14 +29,10 @@ from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
 from mterelay.web.public import PublicFile, is_public_path, load_public_files, render_public
 from mterelay.protocol.errors import MissingHeader
-from mterelay.protocol.header import FIXED_PATH as _FIXED_PATH
+from mterelay.http.names import FIXED_PATH, PAIR_PATH, RELAY_HEADER, RELAY_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
 
-RELAY_HEADER = b"x-mte-relay"
-RELAY_PATH = b"/api/mte-relay"
-FIXED_PATH = _FIXED_PATH.encode("ascii")
-PAIR_PATH = b"/api/mte-pair"
 
 
 class RelayRoot(Resource):
