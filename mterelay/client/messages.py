@@ -22,7 +22,7 @@ from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_H
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
-from mterelay.http.upstream import HOP_BY_HOP
+from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, single_value
 
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
@@ -40,7 +40,6 @@ REACHED_VALUES = ("no", "maybe")
 
 #: Never sent by the caller's choice: they describe one hop (the agent sets
 #: Host and the framing itself), and ``x-mte-*`` is the protocol's namespace.
-_HOP = frozenset(name.decode("ascii") for name in HOP_BY_HOP)
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
 
 #: ``[(lowercase name, value), ...]`` in field-line order.
@@ -48,16 +47,6 @@ HeaderList = list[tuple[str, str]]
 HeaderValue = Union[str, bytes, Sequence[Union[str, bytes]]]
 #: twisted ``Headers``, or a mapping of str/bytes names to values (like treq).
 HeadersInput = Union[Headers, Mapping[Any, HeaderValue], None]
-
-
-def _text(value: str | bytes) -> str:
-    """A header value as item text: UTF-8 when it is, else Latin-1 (lossless)."""
-    if isinstance(value, str):
-        return value
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        return bytes(value).decode("latin-1")
 
 
 def _name(name: str | bytes) -> str:
@@ -85,7 +74,7 @@ def normalize_headers(headers: HeadersInput) -> HeaderList:
         if isinstance(values, (str, bytes)):
             values = [values]
         for value in values:
-            result.append((_name(name), _text(value)))
+            result.append((_name(name), header_text(value)))
     return result
 
 
@@ -95,10 +84,7 @@ def end_to_end(headers: HeaderList) -> HeaderList:
     ``x-mte-*`` headers are the protocol's; the relay would drop them anyway
     (spec 8.3), so the client does not send what the caller cannot mean.
     """
-    drop = set(_HOP) | _FRAMING
-    for name, value in headers:
-        if name == "connection":
-            drop.update(token.strip().lower() for token in value.split(",") if token.strip())
+    drop = nominated_text(headers) | _FRAMING
     return [(n, v) for n, v in headers if n not in drop and not n.startswith("x-mte-")]
 
 
@@ -265,10 +251,13 @@ class OpenedResponse:
 
 
 def _single(headers: HeaderList, name: str) -> str:
-    values = [v for n, v in headers if n == name]
-    if len(values) != 1:
+    try:
+        value = single_value([v for n, v in headers if n == name], name)
+    except RepeatedHeader:
+        value = None
+    if value is None:
         raise DecodeFailed(f"response must carry exactly one {name} header")
-    return values[0]
+    return value
 
 
 def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: HeaderList,

@@ -27,22 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from mterelay.http.connections import persistent_agent
-
-# RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
+from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end, hop_by_hop_names
 
 class UpstreamError(Exception):
     """The upstream could not be reached or did not answer (HTTP 502).
@@ -63,34 +48,6 @@ class UpstreamTimeout(UpstreamError):
     """The upstream took longer than UPSTREAM_TIMEOUT (HTTP 504)."""
 
     status = 504
-
-
-def hop_by_hop_names(headers: Headers) -> frozenset[bytes] | set[bytes]:
-    """Hop-by-hop names, including any a ``Connection`` header nominates."""
-    nominated = headers.getRawHeaders(b"connection")
-    if not nominated:
-        return HOP_BY_HOP  # the common case: no copy, no parsing
-    names = set(HOP_BY_HOP)
-    for value in nominated:
-        names.update(token.strip().lower() for token in value.split(b",") if token.strip())
-    return names
-
-
-def copy_end_to_end(
-    source: Headers,
-    target: Headers,
-    drop: Iterable[bytes] = (),
-    drop_prefixes: tuple[bytes, ...] = (),
-) -> None:
-    """Copy every end-to-end header (repeated ones such as Set-Cookie kept apart)."""
-    skip = hop_by_hop_names(source)
-    if drop:
-        skip = skip | {name.lower() for name in drop}
-    for name, values in source.getAllRawHeaders():
-        lower = name.lower()
-        if lower not in skip and not lower.startswith(drop_prefixes):
-            for value in values:
-                target.addRawHeader(name, value)
 
 
 #: Idle connections kept per upstream host.  Above the relay's concurrency

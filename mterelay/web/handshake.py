@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from mterelay.http.headers import single_value
 from mterelay.http.names import RELAY_HEADER
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
@@ -47,12 +48,7 @@ ESTIMATE_BYTES_PER_ENTRY = 4 * 1024
 
 def single_header(request: IRequest, name: bytes) -> bytes | None:
     """The header's only value; a repeated header is treated as malformed (ValueError)."""
-    values = request.requestHeaders.getRawHeaders(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ValueError(f"{name.decode('ascii')} sent more than once")
-    return values[0]
+    return single_value(request.requestHeaders.getRawHeaders(name), name)
 
 
 def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:

@@ -48,8 +48,9 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
-from mterelay.http.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
-                               stream_body)
+from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
+                                   single_value)
+from mterelay.http.upstream import UpstreamError, UpstreamForwarder, stream_body
 from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
@@ -138,16 +139,8 @@ def response_selection(clear: Headers, sealed: dict[str, list[str]],
         return None
     values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
     if values:
-        return parse_response_selection(",".join(_text(value) for value in values))
+        return parse_response_selection(",".join(header_text(value) for value in values))
     return None
-
-
-def _text(value: bytes) -> str:
-    """Header bytes as item text: UTF-8 when it is, else Latin-1 (lossless)."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
 
 
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
@@ -186,7 +179,7 @@ def split_response_headers(headers: Headers, selection: frozenset[str] | None
             continue
         text = lower.decode("ascii", "replace")
         if selection is None or text in selection:
-            sealed.setdefault(text, []).extend(_text(value) for value in values)
+            sealed.setdefault(text, []).extend(header_text(value) for value in values)
         else:
             clear.extend((lower, value) for value in values)
     return sealed, clear
@@ -353,17 +346,16 @@ class InboundProxy:
 
     def _check(self, request: IRequest) -> tuple[RelayHeader, bytes, str]:
         headers = request.requestHeaders
-        values = headers.getRawHeaders(RELAY_HEADER, [])
-        if not values:
-            raise MissingHeader("x-mte-relay header is required")
-        if len(values) > 1:
-            raise MalformedHeader("x-mte-relay sent more than once")
-        header = RelayHeader.parse(values[0])
-        tokens = headers.getRawHeaders(ITEM_HEADER, [])
-        if not tokens:
+        try:
+            value = single_value(headers.getRawHeaders(RELAY_HEADER), RELAY_HEADER)
+            if value is None:
+                raise MissingHeader("x-mte-relay header is required")
+            header = RelayHeader.parse(value)
+            token = single_value(headers.getRawHeaders(ITEM_HEADER), ITEM_HEADER)
+        except RepeatedHeader as repeated:
+            raise MalformedHeader(str(repeated)) from None
+        if token is None:
             raise MissingHeader("x-mte-relay-eh header is required")
-        if len(tokens) > 1:
-            raise MalformedHeader("x-mte-relay-eh sent more than once")
         body = request_has_body(request)
         if body and not header.body_enc:
             raise _Refused(400, "Bad request",
@@ -376,7 +368,7 @@ class InboundProxy:
                                " use MKE framing for larger bodies")
             check_sealed_length(length, header.mode)  # impossible sizes: 562
         client = verify_client_id(header.client_id, self.secrets)
-        return header, tokens[0], client
+        return header, token, client
 
 
 def wire_target(request: IRequest, header: RelayHeader) -> bytes:
@@ -603,7 +595,7 @@ class Exchange:
         values = sealed.get(BODY_LENGTH_CONTROL)
         if values is None and not self.header.headers_enc:
             raw = self.request.requestHeaders.getRawHeaders(BODY_LENGTH_CONTROL.encode(), None)
-            values = None if raw is None else [_text(value) for value in raw]
+            values = None if raw is None else [header_text(value) for value in raw]
         if values is None:
             return None
         if len(values) != 1:

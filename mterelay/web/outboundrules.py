@@ -23,6 +23,7 @@ import attrs
 import idna
 
 from mterelay.http import names
+from mterelay.http.headers import RepeatedHeader, single_value
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -200,12 +201,11 @@ def allowed(patterns: tuple[OriginPattern, ...], origin: Origin) -> bool:
 
 
 def _single(headers: Headers, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name, [])
-    if not values:
-        return None
-    if len(values) > 1:
-        raise Refused(400, "Bad request", f"{name.decode()} sent more than once")
-    return values[0].decode("latin-1").strip()
+    try:
+        value = single_value(headers.getRawHeaders(name), name)
+    except RepeatedHeader as repeated:
+        raise Refused(400, "Bad request", str(repeated)) from None
+    return None if value is None else value.decode("latin-1").strip()
 
 
 def upstream_origin(headers: Headers, patterns: tuple[OriginPattern, ...]) -> Origin:
