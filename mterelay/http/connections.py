@@ -42,7 +42,6 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
-from twisted.web._newclient import Request, _ensureValidMethod
 from twisted.web.client import URI, HTTPConnectionPool, RequestNotSent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -50,48 +49,10 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResp
 from zope.interface import implementer
 
 from mterelay.http.nodelay import NoDelayEndpointFactory
+from mterelay.http.twistedinternals import (RelayConnectionPool, check_method, client_request,
+                                           is_closing)
 
 log = Logger(namespace="mterelay.connections")
-
-
-def is_closing(connection: Any) -> bool:
-    """True once ``loseConnection`` or ``abortConnection`` was called on its transport."""
-    transport = getattr(connection, "transport", None)
-    if transport is None:
-        return True
-    return bool(getattr(transport, "disconnecting", False)
-                or getattr(transport, "disconnected", False)
-                or getattr(transport, "_aborting", False))
-
-
-class RelayConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` that never keeps a connection that is closing,
-    and never resends a request that may have been received."""
-
-    retryAutomatically = False
-
-    def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        if is_closing(connection):
-            return  # its close is under way; connectionLost forgets it
-        super()._putConnection(key, connection)
-
-    def _removeConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        super()._removeConnection(key, connection)
-        if not self._connections.get(key):
-            self._connections.pop(key, None)  # no empty list left per origin ever seen
-
-    def close_idle(self, key: Any) -> None:
-        """Close the idle connections kept for ``key`` and forget the key.
-
-        For an origin the caller will not use again (an evicted remote
-        relay).  Connections busy with a request are not touched; they come
-        back and time out like any other.
-        """
-        for connection in self._connections.pop(key, []):
-            timer = self._timeouts.pop(connection, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            connection.transport.loseConnection()
 
 
 @implementer(IBodyProducer)
@@ -213,8 +174,7 @@ class OriginAgent:
             headers.addRawHeader(b"host", origin.host)
         pool = self._pool
         body = None if bodyProducer is None else _AnsweredBody(bodyProducer)
-        request = Request._construct(method, path, headers, body,
-                                     persistent=pool.persistent, parsedURI=_Target(uri))
+        request = client_request(method, path, headers, body, pool.persistent, _Target(uri))
 
         def send(protocol: Any) -> "Deferred[IResponse]":
             if body is not None:
@@ -243,7 +203,7 @@ class OriginAgent:
         if method not in self._methods:
             if not isinstance(method, bytes):
                 raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
-            _ensureValidMethod(method)
+            check_method(method)
             self._methods.add(method)
         uri = uri.strip()
         if _VISIBLE_ASCII.fullmatch(uri) is None:

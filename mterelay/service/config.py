@@ -24,6 +24,7 @@ import attrs
 import yaml
 
 from mterelay.web.outboundrules import OriginPattern
+from mterelay.web.routes import RoutePattern, matches_any
 from mterelay.store.redisurl import parse_redis_url
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
@@ -46,26 +47,6 @@ class ConfigError(ValueError):
         self.source = source
         where = f" (from {source})" if source else ""
         super().__init__(f"invalid configuration: {setting} {problem}{where}")
-
-
-@attrs.frozen
-class RoutePattern:
-    """A route from PASS_THROUGH_ROUTES / MTE_ROUTES; ``*`` matches any run of characters."""
-
-    pattern: str
-    _regex: re.Pattern[str] = attrs.field(eq=False, repr=False)
-
-    @classmethod
-    def compile(cls, pattern: str) -> "RoutePattern":
-        body = ".*".join(re.escape(part) for part in pattern.split("*"))
-        return cls(pattern, re.compile(body + r"\Z"))
-
-    def matches(self, path: str) -> bool:
-        return self._regex.match(path) is not None
-
-
-def matches_any(routes: tuple[RoutePattern, ...], path: str) -> bool:
-    return any(route.matches(path) for route in routes)
 
 
 @attrs.frozen

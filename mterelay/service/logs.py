@@ -30,6 +30,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from mterelay.http.logfields import TEXT
+
 # Twisted has no "trace" or "panic"; they map onto its nearest levels.
 LEVELS = {
     "trace": LogLevel.debug,
@@ -48,7 +50,6 @@ FIELDS = ("method", "path", "status", "duration_ms", "client", "request_id", "by
 #: An event field holding its message already rendered.  Hot-path events (the
 #: access line) log ``"{mterelay_text}"`` with it, so any observer renders them
 #: with one trivial format, and ours skip Twisted's formatter entirely.
-TEXT = "mterelay_text"
 
 
 def message_of(event: dict[str, Any]) -> str:

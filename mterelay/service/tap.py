@@ -25,6 +25,7 @@ from twisted.python.components import Componentized
 from twisted.web.server import Site
 
 from mterelay import __version__
+from mterelay.http.twistedinternals import fail_start_synchronously, waiting_for_port
 from mterelay.service.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
 from mterelay.service.emf import EmfReporter, emf_dimensions, line_writer
 from mterelay.service.logs import (
@@ -169,19 +170,19 @@ class ListenerService(StreamServerEndpointService):
                  label: str = "Server") -> None:
         super().__init__(endpoint, factory)
         # Fail twistd's start-up (exit != 0) when the port cannot be bound.
-        self._raiseSynchronously = True
+        fail_start_synchronously(self)
         self.description = description
         self.label = label
         self._stopped: Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+        waiting_for_port(self).addCallback(self._listening)
 
     def when_listening(self) -> Any:
         """A Deferred firing with the listening port (after privilegedStartService)."""
         waiting: Deferred[Any] = Deferred()
-        self._waitingForPort.addCallback(lambda port: (waiting.callback(port), port)[1])
+        waiting_for_port(self).addCallback(lambda port: (waiting.callback(port), port)[1])
         return waiting
 
     def stop_accepting(self) -> Deferred[None]:

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.headers import single_value
 from mterelay.http.names import RELAY_HEADER
+from mterelay.http.twistedinternals import is_disconnected
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
                                       RELAY_FRAMINGS)
@@ -228,7 +229,7 @@ def _too_large(request: IRequest, limit: int) -> bytes:
 
 
 def _finish(request: IRequest, body: bytes) -> None:
-    if getattr(request, "_disconnected", False) or request.finished:
+    if is_disconnected(request) or request.finished:
         return
     request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)

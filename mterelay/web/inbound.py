@@ -28,7 +28,6 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from mterelay.http.bodies import BytesProducer, abandon, drain, read_limited
-from mterelay.service.config import RoutePattern, matches_any
 from mterelay.http.flushing import TurnCoalescer
 from mterelay.http import names
 from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
@@ -55,6 +54,7 @@ from mterelay.web.passthrough import forwarded_for, request_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
+from mterelay.web.routes import RoutePattern, matches_any
 from mterelay.web.h2 import request_has_body as h2_request_has_body
 from mterelay.web.site import request_id_for
 from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body

@@ -26,7 +26,7 @@ twice: a 55x then reaches the application as a 502 naming the relay error.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -43,7 +43,6 @@ from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.bodies import abandon
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.service.config import Config
 from mterelay.http.connections import persistent_agent
 from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
@@ -54,6 +53,9 @@ from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
 from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.config import Config
 
 __all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS", "REACHED_HEADER", "reached"]
 

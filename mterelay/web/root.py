@@ -7,13 +7,13 @@ routing rules are path *patterns* (``/api/v1/*``) and header-driven
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
-from mterelay.service.config import Config, matches_any
+from mterelay.web.routes import matches_any
 from mterelay.service.metrics import RelayMetrics
 from mterelay.web.outboundrules import TOKEN_HEADER
 from mterelay.http.upstream import UpstreamForwarder
@@ -32,6 +32,9 @@ from mterelay.protocol.errors import MissingHeader
 from mterelay.http.names import FIXED_PATH, PAIR_PATH, RELAY_HEADER, RELAY_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.config import Config
 
 
 

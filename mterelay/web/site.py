@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from mterelay.service.logs import TEXT
+from mterelay.http.twistedinternals import inner_channel
+from mterelay.http.logfields import TEXT
 from mterelay.service.metrics import RelayMetrics
 from mterelay.http.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
@@ -246,7 +247,7 @@ class RelaySite(Site):
 
 def _http11(channel: Any) -> Any:
     """The HTTP/1.1 channel inside twisted.web's protocol-negotiating wrapper."""
-    return getattr(channel, "_channel", channel)
+    return inner_channel(channel)
 
 
 def _outer(channel: Any) -> Any:
