@@ -22,7 +22,7 @@ from mterelay.http.connections import OriginAgent
 from mterelay.service.metrics import RelayMetrics
 from mterelay.web.paths import target_problem
 from mterelay.web.site import RelaySite
-from mterelay.web.streaming import StreamingRequest
+from mterelay.http.streaming import StreamingRequest
 from tests.support import MemoryRelay
 from tests.test_operations_integration import OperationsCase
 from tests.test_site import Connection, Response, parse_responses

@@ -36,7 +36,7 @@ from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
 from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
                                     unlogged_error_body)
 from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
-from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.pairing")
 

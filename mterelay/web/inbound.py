@@ -55,9 +55,9 @@ from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, rela
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
 from mterelay.web.routes import RoutePattern, matches_any
-from mterelay.web.h2 import request_has_body as h2_request_has_body
+from mterelay.http.h2 import request_has_body as h2_request_has_body
 from mterelay.web.site import request_id_for
-from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.inbound")
 
@@ -100,7 +100,7 @@ def request_has_body(request: IRequest) -> bool:
     """:func:`has_body` of a received request, HTTP/2's streamed bodies included.
 
     An HTTP/2 body streamed by its client has neither Content-Length nor
-    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.web.h2`
+    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.http.h2`
     decides from the stream.
     """
     h2 = h2_request_has_body(request)

@@ -52,7 +52,7 @@ from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
-from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
 
 if TYPE_CHECKING:  # types only: the service layer above passes them in
     from mterelay.service.config import Config

@@ -21,7 +21,7 @@ from mterelay.http.upstream import (
 )
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, request_id,
                                     unlogged_error_body)
-from mterelay.web.streaming import BodyPipe
+from mterelay.http.streaming import BodyPipe
 
 log = Logger(namespace="mterelay.passthrough")
 

@@ -23,8 +23,8 @@ from mterelay.http.logfields import TEXT
 from mterelay.service.metrics import RelayMetrics
 from mterelay.http.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
-from mterelay.web.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
-from mterelay.web.streaming import StreamingRequest
+from mterelay.http.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
+from mterelay.http.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
 ACCESS_FORMAT = "{" + TEXT + "}"

@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
                                            request_line)
-from mterelay.web.h2 import stream_reactor
+from mterelay.http.h2 import stream_reactor
 
 
 _log = Logger(namespace="mterelay.web")
