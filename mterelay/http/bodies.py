@@ -14,6 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
@@ -116,3 +117,11 @@ def abandon(response: IResponse) -> None:
         drain(response)
     else:
         discard(response)
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The request's Content-Length when it has a single valid one."""
+    values = headers.getRawHeaders(b"content-length", [])
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0].strip())

@@ -8,13 +8,16 @@ headers are hop-by-hop forwards, or seals, what the other side drops.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from twisted.web.http_headers import Headers
 
 __all__ = ["HOP_BY_HOP", "HOP_BY_HOP_TEXT", "RepeatedHeader", "copy_end_to_end",
-           "header_text", "hop_by_hop_names", "nominated_text", "single_value"]
+           "header_text", "hop_by_hop_names", "nominated_text", "request_id_for", "single_value",
+           "REQUEST_ID_HEADER"]
 
 T = TypeVar("T")
 
@@ -32,6 +35,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+REQUEST_ID_HEADER = b"x-request-id"
+# Visible ASCII only: the id is copied into log lines and upstream headers.
+_GOOD_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
+
 #: The same names as text, for the client's ``(name, value)`` header lists.
 HOP_BY_HOP_TEXT = frozenset(name.decode("ascii") for name in HOP_BY_HOP)
 
@@ -102,3 +109,10 @@ def copy_end_to_end(
         if lower not in skip and not lower.startswith(drop_prefixes):
             for value in values:
                 target.addRawHeader(name, value)
+
+
+def request_id_for(incoming: bytes | None) -> str:
+    """Honour a caller's id when it is safe to log and forward, else mint one."""
+    if incoming is not None and _GOOD_REQUEST_ID.match(incoming):
+        return incoming.decode("ascii")
+    return uuid.uuid4().hex

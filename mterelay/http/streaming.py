@@ -26,10 +26,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from mterelay.http.bodies import BytesProducer
 from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
                                            request_line)
 from mterelay.http.h2 import stream_reactor
@@ -302,3 +304,26 @@ def read_body(request: Any, limit: int) -> "Deferred[bytes]":
     if len(data) > limit:
         return _failed(BodyTooLarge(limit))
     return succeed(data)
+
+
+SMALL_BODY = 256 * 1024
+
+
+def request_body(request: IRequest) -> IBodyProducer | None:
+    """The client's body as a producer: streamed when the request streams it."""
+    pipe = getattr(request, "body", None)
+    if isinstance(pipe, BodyPipe):
+        return pipe
+    headers = request.requestHeaders
+    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+        return None
+    content = request.content
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0, 0)
+    if size <= SMALL_BODY:
+        return BytesProducer(content.read())
+    producer = FileBodyProducer(content)
+    if producer.length is UNKNOWN_LENGTH:  # pragma: no cover - files are seekable
+        producer.length = size
+    return producer

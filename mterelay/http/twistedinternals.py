@@ -96,7 +96,7 @@ class RelayConnectionPool(HTTPConnectionPool):  # overrides two private hooks
             connection.transport.loseConnection()
 
 
-# --- the HTTP/1.1 server channel (web/streaming, web/site, web/guard) ------
+# --- the HTTP/1.1 server channel (http/streaming, web/site, web/guard) ------
 
 def request_line(channel: Any) -> tuple[bytes, bytes, bytes] | None:
     """(command, path, version) of the request whose headers the channel just read.
@@ -142,7 +142,7 @@ def schedule_abort(channel: Any) -> None:
         channel._abortingCall = channel.callLater(channel.abortTimeout, channel.forceAbortClient)
 
 
-# --- HTTP/2 (web/streaming, web/h2) ----------------------------------------
+# --- HTTP/2 (http/streaming, http/h2) --------------------------------------
 
 def is_h2_stream(channel: Any) -> bool:
     """Whether a request's channel is an ``H2Stream`` (it has a stream id and a connection)."""

@@ -11,7 +11,6 @@ server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,10 +23,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 
 from mterelay.http.connections import persistent_agent
-from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end, hop_by_hop_names
+from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
 
 class UpstreamError(Exception):
     """The upstream could not be reached or did not answer (HTTP 502).
@@ -69,6 +68,16 @@ class ForwardedFor:
     client_ip: str | None
     proto: str
     host: bytes | None
+
+
+def forwarded_for(request: IRequest) -> ForwardedFor:
+    """What the request's connection says about the original client."""
+    peer = request.getClientAddress()
+    return ForwardedFor(
+        client_ip=getattr(peer, "host", None),
+        proto="https" if request.isSecure() else "http",
+        host=request.getHeader(b"host"),
+    )
 
 
 @attrs.define

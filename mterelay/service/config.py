@@ -24,7 +24,7 @@ import attrs
 import yaml
 
 from mterelay.web.outboundrules import OriginPattern
-from mterelay.web.routes import RoutePattern, matches_any
+from mterelay.web.routes import RoutePattern
 from mterelay.store.redisurl import parse_redis_url
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")

@@ -27,7 +27,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from mterelay.http.bodies import BytesProducer, abandon, drain, read_limited
+from mterelay.http.bodies import BytesProducer, abandon, declared_length, drain, read_limited
+from mterelay.http.headers import request_id_for
 from mterelay.http.flushing import TurnCoalescer
 from mterelay.http import names
 from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
@@ -49,15 +50,13 @@ from mterelay.store.keycache import CachedPair, KeyCache
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
 from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
                                    single_value)
-from mterelay.http.upstream import UpstreamError, UpstreamForwarder, stream_body
-from mterelay.web.passthrough import forwarded_for, request_body
+from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for, stream_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
 from mterelay.web.routes import RoutePattern, matches_any
 from mterelay.http.h2 import request_has_body as h2_request_has_body
-from mterelay.web.site import request_id_for
-from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, request_body
 
 log = Logger(namespace="mterelay.inbound")
 
@@ -105,14 +104,6 @@ def request_has_body(request: IRequest) -> bool:
     """
     h2 = h2_request_has_body(request)
     return has_body(request.requestHeaders) if h2 is None else h2
-
-
-def declared_length(headers: Headers) -> int | None:
-    """The request's Content-Length when it has a single valid one."""
-    values = headers.getRawHeaders(b"content-length", [])
-    if len(values) != 1 or not values[0].strip().isdigit():
-        return None
-    return int(values[0].strip())
 
 
 def parse_response_selection(value: str | None) -> frozenset[str] | None:

@@ -41,14 +41,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.http.bodies import abandon
+from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.http.connections import persistent_agent
 from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
 from mterelay.http.upstream import POOL_SIZE, copy_end_to_end, stream_body
-from mterelay.web.inbound import declared_length
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)

@@ -9,7 +9,6 @@ lets a stopping relay close idle connections and wait for busy ones.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +18,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from mterelay.http.twistedinternals import inner_channel
+from mterelay.http.headers import REQUEST_ID_HEADER, request_id_for
 from mterelay.http.logfields import TEXT
 from mterelay.service.metrics import RelayMetrics
 from mterelay.http.nodelay import set_no_delay
@@ -29,16 +29,6 @@ from mterelay.http.streaming import StreamingRequest
 log = Logger(namespace="mterelay.access")
 ACCESS_FORMAT = "{" + TEXT + "}"
 
-REQUEST_ID_HEADER = b"x-request-id"
-# Visible ASCII only: the id is copied into log lines and upstream headers.
-_GOOD_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
-
-
-def request_id_for(incoming: bytes | None) -> str:
-    """Honour a caller's id when it is safe to log and forward, else mint one."""
-    if incoming is not None and _GOOD_REQUEST_ID.match(incoming):
-        return incoming.decode("ascii")
-    return uuid.uuid4().hex
 
 
 class RelaySite(Site):
