@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from mterelay.http.bodies import BytesProducer, abandon, declared_length, drain, read_limited
 from mterelay.http.headers import request_id_for
+from mterelay.http.exchange import Exchange as BaseExchange
 from mterelay.http.flushing import TurnCoalescer
 from mterelay.http import names
 from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
@@ -387,7 +388,7 @@ def wire_target(request: IRequest, header: RelayHeader) -> bytes:
     return b"/" + tokens[0].strip(b" \t")
 
 
-class Exchange:
+class Exchange(BaseExchange):
     """One encrypted request, from its pair lookup to the sealed answer."""
 
     #: Set when the upstream request is started: from then on an error
@@ -396,33 +397,17 @@ class Exchange:
 
     def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
                  token: bytes, client: str, target: bytes | None = None) -> None:
+        super().__init__(request)
         self.proxy = proxy
-        self.request = request
         #: What the headers item is bound to: the wire target, or "/" + the
         #: x-mte-relay-url token on the fixed path.
         self.target = request.uri if target is None else target
         self.header = header
         self.token = token
         self.client = client
-        self.gone = False
-        self.upstream: Deferred[IResponse] | None = None
-        #: The upstream body being streamed to the client (cancel: close it).
-        self.streaming: Deferred[None] | None = None
         self.selection: frozenset[str] | None = None
         self.decoding = crypto_stopwatch(proxy.metrics, "request_decode")
         self.encoding = crypto_stopwatch(proxy.metrics, "response_encode")
-
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._client_gone)
-        ensureDeferred(self.run()).addErrback(self._crashed)
-
-    def _client_gone(self, _: Failure) -> None:
-        self.gone = True
-        if self.upstream is not None:
-            self.upstream.cancel()
-        if self.streaming is not None:
-            # A live stream's client left: end the upstream request too.
-            self.streaming.cancel()
 
     def answer_error(self, status: int, message: str, reason: str | None = None,
                      upstream_reached: str = NOT_REACHED, logged: bool = False,
@@ -432,12 +417,6 @@ class Exchange:
             self._send(answer(self.request, status, message, reason, upstream_reached,
                               **extra))
 
-    def _send(self, body: bytes) -> None:
-        if self.gone or self.request.finished:
-            return
-        self.request.setHeader(b"content-length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
 
     def _reached(self, error: BaseException | None = None) -> str:
         """``upstreamReached`` of an error answer (spec 10.1).
@@ -652,16 +631,16 @@ class Exchange:
         outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),
                                               request_id=request_id(request))
         self.forwarded = True
-        self.upstream = forwarder.forward(request.method, target, outgoing, body,
+        self.pending = forwarder.forward(request.method, target, outgoing, body,
                                           role="inbound")
         try:
-            response = await self.upstream
+            response = await self.pending
         except UpstreamError:
             if isinstance(body, OpeningProducer) and body.failure is not None:
                 raise body.failure from None
             raise
         finally:
-            self.upstream = None
+            self.pending = None
         if self.gone:
             abandon(response)
             return

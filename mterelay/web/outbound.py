@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
+from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.http.connections import persistent_agent
@@ -201,31 +202,15 @@ def remote_agent(reactor: Any, pool_size: int = POOL_SIZE,
     return agent
 
 
-class _Exchange:
+class _Exchange(Exchange):
     """One outbound request, from reading its body to the decrypted answer."""
 
     def __init__(self, proxy: OutboundProxy, request: IRequest, origin: Origin,
                  options: SealOptions) -> None:
+        super().__init__(request)
         self.proxy = proxy
-        self.request = request
         self.origin = origin
         self.options = options
-        self.gone = False
-        self.pending: Deferred[IResponse] | None = None
-        #: The decrypted answer being streamed to the application.
-        self.streaming: Deferred[None] | None = None
-
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._client_gone)
-        ensureDeferred(self.run()).addErrback(self._crashed)
-
-    def _client_gone(self, _: Failure) -> None:
-        self.gone = True
-        if self.pending is not None:
-            self.pending.cancel()
-        if self.streaming is not None:
-            # Close the connection to the remote relay: it ends its upstream stream.
-            self.streaming.cancel()
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("outbound request failed", failure, request_id=request_id(self.request))
@@ -239,9 +224,7 @@ class _Exchange:
         extra = {k: v for k, v in payload.items() if k not in ("error", "code", "reason")}
         body = json_body(self.request, status, error_payload(
             status, payload["error"], payload.get("reason"), upstream_reached, **extra))
-        self.request.setHeader(b"content-length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
+        finish_with(self.request, body)
 
     def _failed(self, status: int, message: str, reason: str,
                 upstream_reached: str = MAYBE_REACHED) -> None:
