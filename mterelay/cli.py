@@ -27,6 +27,7 @@ from twisted.internet.error import ConnectError, DNSLookupError
 
 from mterelay.client import NotARelay, PairingFailed, RelayClient
 from mterelay.client.relay import split_url
+from mterelay.http.failures import innermost
 from mterelay.protocol.errors import RelayError
 
 __all__ = ["main", "run", "build_parser", "describe"]
@@ -106,20 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unwrap(error: BaseException) -> BaseException:
-    """The first meaningful cause inside Twisted's wrappers (ResponseFailed & co)."""
-    while getattr(error, "reasons", None):
-        reasons = error.reasons  # type: ignore[attr-defined]
-        for reason in reasons:
-            if reason.check(RelayError):
-                return reason.value
-        error = reasons[0].value
-    return error
-
-
 def describe(error: BaseException, timeout: float | None = None) -> str:
     """One line saying why there is no answer (never request data)."""
-    error = _unwrap(error)
+    error = innermost(error, prefer=RelayError)
     if isinstance(error, RelayError):
         return f"relay error {error.code}: {error}"
     if isinstance(error, (DeferredTimeout, CancelledError)):

@@ -57,6 +57,8 @@ from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
 from mterelay.http.connections import persistent_agent
+from mterelay.http.failures import wrapped
+from mterelay.http.timeouts import with_timeout
 from mterelay.http.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
@@ -110,38 +112,17 @@ def split_url(url: str | bytes) -> tuple[str, str]:
     return f"{scheme}://{host}:{port}", quote(target, safe=_URL_SAFE)
 
 
-def with_timeout(d: "Deferred[Any]", seconds: float, clock: IReactorTime, what: str
-                 ) -> "Deferred[Any]":
-    """Cancel ``d`` after ``seconds``; it then fails with ``defer.TimeoutError``.
-
-    Unlike ``Deferred.addTimeout``, whatever the cancelled operation fails
-    with (ConnectingCancelledError, ResponseNeverReceived, ...) becomes the
-    TimeoutError, so callers see one error for one cause.
-    """
-    fired: list[bool] = []
-
-    def expire() -> None:
-        fired.append(True)
-        d.cancel()
-
-    timer = clock.callLater(seconds, expire)
-
-    def settle(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if fired and isinstance(result, Failure):
-            raise DeferredTimeout(f"{what}: no answer within {seconds:g} s")
-        return result
-
-    return d.addBoth(settle)
+def timed(d: "Deferred[Any]", seconds: float, clock: IReactorTime, what: str
+          ) -> "Deferred[Any]":
+    """Cancel ``d`` after ``seconds``; it then fails with ``defer.TimeoutError``."""
+    return with_timeout(d, seconds, clock,
+                        lambda: DeferredTimeout(f"{what}: no answer within {seconds:g} s"))
 
 
 def _agent_error(error: BaseException) -> BaseException:
     """Our own sealing error (561) out of the agent's RequestGenerationFailed."""
     if isinstance(error, RequestGenerationFailed):
-        for reason in error.reasons:
-            if reason.check(RelayError):
-                return reason.value
+        return wrapped(error, RelayError) or error
     return error
 
 
@@ -159,7 +140,7 @@ class _Origin:
         self.fixed_path: str | None = None
 
     def _bounded(self, d: "Deferred[Any]", what: str) -> "Deferred[Any]":
-        return with_timeout(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
+        return timed(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
                             what)
 
     def validate(self) -> "Deferred[str]":
@@ -362,7 +343,7 @@ class RelayClient:
         done = ensureDeferred(self._request(method_text, url, headers, data,
                                             options or self.options))
         if self.timeout is not None:
-            done = with_timeout(done, self.timeout, self.reactor, "request")
+            done = timed(done, self.timeout, self.reactor, "request")
         return done
 
     def get(self, url: str | bytes, **kwargs: Any) -> "Deferred[IResponse]":

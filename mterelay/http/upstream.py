@@ -26,7 +26,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 
 from mterelay.http.connections import persistent_agent
+from mterelay.http.failures import describe_failure
 from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
+from mterelay.http.timeouts import with_timeout
 
 class UpstreamError(Exception):
     """The upstream could not be reached or did not answer (HTTP 502).
@@ -138,27 +140,19 @@ class UpstreamForwarder:
         The returned Deferred is cancellable (a client that goes away cancels
         its upstream request).
         """
-        timed_out = []
         started = self.clock.seconds()
-        requested = self.agent.request(method, self.url_for(path_and_query), headers, body)
-
-        def on_timeout() -> None:
-            timed_out.append(True)
-            requested.cancel()
-
-        timer: IDelayedCall = self.clock.callLater(self.timeout, on_timeout)
+        requested = with_timeout(
+            self.agent.request(method, self.url_for(path_and_query), headers, body),
+            self.timeout, self.clock,
+            lambda: UpstreamTimeout(f"no answer within {self.timeout:g} s"))
 
         def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
             if self.metrics is not None:
                 self.metrics.observe_upstream(role, self.clock.seconds() - started)
             if isinstance(result, Failure):
-                if timed_out:
-                    raise UpstreamTimeout(f"no answer within {self.timeout:g} s")
-                if result.check(CancelledError):
+                if result.check(UpstreamTimeout, CancelledError):
                     return result
-                raise UpstreamError(_describe(result), not_sent=bool(result.check(*_NOT_SENT)))
+                raise UpstreamError(describe_failure(result, 200), not_sent=bool(result.check(*_NOT_SENT)))
             return result
 
         return requested.addBoth(done)
@@ -166,14 +160,6 @@ class UpstreamForwarder:
 
 #: Agent failures that prove not one byte of the request was written.
 _NOT_SENT = (ConnectError, DNSLookupError, RequestNotSent)
-
-
-def _describe(failure: Failure) -> str:
-    """A short reason for logs; never includes request data."""
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        failure = reasons[0]
-    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:200]
 
 
 class StreamIdle(Exception):

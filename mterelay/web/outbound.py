@@ -42,6 +42,7 @@ from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.exchange import Exchange, finish_with
+from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.http.connections import persistent_agent
@@ -297,7 +298,7 @@ class _Exchange(Exchange):
             self._failed(502, "Remote relay error", str(error)[:300], reached(error))
             return
         except _UNREACHABLE as error:
-            self._failed(502, "Remote relay unreachable", _describe(error), reached(error))
+            self._failed(502, "Remote relay unreachable", describe_failure(error), reached(error))
             return
         finally:
             self.pending = None
@@ -348,7 +349,7 @@ class _Exchange(Exchange):
             # The remote relay's connection broke, or a chunk did not
             # authenticate: the application must not take a cut body as whole.
             log.warn("outbound answer from {origin} interrupted: {why}",
-                     origin=self.origin.url, why=_describe(error),
+                     origin=self.origin.url, why=describe_failure(error),
                      request_id=request_id(request))
             if not self.gone:
                 request.loseConnection()
@@ -359,10 +360,3 @@ class _Exchange(Exchange):
             request.finish()
 
 
-def _describe(error: BaseException) -> str:
-    """A short reason naming the underlying failure (never request data)."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = reasons[0].value
-        return f"{type(inner).__name__}: {inner}"[:300]
-    return f"{type(error).__name__}: {error}"[:300]
