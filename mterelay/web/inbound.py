@@ -31,6 +31,7 @@ from mterelay.http.bodies import BytesProducer, abandon, declared_length, drain,
 from mterelay.http.headers import request_id_for
 from mterelay.http.exchange import Exchange as BaseExchange
 from mterelay.http.flushing import TurnCoalescer
+from mterelay.http.refusal import Refused
 from mterelay.http import names
 from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
                                  SEALED_CONTENT_TYPE, URL_TOKEN_HEADER, text)
@@ -75,14 +76,6 @@ RESPONSE_HEADERS_CONTROL_TEXT = text(RESPONSE_HEADERS_CONTROL)
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
 NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
-
-
-class _Refused(Exception):
-    """A request refused before or outside the protocol's 55x codes."""
-
-    def __init__(self, status: int, message: str, reason: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason, self.extra = status, message, reason, extra
 
 
 def has_body(headers: Headers) -> bool:
@@ -330,7 +323,7 @@ class InboundProxy:
             target = wire_target(request, header)
         except RelayError as error:
             return relay_error(request, error)
-        except _Refused as refused:
+        except Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
         Exchange(self, request, header, token, client, target).start()
@@ -350,12 +343,12 @@ class InboundProxy:
             raise MissingHeader("x-mte-relay-eh header is required")
         body = request_has_body(request)
         if body and not header.body_enc:
-            raise _Refused(400, "Bad request",
+            raise Refused(400, "Bad request",
                            "a request body must be sealed (bodyEnc=1); clear bodies are refused")
         length = declared_length(headers)
         if header.body_enc and length is not None:
             if header.mode == MODE_MTE and length > self.mte_body_limit:
-                raise _Refused(413, "Payload too large",
+                raise Refused(413, "Payload too large",
                                f"an MTE body may be at most {self.mte_body_limit} sealed bytes;"
                                " use MKE framing for larger bodies")
             check_sealed_length(length, header.mode)  # impossible sizes: 562
@@ -380,7 +373,7 @@ def wire_target(request: IRequest, header: RelayHeader) -> bytes:
     if not header.url_enc:
         raise MalformedHeader(f"{FIXED_PATH} carries only sealed urls (urlEnc=1)")
     if request.uri != FIXED_TARGET:
-        raise _Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
+        raise Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
     if not tokens:
         raise MissingHeader(f"{URL_HEADER} header is required on {FIXED_PATH}")
     if len(tokens) > 1:
@@ -437,7 +430,7 @@ class Exchange(BaseExchange):
             await self._exchange()
         except RelayError as error:
             self._send(relay_error(self.request, error, self._reached(error)))
-        except _Refused as refused:
+        except Refused as refused:
             self.answer_error(refused.status, refused.message, refused.reason,
                               self._reached(refused), **refused.extra)
         except StoreUnavailable as error:
@@ -549,10 +542,10 @@ class Exchange(BaseExchange):
         path = target.split(b"?", 1)[0]
         problem = path_problem(path)
         if problem:
-            raise _Refused(400, "Bad request", problem)
+            raise Refused(400, "Bad request", problem)
         routes = self.proxy.mte_routes
         if routes is not None and not matches_any(routes, path.decode("latin-1")):
-            raise _Refused(404, "Not found", "route is not in MTE_ROUTES")
+            raise Refused(404, "Not found", "route is not in MTE_ROUTES")
         return target
 
     def _declared_length(self, sealed: dict[str, list[str]]) -> int | None:
@@ -672,7 +665,7 @@ class Exchange(BaseExchange):
             except Exception as error:  # the upstream connection broke mid-body
                 raise UpstreamError(f"upstream body interrupted: {error}") from None
             if too_long:
-                raise _Refused(502, "Upstream response too large",
+                raise Refused(502, "Upstream response too large",
                                f"a response above {self.proxy.mte_body_limit} bytes needs "
                                "streaming=1 (MKE framing)")
         item = self.encoding.time(cipher.seal_response_headers, sealed, status)

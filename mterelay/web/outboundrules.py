@@ -24,6 +24,7 @@ import idna
 
 from mterelay.http import names
 from mterelay.http.headers import RepeatedHeader, single_value
+from mterelay.http.refusal import Refused
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -49,14 +50,6 @@ _PATTERN = re.compile(
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _IPV4 = re.compile(r"[0-9.]+")
-
-
-class Refused(Exception):
-    """An outbound request refused before anything is sent: status, message, reason."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.message, self.reason = status, message, reason
 
 
 def token_matches(given: list[bytes], expected: str | Sequence[str] | None) -> bool:
