@@ -247,4 +247,33 @@ def persistent_agent(reactor: Any, size: int, idle_timeout: float,
     return agent, pool
 
 
-__all__ = ["OriginAgent", "RelayConnectionPool", "is_closing", "persistent_agent"]
+__all__ = ["OriginAgent", "RelayConnectionPool", "is_closing", "peer_agent", "persistent_agent",
+           "upstream_agent", "POOL_SIZE", "CONNECT_TIMEOUT", "PEER_IDLE_TIMEOUT",
+           "UPSTREAM_IDLE_TIMEOUT"]
+
+
+#: Idle connections kept per origin.  Above the relay's concurrency every
+#: extra request would open and close a connection of its own.
+POOL_SIZE = 512
+#: Seconds to wait for a TCP connection to UPSTREAM or a remote relay.
+CONNECT_TIMEOUT = 10.0
+#: Seconds an idle connection to UPSTREAM is kept.
+UPSTREAM_IDLE_TIMEOUT = 90
+#: Idle connections to a remote relay are closed by us before the load
+#: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
+#: connection the other side is closing (not retried for POST: a 502).
+PEER_IDLE_TIMEOUT = 50
+
+
+def upstream_agent(reactor: Any, pool_size: int = POOL_SIZE,
+                   connect_timeout: float = CONNECT_TIMEOUT) -> IAgent:
+    """Persistent connections to UPSTREAM, reused across requests."""
+    agent, _ = persistent_agent(reactor, pool_size, UPSTREAM_IDLE_TIMEOUT, connect_timeout)
+    return agent
+
+
+def peer_agent(reactor: Any, pool_size: int = POOL_SIZE,
+               connect_timeout: float = CONNECT_TIMEOUT) -> IAgent:
+    """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
+    agent, _ = persistent_agent(reactor, pool_size, PEER_IDLE_TIMEOUT, connect_timeout)
+    return agent

@@ -25,7 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 
-from mterelay.http.connections import persistent_agent
+from mterelay.http.connections import POOL_SIZE, upstream_agent
 from mterelay.http.failures import describe_failure
 from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
 from mterelay.http.timeouts import with_timeout
@@ -51,16 +51,8 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
-#: Idle connections kept per upstream host.  Above the relay's concurrency
-#: every extra request would open and close a connection of its own.
-POOL_SIZE = 512
-
-
-def make_agent(reactor: Any, pool_size: int = POOL_SIZE,
-               connect_timeout: float = 10.0) -> IAgent:
-    """The production agent: persistent connections to the upstream, reused across requests."""
-    agent, _ = persistent_agent(reactor, pool_size, 90, connect_timeout)
-    return agent
+#: The production agent: persistent connections to UPSTREAM (http/connections).
+make_agent = upstream_agent
 
 
 @attrs.define

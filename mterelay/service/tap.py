@@ -39,6 +39,7 @@ from mterelay.service.metrics import RelayMetrics
 from mterelay.service.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
+from mterelay.http.connections import peer_agent
 from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
@@ -284,6 +285,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         upstream=config.upstream,
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
+        metrics=metrics,
     )
     guard = ConnectionGuard(
         header_timeout=config.header_timeout,
@@ -291,7 +293,8 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         max_connections=config.max_connections or default_max_connections(),
         metrics=metrics,
     )
-    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store, metrics=metrics),
+    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store,
+                               outbound_agent=peer_agent(reactor), metrics=metrics),
                      reactor, metrics, echo_request_id=config.debug, guard=guard)
     endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)

@@ -45,11 +45,11 @@ from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.http.connections import persistent_agent
+from mterelay.http.connections import peer_agent
 from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
-from mterelay.http.upstream import POOL_SIZE, copy_end_to_end, stream_body
+from mterelay.http.upstream import copy_end_to_end, stream_body
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
@@ -66,10 +66,6 @@ log = Logger(namespace="mterelay.outbound")
 REPLAYABLE_BODY = 1024 * 1024
 #: A RelayClient keeps at most 64 pairs per origin (one pairing request).
 MAX_PAIRS = 64
-#: Idle connections to a remote relay are closed by us before the load
-#: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
-#: connection the other side is closing (not retried for POST: a 502).
-IDLE_CONNECTION_TIMEOUT = 50
 #: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin),
 #: and remote relays whose pairs and idle connections are kept (least recently
 #: used dropped first).
@@ -138,7 +134,7 @@ class OutboundProxy:
     def client(self) -> RelayClient:
         """The one RelayClient (pairs per remote origin), made when first needed."""
         if self._client is None:
-            agent = self._agent if self._agent is not None else remote_agent(self.clock)
+            agent = self._agent if self._agent is not None else peer_agent(self.clock)
             self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
                                        timeout=self.timeout, metrics=self.metrics,
                                        max_origins=MAX_REMEMBERED_ORIGINS)
@@ -194,13 +190,6 @@ class OutboundProxy:
         for name, value in self.extra_headers:
             headers.setRawHeaders(name, [value])
         return headers
-
-
-def remote_agent(reactor: Any, pool_size: int = POOL_SIZE,
-                 connect_timeout: float = 10.0) -> IAgent:
-    """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
-    agent, _ = persistent_agent(reactor, pool_size, IDLE_CONNECTION_TIMEOUT, connect_timeout)
-    return agent
 
 
 class _Exchange(Exchange):

@@ -49,8 +49,6 @@ class RelayRoot(Resource):
         # Loaded once: no request reads the file system (web/public.py).
         self.public_files = load_public_files() if public_files is None else public_files
         self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
-        if forwarder.metrics is None:
-            forwarder.metrics = metrics
         self.config = config
         self.forwarder = forwarder
         self.clock = clock
