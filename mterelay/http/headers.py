@@ -16,7 +16,7 @@ from typing import TypeVar
 from twisted.web.http_headers import Headers
 
 __all__ = ["HOP_BY_HOP", "HOP_BY_HOP_TEXT", "RepeatedHeader", "copy_end_to_end",
-           "header_text", "hop_by_hop_names", "nominated_text", "request_id_for", "single_value",
+           "header_text", "hop_by_hop_names", "is_token", "nominated_text", "request_id_for", "single_value",
            "REQUEST_ID_HEADER"]
 
 T = TypeVar("T")
@@ -38,6 +38,9 @@ HOP_BY_HOP = frozenset(
 REQUEST_ID_HEADER = b"x-request-id"
 # Visible ASCII only: the id is copied into log lines and upstream headers.
 _GOOD_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
+
+#: RFC 9110 section 5.6.2 token: header names, methods, x-mte-response-headers entries.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: The same names as text, for the client's ``(name, value)`` header lists.
 HOP_BY_HOP_TEXT = frozenset(name.decode("ascii") for name in HOP_BY_HOP)
@@ -116,3 +119,8 @@ def request_id_for(incoming: bytes | None) -> str:
     if incoming is not None and _GOOD_REQUEST_ID.match(incoming):
         return incoming.decode("ascii")
     return uuid.uuid4().hex
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is one RFC 9110 token (the whole of it: no trailing newline)."""
+    return _TOKEN.fullmatch(text) is not None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from mterelay.http.headers import is_token
 from mterelay.web.outboundrules import OriginPattern
 from mterelay.web.routes import RoutePattern
 from mterelay.store.redisurl import parse_redis_url
@@ -32,7 +33,6 @@ DEFAULT_CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
 ALWAYS_ALLOWED_METHODS = ("OPTIONS", "HEAD")
 MIN_SECRET_LENGTH = 32
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REGION = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d+$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -387,7 +387,7 @@ def _methods(value: Any) -> tuple[str, ...]:
     methods = []
     for item in _list(value):
         method = item.upper()
-        if not _TOKEN.match(method):
+        if not is_token(method):
             raise ValueError(f"entry {item!r} is not an HTTP method")
         if method not in methods:
             methods.append(method)
@@ -409,7 +409,7 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
         raise ValueError("must be a JSON object of header names to values")
     pairs = []
     for name, header_value in value.items():
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not isinstance(name, str) or not is_token(name):
             raise ValueError(f"has an invalid header name {name!r}")
         if not isinstance(header_value, str):
             raise ValueError(f"value for {name!r} must be a string")

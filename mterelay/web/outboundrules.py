@@ -23,7 +23,7 @@ import attrs
 import idna
 
 from mterelay.http import names
-from mterelay.http.headers import RepeatedHeader, single_value
+from mterelay.http.headers import RepeatedHeader, is_token, single_value
 from mterelay.http.refusal import Refused
 from twisted.web.http_headers import Headers
 
@@ -44,7 +44,6 @@ ENCODE_URL_HEADER = names.ENCODE_URL_HEADER
 #: (MKR, each piece sent as it comes) to a relay that has them, else in
 #: fixed 64 KiB chunks.
 ENCODE_TYPES = {"MTE": "MTE", "MKE": "MKR"}
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PATTERN = re.compile(
     r"^(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9*.-]+)(?::(?P<port>\*|\d{1,5}))?/?$"
 )
@@ -258,7 +257,7 @@ def seal_choices(headers: Headers) -> dict[str, Any]:
             seal_headers = "none"
         else:
             names = tuple(name.strip().lower() for name in text.split(","))
-            if not names or not all(_TOKEN.match(name) for name in names):
+            if not names or not all(is_token(name) for name in names):
                 raise Refused(400, "Bad request",
                               "x-mte-encode-headers must be true, false or a comma list of "
                               "header names")
