@@ -126,7 +126,7 @@ def _agent_error(error: BaseException) -> BaseException:
     return error
 
 
-class _Origin:
+class _PeerRelay:
     """The I/O half of one relay origin: validation and pairing requests."""
 
     def __init__(self, client: "RelayClient", origin: str) -> None:
@@ -283,7 +283,7 @@ class RelayClient:
         if agent is None:
             agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent
-        self._origins: OrderedDict[str, _Origin] = OrderedDict()
+        self._origins: OrderedDict[str, _PeerRelay] = OrderedDict()
 
     def close(self) -> "Deferred[None]":
         """Close the cached connections of the client's own pool."""
@@ -295,15 +295,15 @@ class RelayClient:
         """The pair pool of ``url``'s relay origin (for inspection and tests)."""
         return self._origin(split_url(url)[0]).pool
 
-    def _origin(self, origin: str) -> _Origin:
+    def _origin(self, origin: str) -> _PeerRelay:
         state = self._origins.get(origin)
         if state is not None:
             self._origins.move_to_end(origin)
             return state
-        state = self._origins[origin] = _Origin(self, origin)
+        state = self._origins[origin] = _PeerRelay(self, origin)
         while len(self._origins) > self.max_origins:
             evicted, _ = self._origins.popitem(last=False)
-            # Requests in flight keep their _Origin; the pairs die with it.
+            # Requests in flight keep their _PeerRelay; the pairs die with it.
             forget = getattr(self.agent, "forget_origin", None)
             if forget is not None:
                 forget(evicted.encode("ascii"))

@@ -113,7 +113,7 @@ def _answered(response: IResponse, body: _AnsweredBody) -> IResponse:
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 
 
-class _Origin:
+class _Destination:
     """What a request to one origin needs besides its path, worked out once."""
 
     __slots__ = ("key", "endpoint", "host")
@@ -157,7 +157,7 @@ class OriginAgent:
         self._reactor = reactor
         self._pool = pool
         self._endpoints = endpoints
-        self._origins: dict[bytes, _Origin] = {}
+        self._origins: dict[bytes, _Destination] = {}
         self._methods: set[bytes] = set()
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
@@ -199,7 +199,7 @@ class OriginAgent:
         if origin is not None and hasattr(self._pool, "close_idle"):
             self._pool.close_idle(origin.key)
 
-    def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
+    def _split(self, method: bytes, uri: bytes) -> tuple[_Destination, bytes]:
         if method not in self._methods:
             if not isinstance(method, bytes):
                 raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
@@ -219,7 +219,7 @@ class OriginAgent:
             origin = self._learn(base)
         return origin, path
 
-    def _learn(self, base: bytes) -> _Origin:
+    def _learn(self, base: bytes) -> _Destination:
         parsed = URI.fromBytes(base)
         if parsed.scheme not in (b"http", b"https"):
             raise SchemeNotSupported(f"unsupported scheme: {parsed.scheme!r}")
@@ -229,7 +229,7 @@ class OriginAgent:
         shown = b"[" + host + b"]" if b":" in host else host
         if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
             shown = b"%b:%d" % (shown, parsed.port)
-        origin = _Origin((parsed.scheme, host, parsed.port),
+        origin = _Destination((parsed.scheme, host, parsed.port),
                          self._endpoints.endpointForURI(parsed), shown)
         if len(self._origins) >= self.max_origins:
             self._origins.clear()

@@ -27,7 +27,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from mterelay.http.bodies import BytesProducer, abandon, declared_length, drain, read_limited
+from mterelay.http.bodies import (BytesProducer, abandon, declared_length, read_and_drop,
+                                  read_limited)
 from mterelay.http.headers import request_id_for
 from mterelay.http.exchange import Exchange as BaseExchange
 from mterelay.http.flushing import TurnCoalescer
@@ -658,7 +659,7 @@ class Exchange(BaseExchange):
             sealed[BODY_LENGTH_CONTROL] = [str(response.length)]
         plain: bytes | None = None
         if no_body:
-            drain(response)
+            read_and_drop(response)
         elif mode == MODE_MTE:
             try:
                 plain, too_long = await read_limited(response, self.proxy.mte_body_limit)
