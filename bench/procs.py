@@ -36,7 +36,7 @@ CLIENT_ID_SECRET_A = "bench-relay-a-client-id-secret-0123456789"
 CLIENT_ID_SECRET_B = "bench-relay-b-client-id-secret-0123456789"
 OUTBOUND_TOKEN = "bench-outbound-token-0123456789"
 
-#: Used when mterelay.config cannot be imported (it is being edited): every
+#: Used when mterelay.service.config cannot be imported (it is being edited): every
 #: variable the relay read when this was written, so a developer's shell
 #: never leaks settings into the benchmarked relays.
 _FALLBACK_RELAY_ENV = frozenset({
@@ -67,7 +67,7 @@ def free_port() -> int:
 def relay_env_names() -> frozenset[str]:
     """Every environment variable the relay reads (from its own settings table)."""
     try:
-        from mterelay.config import SETTINGS
+        from mterelay.service.config import SETTINGS
     except Exception:  # a half-edited mterelay must not stop the bench from cleaning env
         return _FALLBACK_RELAY_ENV
     return frozenset({s.env for s in SETTINGS}) | _FALLBACK_RELAY_ENV

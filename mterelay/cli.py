@@ -16,7 +16,6 @@ does not authenticate), 2 for usage errors.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import IO, Any
 
@@ -27,18 +26,19 @@ from twisted.internet.error import ConnectError, DNSLookupError
 
 from mterelay.client import NotARelay, PairingFailed, RelayClient
 from mterelay.client.relay import split_url
+from mterelay.http.failures import innermost
+from mterelay.http.headers import is_token
 from mterelay.protocol.errors import RelayError
 
 __all__ = ["main", "run", "build_parser", "describe"]
 
 PROG = "mterelay-client"
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _header(value: str) -> tuple[str, str]:
     name, sep, rest = value.partition(":")
     name = name.strip()
-    if not sep or not _TOKEN.fullmatch(name):
+    if not sep or not is_token(name):
         raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value[:60]!r}")
     return name, rest.strip()
 
@@ -47,7 +47,7 @@ def _seal_headers(value: str) -> str | list[str]:
     if value in ("all", "none"):
         return value
     names = [name.strip() for name in value.split(",") if name.strip()]
-    if not names or not all(_TOKEN.fullmatch(name) for name in names):
+    if not names or not all(is_token(name) for name in names):
         raise argparse.ArgumentTypeError("expected all, none or a comma-separated list of names")
     return names
 
@@ -106,20 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unwrap(error: BaseException) -> BaseException:
-    """The first meaningful cause inside Twisted's wrappers (ResponseFailed & co)."""
-    while getattr(error, "reasons", None):
-        reasons = error.reasons  # type: ignore[attr-defined]
-        for reason in reasons:
-            if reason.check(RelayError):
-                return reason.value
-        error = reasons[0].value
-    return error
-
-
 def describe(error: BaseException, timeout: float | None = None) -> str:
     """One line saying why there is no answer (never request data)."""
-    error = _unwrap(error)
+    error = innermost(error, prefer=RelayError)
     if isinstance(error, RelayError):
         return f"relay error {error.code}: {error}"
     if isinstance(error, (DeferredTimeout, CancelledError)):

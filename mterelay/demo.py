@@ -35,11 +35,11 @@ from zope.interface import implementer
 
 from mterelay.client import RelayClient
 
-from mterelay.config import load_config
 from mterelay.demoapp import DemoPage
-from mterelay.logs import make_observer
 from mterelay.sampleapi import UPLOAD_LIMIT, SampleAPI
-from mterelay.tap import RelayService, build_service
+from mterelay.service.config import load_config
+from mterelay.service.logs import make_observer
+from mterelay.service.tap import RelayService, build_service
 from mterelay.wiretap import WireTap, hexdump
 
 #: What the demo application sends to relay A; none of it may appear between A and B.

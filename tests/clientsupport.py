@@ -20,8 +20,8 @@ from mterelay.protocol.clientid import new_client_id
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import respond_all, start_pairing
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from tests.support import RecordingUpstream, relay_config
 

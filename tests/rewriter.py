@@ -24,11 +24,11 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from twisted.internet import reactor
 
-from mterelay.bodies import BytesProducer
-from mterelay.connections import persistent_agent
+from mterelay.http.bodies import BytesProducer
+from mterelay.http.connections import persistent_agent
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
 from tests.support import relay_config

@@ -18,10 +18,10 @@ from twisted.internet import task
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.config import SETTINGS, Config, load_config
+from mterelay.service.config import SETTINGS, Config, load_config
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 
 SECRET = "test-client-id-secret-0123456789abcdef"

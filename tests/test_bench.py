@@ -775,7 +775,7 @@ class CompareWorktreeTests(SynchronousTestCase):
     def test_error_summary(self) -> None:
         log = ("relay@4ac84e9-b exited with status 1:\n"
                "Traceback (most recent call last):\n"
-               '  File "/tmp/w/mterelay/tap.py", line 3, in <module>\n'
+               '  File "/tmp/w/mterelay/service/tap.py", line 3, in <module>\n'
                "    import newdep\n"
                "ModuleNotFoundError: No module named 'newdep'\n")
         self.assertEqual(compare.error_summary(log),

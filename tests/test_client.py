@@ -14,7 +14,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from mterelay.bodies import BytesProducer
+from mterelay.http.bodies import BytesProducer
 from mterelay.client import NotARelay, PairingFailed, RelayClient
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, StateNotFound,
                                       UnsupportedVersion)

@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.config import ConfigError, load_config, parse_yaml
-from mterelay.tap import Options
+from mterelay.service.config import ConfigError, load_config, parse_yaml
+from mterelay.service.tap import Options
 
 SECRET = "s" * 32
 BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": SECRET}

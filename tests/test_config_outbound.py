@@ -8,9 +8,9 @@ from contextlib import redirect_stderr
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.config import ConfigError, load_config, parse_yaml
-from mterelay.outboundrules import OriginPattern, allowed, parse_origin
-from mterelay.tap import Options, build_service
+from mterelay.service.config import ConfigError, load_config, parse_yaml
+from mterelay.web.outboundrules import OriginPattern, allowed, parse_origin
+from mterelay.service.tap import Options, build_service
 
 BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": "s" * 32}
 

@@ -12,8 +12,8 @@ from contextlib import redirect_stderr
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.config import ConfigError, load_config, parse_yaml
-from mterelay.tap import Options
+from mterelay.service.config import ConfigError, load_config, parse_yaml
+from mterelay.service.tap import Options
 from mterelay.web.root import pairing_limits
 
 SECRET = "s" * 32

@@ -13,10 +13,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.config import ConfigError, load_config, parse_yaml
+from mterelay.service.config import ConfigError, load_config, parse_yaml
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.errors import InvalidClientId
-from mterelay.tap import Options
+from mterelay.service.tap import Options
 
 NEW = "the-new-client-id-secret-0123456789"
 OLD = "the-old-client-id-secret-9876543210"

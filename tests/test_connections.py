@@ -1,4 +1,4 @@
-"""Pooled upstream connections (mterelay.connections, bodies.abandon), over real loopback sockets.
+"""Pooled upstream connections (mterelay.http.connections, bodies.abandon), over real loopback sockets.
 
 The upstream here is a raw protocol that answers every request with one
 write (headers and body together), as nginx does: the client then parses the
@@ -15,10 +15,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from mterelay.bodies import DRAIN_LIMIT, BytesProducer, abandon
-from mterelay.connections import RelayConnectionPool, is_closing, persistent_agent
-from mterelay.nodelay import NoDelayEndpointFactory
-from mterelay.upstream import make_agent
+from mterelay.http.bodies import DRAIN_LIMIT, BytesProducer, abandon
+from mterelay.http.connections import RelayConnectionPool, is_closing, persistent_agent
+from mterelay.http.nodelay import NoDelayEndpointFactory
+from mterelay.http.upstream import make_agent
 
 
 class OneWriteHTTP(Protocol):
@@ -72,7 +72,7 @@ class PoolTests(TestCase):
         closing connection's socket is gone.
         """
         first = yield agent.request(b"POST", url, None, BytesProducer(b"a" * 1024))
-        from mterelay.bodies import discard
+        from mterelay.http.bodies import discard
         discard(first)
         second = yield task.deferLater(
             reactor, 0, agent.request, b"POST", url, None, BytesProducer(b"b" * 1024))
@@ -166,5 +166,5 @@ class AbandonTests(TestCase):
 
 
 def _read(response: Any) -> Any:
-    from mterelay.bodies import read_limited
+    from mterelay.http.bodies import read_limited
     return read_limited(response, 1 << 20).addCallback(lambda result: result[0])

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mterelay.config import SETTINGS, load_config
+from mterelay.service.config import SETTINGS, load_config
 from mterelay.store.redisurl import parse_redis_url
 from tests.support import MemoryRelay, json_of
 

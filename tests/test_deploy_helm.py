@@ -25,7 +25,7 @@ import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import mterelay
-from mterelay.config import SETTINGS, load_config, parse_yaml
+from mterelay.service.config import SETTINGS, load_config, parse_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "helm", "mterelay")

@@ -24,7 +24,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mterelay.config import load_config
+from mterelay.service.config import load_config
 from tests.support import SECRET, VENV_BIN, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import jsonschema
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.emf import (
+from mterelay.service.emf import (
     METRIC_UNITS,
     EmfReporter,
     emf_dimensions,
@@ -19,7 +19,7 @@ from mterelay.emf import (
     emf_line,
     line_writer,
 )
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 
 # The EMF specification's constraints on a document, as a JSON Schema.
 UNITS = ("Seconds|Microseconds|Milliseconds|Bytes|Kilobytes|Megabytes|Gigabytes|Terabytes|"

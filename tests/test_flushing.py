@@ -12,14 +12,14 @@ from twisted.web.client import ResponseDone
 
 from mterelay.client.bodies import SealingProducer
 from mterelay.client.messages import SealOptions, open_response, seal_request
-from mterelay.flushing import TurnCoalescer
+from mterelay.http.flushing import TurnCoalescer
 from mterelay.protocol.errors import DecodeFailed
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import Direction, MessageCipher
-from mterelay.upstream import StreamIdle, stream_body
+from mterelay.http.upstream import StreamIdle, stream_body
 from mterelay.web.inbound import SealingWriter
-from mterelay.timing import Stopwatch
+from mterelay.http.timing import Stopwatch
 from tests.clientsupport import paired_keys
 
 

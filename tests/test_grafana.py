@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "mterelay.json"
 DATASOURCE = "${datasource}"

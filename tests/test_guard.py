@@ -18,8 +18,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mterelay.config import ConfigError
-from mterelay.metrics import RelayMetrics
+from mterelay.service.config import ConfigError
+from mterelay.service.metrics import RelayMetrics
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.site import RelaySite
 from tests.support import relay_config

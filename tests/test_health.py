@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 from mterelay.store.interface import StoreLimits, StoreUnavailable
 from mterelay.store.memory import MemoryPairStore
 from mterelay.web.health import OperationsResource, Readiness

@@ -531,7 +531,7 @@ class AbandonedExchangeTests(SynchronousTestCase):
         from twisted.logger import LogLevel, globalLogPublisher
         from twisted.web.test.requesthelper import DummyRequest
 
-        from mterelay.upstream import UpstreamError
+        from mterelay.http.upstream import UpstreamError
         from mterelay.web.inbound import Exchange
 
         events: list[dict[str, Any]] = []

@@ -28,7 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mterelay.http.leanclient import LeanAgent, LeanPool
-from mterelay.nodelay import NoDelayEndpointFactory
+from mterelay.http.nodelay import NoDelayEndpointFactory
 
 
 # --------------------------------------------------------------------------- server
@@ -516,7 +516,7 @@ class LeanBehaviourTests(BehaviourMixin, ServerCase):
 
 
 class LeanPoolTests(ServerCase):
-    """The pool rules of mterelay.connections, on LeanPool."""
+    """The pool rules of mterelay.http.connections, on LeanPool."""
 
     kind = "lean"
 

@@ -13,9 +13,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.syslog import SyslogObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mterelay.config import ConfigError
-from mterelay.logs import LogDestination, LogDestinationError, log_destination, syslog_observer
-from mterelay.tap import Options, twistd_log_destination
+from mterelay.service.config import ConfigError
+from mterelay.service.logs import LogDestination, LogDestinationError, log_destination, syslog_observer
+from mterelay.service.tap import Options, twistd_log_destination
 from tests.support import SECRET, VENV_BIN, free_port, relay_config
 
 
@@ -56,7 +56,7 @@ class DestinationTests(SynchronousTestCase):
             self.twistd_options(nodaemon=True, syslog=True, prefix="p"), config).kind, "syslog")
 
     def test_workers_follow_syslog(self) -> None:
-        from mterelay.tap import worker_log_argv
+        from mterelay.service.tap import worker_log_argv
 
         command = ["python", "-c", "run()", "-n", "--pidfile=", "mterelay", "--workers=2"]
         self.assertEqual(worker_log_argv(command, LogDestination("syslog", prefix="b")),
@@ -78,7 +78,7 @@ class FileObserverTests(SynchronousTestCase):
 
         from twisted.internet.task import Clock
 
-        from mterelay import tap
+        from mterelay.service import tap
 
         installed: dict[int, Any] = {}
         self.patch(tap.signal, "getsignal", lambda signum: None)
@@ -97,7 +97,7 @@ class FileObserverTests(SynchronousTestCase):
         self.assertIn(signal.SIGUSR1, installed)
 
     def test_unwritable_file_is_a_one_line_error(self) -> None:
-        from mterelay import tap
+        from mterelay.service import tap
 
         with self.assertRaises(ConfigError) as caught:
             tap.observer_for(relay_config(), LogDestination("file", "/nonexistent/dir/r.log"),

@@ -18,11 +18,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.connections import OriginAgent
-from mterelay.metrics import RelayMetrics
+from mterelay.http.connections import OriginAgent
+from mterelay.service.metrics import RelayMetrics
 from mterelay.web.paths import target_problem
 from mterelay.web.site import RelaySite
-from mterelay.web.streaming import StreamingRequest
+from mterelay.http.streaming import StreamingRequest
 from tests.support import MemoryRelay
 from tests.test_operations_integration import OperationsCase
 from tests.test_site import Connection, Response, parse_responses

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.logs import make_observer
+from mterelay.service.logs import make_observer
 
 
 class ObserverTests(SynchronousTestCase):
@@ -131,7 +131,7 @@ class RequestIdLineTests(SynchronousTestCase):
         self.assertNotIn("request_id", second)
 
     def test_event_shared_with_other_observers_untouched(self) -> None:
-        from mterelay.logs import CachedTime, classic_text
+        from mterelay.service.logs import CachedTime, classic_text
 
         event = {"log_format": "hello {who}", "who": "you", "request_id": "rid-5",
                  "log_time": 0.0}
@@ -140,7 +140,7 @@ class RequestIdLineTests(SynchronousTestCase):
         self.assertEqual(event["log_format"], "hello {who}")
 
     def test_events_without_format_or_id(self) -> None:
-        from mterelay.logs import CachedTime, classic_text
+        from mterelay.service.logs import CachedTime, classic_text
 
         format_event = classic_text(CachedTime())
         self.assertTrue(format_event({"log_format": "hello", "log_time": 0.0}).endswith(
@@ -150,7 +150,7 @@ class RequestIdLineTests(SynchronousTestCase):
     def test_cached_time_follows_the_clock(self) -> None:
         from twisted.logger import formatTime
 
-        from mterelay.logs import CachedTime
+        from mterelay.service.logs import CachedTime
 
         cached = CachedTime()
         for when in (1000.2, 1000.9, 1001.0, 5000.5):
@@ -164,7 +164,7 @@ class PreRenderedTextTests(SynchronousTestCase):
     def event(self, text: str, **extra: object) -> dict:
         from twisted.logger import LogLevel
 
-        from mterelay.logs import TEXT
+        from mterelay.service.logs import TEXT
 
         event = {"log_format": "{" + TEXT + "}", TEXT: text, "log_level": LogLevel.info,
                  "log_namespace": "mterelay.access", "log_time": 1795254549.25}
@@ -174,7 +174,7 @@ class PreRenderedTextTests(SynchronousTestCase):
     def test_same_line_as_twisteds_classic_format(self) -> None:
         from twisted.logger import formatEventAsClassicLogText
 
-        from mterelay.logs import CachedTime, classic_text
+        from mterelay.service.logs import CachedTime, classic_text
 
         render = classic_text(CachedTime())
         for text in ("POST /x 200 1.5ms", "GET /{a}/{0} 404 0.1ms", "GET /%7B 200 3.0ms"):
@@ -187,7 +187,7 @@ class PreRenderedTextTests(SynchronousTestCase):
     def test_falls_back_for_failures_newlines_and_other_formats(self) -> None:
         from twisted.logger import formatEventAsClassicLogText
 
-        from mterelay.logs import TEXT, CachedTime, classic_text
+        from mterelay.service.logs import TEXT, CachedTime, classic_text
 
         render = classic_text(CachedTime())
         event = self.event("two\nlines")
@@ -202,7 +202,7 @@ class PreRenderedTextTests(SynchronousTestCase):
         self.assertEqual(formatEvent(self.event("GET /{x} 200 1.0ms")), "GET /{x} 200 1.0ms")
 
     def test_json_message(self) -> None:
-        from mterelay.logs import TEXT
+        from mterelay.service.logs import TEXT
 
         stream = io.StringIO()
         log = Logger(namespace="mterelay.access", observer=make_observer("info", "json", stream))

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay import __version__
-from mterelay.metrics import (
+from mterelay.service.metrics import (
     CRYPTO_KINDS,
     LATENCY_BUCKETS,
     MAX_REASONS,

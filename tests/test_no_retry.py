@@ -17,8 +17,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import RequestNotSent, ResponseNeverReceived
 
-from mterelay.bodies import read_limited
-from mterelay.connections import OriginAgent, persistent_agent
+from mterelay.http.bodies import read_limited
+from mterelay.http.connections import OriginAgent, persistent_agent
 
 
 class DiesOnSecond(Protocol):

@@ -1,4 +1,4 @@
-"""TCP_NODELAY on the relay's own connections (mterelay.nodelay), over real loopback sockets."""
+"""TCP_NODELAY on the relay's own connections (mterelay.http.nodelay), over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from mterelay.connections import persistent_agent
-from mterelay.nodelay import NoDelayEndpoint
+from mterelay.http.connections import persistent_agent
+from mterelay.http.nodelay import NoDelayEndpoint
 from mterelay.web.site import RelaySite
 
 
@@ -65,7 +65,7 @@ class EndpointChoiceTests(TestCase):
     def endpoint(self, url: bytes) -> Any:
         from twisted.web.client import URI
 
-        from mterelay.nodelay import NoDelayEndpointFactory
+        from mterelay.http.nodelay import NoDelayEndpointFactory
 
         return NoDelayEndpointFactory(reactor, 5).endpointForURI(URI.fromBytes(url)).inner
 

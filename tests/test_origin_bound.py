@@ -16,10 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from mterelay.client import RelayClient
-from mterelay.connections import is_closing
+from mterelay.http.connections import is_closing
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.outbound import MAX_REMEMBERED_ORIGINS
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite

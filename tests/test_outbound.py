@@ -18,11 +18,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from mterelay.outboundrules import Refused, seal_choices, token_matches, upstream_origin
+from mterelay.web.outboundrules import Refused, seal_choices, token_matches, upstream_origin
 from mterelay.protocol.header import RelayHeader
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from tests.clientsupport import ClientHarness, SilentAgent
 from tests.support import RecordingUpstream, relay_config
@@ -375,7 +375,7 @@ class AbandonedRequestTests(SynchronousTestCase):
         from twisted.web.test.requesthelper import DummyRequest
 
         from mterelay.client import SealOptions
-        from mterelay.outboundrules import parse_origin
+        from mterelay.web.outboundrules import parse_origin
         from mterelay.web.outbound import _Exchange
 
         events: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ from twisted.web.server import Site
 
 import treq
 
-from mterelay.bodies import BytesProducer
+from mterelay.http.bodies import BytesProducer
 from mterelay.client import RelayClient
 from mterelay.protocol.errors import DecodeFailed
 from tests.rewriter import RewiredRelays

@@ -18,7 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from mterelay.bodies import BytesProducer
+from mterelay.http.bodies import BytesProducer
 from mterelay.client import RelayClient
 from tests.rewriter import RewiredRelays, add
 from tests.support import RecordingUpstream, relay_config

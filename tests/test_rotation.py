@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.outboundrules import token_matches
+from mterelay.web.outboundrules import token_matches
 from mterelay.store.atrest import SecretSealer
 from tests.support import SECRET, relay_config
 
@@ -43,7 +43,7 @@ class StateSecretRotationTests(SynchronousTestCase):
     def test_redis_store_opens_pairs_sealed_before_the_rotation(self) -> None:
         from twisted.internet import reactor
 
-        from mterelay.tap import store_for
+        from mterelay.service.tap import store_for
 
         config = relay_config(REDIS_URL="redis://127.0.0.1:1", STATE_SECRET=NEW,
                               STATE_SECRET_PREVIOUS=OLD)

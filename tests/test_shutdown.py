@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay.shutdown import Drainer, DrainSummary
+from mterelay.service.shutdown import Drainer, DrainSummary
 
 
 class FakeSite:

@@ -25,10 +25,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 from mterelay.store.memory import MemoryPairStore
-from mterelay.tap import store_limits
-from mterelay.upstream import UpstreamForwarder
+from mterelay.service.tap import store_limits
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import REQUEST_ID_HEADER, RelaySite, request_id_for
 from tests.support import relay_config

@@ -85,7 +85,7 @@ class SlotTests(SynchronousTestCase):
             parse_redis_url("redis+sentinel://h")
 
     def test_config_validates_cluster_settings(self):
-        from mterelay.config import ConfigError, load_config
+        from mterelay.service.config import ConfigError, load_config
 
         base = {"UPSTREAM": "http://127.0.0.1:9", "CLIENT_ID_SECRET": "s" * 40}
         config = load_config({**base, "REDIS_URL": "rediss+cluster://u:pw@cfg:6379"})

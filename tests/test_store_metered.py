@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mterelay.metrics import RelayMetrics
+from mterelay.service.metrics import RelayMetrics
 from mterelay.protocol.replay import Verdict
 from mterelay.store.interface import (IPairStore, PairExists, StoreLimits, StoreUnavailable,
                                       pair_generation)

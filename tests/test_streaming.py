@@ -12,10 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from mterelay.store.memory import MemoryPairStore
-from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone
+from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone
 from tests.support import relay_config
 
 

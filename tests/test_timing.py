@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mterelay import timing
-from mterelay.metrics import RelayMetrics
-from mterelay.timing import Stopwatch, crypto_stopwatch
+from mterelay.http import timing
+from mterelay.service.metrics import RelayMetrics
+from mterelay.http.timing import Stopwatch, crypto_stopwatch
 
 
 class FakeCounter:

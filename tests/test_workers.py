@@ -24,9 +24,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mterelay.config import SETTINGS
-from mterelay.tap import Options
-from mterelay.workers import (
+from mterelay.service.config import SETTINGS
+from mterelay.service.tap import Options
+from mterelay.service.workers import (
     METRICS_DIR_ENV,
     WORKER_INDEX_ENV,
     WORKER_PARENT_ENV,
@@ -48,7 +48,7 @@ class DefaultBacklogTests(SynchronousTestCase):
     """Listeners queue 511 pending connections unless LISTEN names a backlog."""
 
     def test_added_to_tcp_and_tls(self) -> None:
-        from mterelay.workers import with_default_backlog
+        from mterelay.service.workers import with_default_backlog
 
         self.assertEqual(with_default_backlog("tcp:8080"), "tcp:8080:backlog=511")
         self.assertEqual(with_default_backlog("tcp6:8080:interface=\\:\\:1"),
@@ -57,7 +57,7 @@ class DefaultBacklogTests(SynchronousTestCase):
                          "ssl:8443:privateKey=k.pem:backlog=511")
 
     def test_kept_when_given_or_not_tcp(self) -> None:
-        from mterelay.workers import with_default_backlog
+        from mterelay.service.workers import with_default_backlog
 
         for description in ("tcp:8080:backlog=10", "tcp:port=8080:backlog=4096",
                             "unix:/run/mterelay.sock", "systemd:domain=INET:index=0"):
@@ -71,7 +71,7 @@ class DefaultBacklogTests(SynchronousTestCase):
         from twisted.internet.endpoints import serverFromString
         from twisted.internet.protocol import Factory, Protocol
 
-        from mterelay.workers import with_default_backlog
+        from mterelay.service.workers import with_default_backlog
 
         if shutil.which("ss") is None:
             raise self.skipTest("ss (iproute2) is not installed")

@@ -24,12 +24,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from mterelay.bodies import BytesProducer, discard, read_limited
-from mterelay.flushing import TurnCoalescer
+from mterelay.http.bodies import BytesProducer, discard, read_limited
+from mterelay.http.flushing import TurnCoalescer
 from mterelay.protocol.errors import DecodeFailed, RelayError
 from mterelay.protocol.records import RecordOpener, RecordSealer
 from mterelay.protocol.sealing import BodyOpener, BodySealer
-from mterelay.timing import Stopwatch
+from mterelay.http.timing import Stopwatch
 
 __all__ = ["READ_SIZE", "BodyData", "body_data", "SealingProducer", "BytesProducer",
            "OpeningProtocol", "read_limited", "discard"]

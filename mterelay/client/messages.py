@@ -15,13 +15,14 @@ from typing import Any, Union
 import attrs
 from twisted.web.http_headers import Headers
 
+from mterelay.http import names
 from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
 from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
                                       RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
-from mterelay.upstream import HOP_BY_HOP
+from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, single_value
 
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
@@ -29,17 +30,16 @@ __all__ = [
     "normalize_headers", "end_to_end", "seal_request", "open_response", "relay_error",
 ]
 
-RELAY_HEADER = "x-mte-relay"
-ITEM_HEADER = "x-mte-relay-eh"
-RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
-SEALED_CONTENT_TYPE = "application/octet-stream"
-CONTENT_TYPE = "content-type"
+RELAY_HEADER = names.text(names.RELAY_HEADER)
+ITEM_HEADER = names.text(names.ITEM_HEADER)
+RESPONSE_HEADERS_CONTROL = names.text(names.RESPONSE_HEADERS_CONTROL)
+SEALED_CONTENT_TYPE = names.text(names.SEALED_CONTENT_TYPE)
+CONTENT_TYPE = names.text(names.CONTENT_TYPE)
 #: The values of ``upstreamReached`` / ``x-mte-upstream-reached`` (spec 10.1).
 REACHED_VALUES = ("no", "maybe")
 
 #: Never sent by the caller's choice: they describe one hop (the agent sets
 #: Host and the framing itself), and ``x-mte-*`` is the protocol's namespace.
-_HOP = frozenset(name.decode("ascii") for name in HOP_BY_HOP)
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
 
 #: ``[(lowercase name, value), ...]`` in field-line order.
@@ -47,16 +47,6 @@ HeaderList = list[tuple[str, str]]
 HeaderValue = Union[str, bytes, Sequence[Union[str, bytes]]]
 #: twisted ``Headers``, or a mapping of str/bytes names to values (like treq).
 HeadersInput = Union[Headers, Mapping[Any, HeaderValue], None]
-
-
-def _text(value: str | bytes) -> str:
-    """A header value as item text: UTF-8 when it is, else Latin-1 (lossless)."""
-    if isinstance(value, str):
-        return value
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        return bytes(value).decode("latin-1")
 
 
 def _name(name: str | bytes) -> str:
@@ -84,7 +74,7 @@ def normalize_headers(headers: HeadersInput) -> HeaderList:
         if isinstance(values, (str, bytes)):
             values = [values]
         for value in values:
-            result.append((_name(name), _text(value)))
+            result.append((_name(name), header_text(value)))
     return result
 
 
@@ -94,10 +84,7 @@ def end_to_end(headers: HeaderList) -> HeaderList:
     ``x-mte-*`` headers are the protocol's; the relay would drop them anyway
     (spec 8.3), so the client does not send what the caller cannot mean.
     """
-    drop = set(_HOP) | _FRAMING
-    for name, value in headers:
-        if name == "connection":
-            drop.update(token.strip().lower() for token in value.split(",") if token.strip())
+    drop = nominated_text(headers) | _FRAMING
     return [(n, v) for n, v in headers if n not in drop and not n.startswith("x-mte-")]
 
 
@@ -264,10 +251,13 @@ class OpenedResponse:
 
 
 def _single(headers: HeaderList, name: str) -> str:
-    values = [v for n, v in headers if n == name]
-    if len(values) != 1:
+    try:
+        value = single_value([v for n, v in headers if n == name], name)
+    except RepeatedHeader:
+        value = None
+    if value is None:
         raise DecodeFailed(f"response must carry exactly one {name} header")
-    return values[0]
+    return value
 
 
 def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: HeaderList,

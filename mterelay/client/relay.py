@@ -46,6 +46,7 @@ from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest,
                                       relay_error, seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
+from mterelay.http import names
 from mterelay.protocol.clientid import client_uuid, is_client_id
 from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, InvalidClientId,
                                       MalformedPairResponse, RelayError)
@@ -55,8 +56,10 @@ from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
-from mterelay.connections import persistent_agent
-from mterelay.timing import crypto_stopwatch
+from mterelay.http.connections import persistent_agent
+from mterelay.http.failures import wrapped
+from mterelay.http.timeouts import with_timeout
+from mterelay.http.timing import crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
 
@@ -66,8 +69,8 @@ log = Logger(namespace="mterelay.client")
 RETRY_REPAIR = frozenset({559, 560, 562, 563, 564})
 #: The client id was refused: validate again, re-pair, retry once.
 RETRY_REVALIDATE = 566
-RELAY_PATH = "/api/mte-relay"
-PAIR_PATH = "/api/mte-pair"
+RELAY_PATH = names.text(names.RELAY_PATH)
+PAIR_PATH = names.text(names.PAIR_PATH)
 #: The relay's answer to a pairing whose pairId is already a pair (spec 2, 10).
 PAIR_ID_IN_USE = 409
 #: A relay-made error is a small JSON object; read no more than this of it.
@@ -109,42 +112,21 @@ def split_url(url: str | bytes) -> tuple[str, str]:
     return f"{scheme}://{host}:{port}", quote(target, safe=_URL_SAFE)
 
 
-def with_timeout(d: "Deferred[Any]", seconds: float, clock: IReactorTime, what: str
-                 ) -> "Deferred[Any]":
-    """Cancel ``d`` after ``seconds``; it then fails with ``defer.TimeoutError``.
-
-    Unlike ``Deferred.addTimeout``, whatever the cancelled operation fails
-    with (ConnectingCancelledError, ResponseNeverReceived, ...) becomes the
-    TimeoutError, so callers see one error for one cause.
-    """
-    fired: list[bool] = []
-
-    def expire() -> None:
-        fired.append(True)
-        d.cancel()
-
-    timer = clock.callLater(seconds, expire)
-
-    def settle(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if fired and isinstance(result, Failure):
-            raise DeferredTimeout(f"{what}: no answer within {seconds:g} s")
-        return result
-
-    return d.addBoth(settle)
+def timed(d: "Deferred[Any]", seconds: float, clock: IReactorTime, what: str
+          ) -> "Deferred[Any]":
+    """Cancel ``d`` after ``seconds``; it then fails with ``defer.TimeoutError``."""
+    return with_timeout(d, seconds, clock,
+                        lambda: DeferredTimeout(f"{what}: no answer within {seconds:g} s"))
 
 
 def _agent_error(error: BaseException) -> BaseException:
     """Our own sealing error (561) out of the agent's RequestGenerationFailed."""
     if isinstance(error, RequestGenerationFailed):
-        for reason in error.reasons:
-            if reason.check(RelayError):
-                return reason.value
+        return wrapped(error, RelayError) or error
     return error
 
 
-class _Origin:
+class _PeerRelay:
     """The I/O half of one relay origin: validation and pairing requests."""
 
     def __init__(self, client: "RelayClient", origin: str) -> None:
@@ -158,7 +140,7 @@ class _Origin:
         self.fixed_path: str | None = None
 
     def _bounded(self, d: "Deferred[Any]", what: str) -> "Deferred[Any]":
-        return with_timeout(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
+        return timed(d, self.client.timeout or HANDSHAKE_TIMEOUT, self.client.reactor,
                             what)
 
     def validate(self) -> "Deferred[str]":
@@ -301,7 +283,7 @@ class RelayClient:
         if agent is None:
             agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent
-        self._origins: OrderedDict[str, _Origin] = OrderedDict()
+        self._origins: OrderedDict[str, _PeerRelay] = OrderedDict()
 
     def close(self) -> "Deferred[None]":
         """Close the cached connections of the client's own pool."""
@@ -313,15 +295,15 @@ class RelayClient:
         """The pair pool of ``url``'s relay origin (for inspection and tests)."""
         return self._origin(split_url(url)[0]).pool
 
-    def _origin(self, origin: str) -> _Origin:
+    def _origin(self, origin: str) -> _PeerRelay:
         state = self._origins.get(origin)
         if state is not None:
             self._origins.move_to_end(origin)
             return state
-        state = self._origins[origin] = _Origin(self, origin)
+        state = self._origins[origin] = _PeerRelay(self, origin)
         while len(self._origins) > self.max_origins:
             evicted, _ = self._origins.popitem(last=False)
-            # Requests in flight keep their _Origin; the pairs die with it.
+            # Requests in flight keep their _PeerRelay; the pairs die with it.
             forget = getattr(self.agent, "forget_origin", None)
             if forget is not None:
                 forget(evicted.encode("ascii"))
@@ -361,7 +343,7 @@ class RelayClient:
         done = ensureDeferred(self._request(method_text, url, headers, data,
                                             options or self.options))
         if self.timeout is not None:
-            done = with_timeout(done, self.timeout, self.reactor, "request")
+            done = timed(done, self.timeout, self.reactor, "request")
         return done
 
     def get(self, url: str | bytes, **kwargs: Any) -> "Deferred[IResponse]":

@@ -17,6 +17,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IClientRequest, IResponse
 from zope.interface import implementer
 
+from mterelay.http.bodies import Still
+
 __all__ = ["RelayResponse", "PlainRequest", "deliver_bytes"]
 
 
@@ -75,22 +77,11 @@ class RelayResponse:
         return f"<RelayResponse {self.code} {kind}>"
 
 
-class _NoTransport:
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def deliver_bytes(data: bytes) -> Callable[[Any], None]:
     """A body already read and opened (empty bodies, bodyEnc=0 answers)."""
 
     def deliver(protocol: Any) -> None:
-        protocol.makeConnection(_NoTransport())
+        protocol.makeConnection(Still())
         if data:
             protocol.dataReceived(data)
         protocol.connectionLost(Failure(ResponseDone("no more body")))

@@ -8,7 +8,7 @@ connections, so most of that is avoidable.  :class:`LeanAgent` is an
 relay's code cannot tell them apart, with the parsing done by ``httptools``
 (the llhttp bindings, C speed).
 
-It keeps the pool rules of :mod:`mterelay.connections`:
+It keeps the pool rules of :mod:`mterelay.http.connections`:
 
 * a connection that is closing (or received a byte it did not ask for) is
   never handed out again;
@@ -867,8 +867,8 @@ class LeanAgent:
 
 def lean_agent(reactor: Any, size: int, idle_timeout: float,
                connect_timeout: float) -> tuple[LeanAgent, LeanPool]:
-    """The drop-in for :func:`mterelay.connections.persistent_agent` (same arguments)."""
-    from mterelay.nodelay import NoDelayEndpointFactory
+    """The drop-in for :func:`mterelay.http.connections.persistent_agent` (same arguments)."""
+    from mterelay.http.nodelay import NoDelayEndpointFactory
     pool = LeanPool(reactor, size, idle_timeout)
     return LeanAgent(reactor, NoDelayEndpointFactory(reactor, connect_timeout), pool), pool
 

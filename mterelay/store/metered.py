@@ -16,15 +16,17 @@ failing.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mterelay.metrics import RelayMetrics
 from mterelay.store.interface import IPairStore, PairExists, StoreLimits, StoreUnavailable
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.metrics import RelayMetrics
 
 __all__ = ["MeteredStore"]
 

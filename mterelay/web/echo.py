@@ -13,9 +13,10 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from mterelay.http.names import ECHO_PATH
 from mterelay.web.responses import error_body, json_body
 
-PREFIX = b"/api/mte-echo"
+PREFIX = ECHO_PATH
 
 
 def is_echo_path(path: bytes) -> bool:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import json
 import resource
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel
 
-from mterelay.metrics import RelayMetrics
+from mterelay.http.twistedinternals import NegotiatingChannelBase, inner_channel, schedule_abort
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.metrics import RelayMetrics
 
 log = Logger(namespace="mterelay.guard")
 
@@ -231,8 +234,7 @@ class GuardedHTTPChannel(HTTPChannel):
     def _close_with_abort(self) -> None:
         # A client that stops reading must not keep the socket: abort after
         # abortTimeout like Twisted's own idle timeout does.
-        if self.abortTimeout is not None and self._abortingCall is None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        schedule_abort(self)
         self.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
@@ -240,7 +242,7 @@ class GuardedHTTPChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
-class NegotiatingChannel(_GenericHTTPChannelProtocol):
+class NegotiatingChannel(NegotiatingChannelBase):
     """Twisted's protocol-negotiating wrapper, told when HTTP/2 takes over.
 
     With ALPN ``h2`` the wrapper replaces the HTTP/1.1 channel by an
@@ -259,12 +261,12 @@ class NegotiatingChannel(_GenericHTTPChannelProtocol):
         # HTTP/1.1 channel, which HTTP/2 replaces: the site never heard of the
         # close, and every h2 connection stayed counted for ever (the drain
         # waited out its grace, the connection cap filled up).
-        self._channel.connectionLost(reason)
+        inner_channel(self).connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
-        before = self._channel
+        before = inner_channel(self)
         super().dataReceived(data)
-        after = self._channel
+        after = inner_channel(self)
         if after is not before:
             if isinstance(before, GuardedHTTPChannel):
                 before._cancel_deadline()
@@ -272,7 +274,7 @@ class NegotiatingChannel(_GenericHTTPChannelProtocol):
             after.mterelay_outer = getattr(before, "mterelay_outer", self)
 
 
-def guarded_channel_factory(factory: Any = None) -> _GenericHTTPChannelProtocol:
+def guarded_channel_factory(factory: Any = None) -> NegotiatingChannelBase:
     """``Site.protocol``: Twisted's protocol-negotiating wrapper around a guarded channel."""
     return NegotiatingChannel(GuardedHTTPChannel())
 

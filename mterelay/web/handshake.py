@@ -20,6 +20,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from mterelay.http.headers import single_value
+from mterelay.http.names import RELAY_HEADER
+from mterelay.http.exchange import finish_with
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
                                       RELAY_FRAMINGS)
@@ -33,11 +36,10 @@ from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
 from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
                                     unlogged_error_body)
 from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
-from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
 
 log = Logger(namespace="mterelay.pairing")
 
-RELAY_HEADER = b"x-mte-relay"
 #: A request entry is about 3.5 KB of base64url; leave room for whitespace.
 BYTES_PER_ENTRY = 6 * 1024
 #: Bytes per entry assumed before the body is read: compact or indented JSON
@@ -47,12 +49,7 @@ ESTIMATE_BYTES_PER_ENTRY = 4 * 1024
 
 def single_header(request: IRequest, name: bytes) -> bytes | None:
     """The header's only value; a repeated header is treated as malformed (ValueError)."""
-    values = request.requestHeaders.getRawHeaders(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ValueError(f"{name.decode('ascii')} sent more than once")
-    return values[0]
+    return single_value(request.requestHeaders.getRawHeaders(name), name)
 
 
 def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:
@@ -146,19 +143,19 @@ class PairRoute:
         try:
             body = await read_body(request, limit)
         except BodyTooLarge:
-            _finish(request, _too_large(request, limit))
+            finish_with(request, _too_large(request, limit))
             return
         except ClientGone:
             return
         try:
             count = len(parse_pair_requests(body, self.max_entries))
         except MalformedPairRequest as error:
-            _finish(request, error_body(request, 400, "Malformed pair request.",
+            finish_with(request, error_body(request, 400, "Malformed pair request.",
                                         error.reason, field=error.field))
             return
         refusal = self.admission.admit(source, client, count)
         if refusal is not None:
-            _finish(request, self._refuse(request, refusal, source))
+            finish_with(request, self._refuse(request, refusal, source))
             return
         try:
             await self._admitted(request, client, body)
@@ -169,11 +166,11 @@ class PairRoute:
         try:
             entries, pair_keys = respond_all(client, body, self.max_entries)
         except MalformedPairRequest as error:
-            _finish(request, error_body(request, 400, "Malformed pair request.",
+            finish_with(request, error_body(request, 400, "Malformed pair request.",
                                         error.reason, field=error.field))
             return
         except RelayError as error:  # 567: unsupported version
-            _finish(request, relay_error(request, error))
+            finish_with(request, relay_error(request, error))
             return
         blobs = [keys.to_bytes() for keys in pair_keys]
         if not await self._store_all(request, client, pair_keys, blobs):
@@ -183,7 +180,7 @@ class PairRoute:
         log.info("paired {count} pair(s)", count=len(pair_keys), request_id=request_id(request))
         if self.metrics is not None:
             self.metrics.pair_created("inbound", len(pair_keys))
-        _finish(request, json_body(request, 200, entries))
+        finish_with(request, json_body(request, 200, entries))
 
     async def _store_all(self, request: IRequest, client: str, pair_keys: list[PairKeys],
                          blobs: list[bytes]) -> bool:
@@ -207,7 +204,7 @@ class PairRoute:
                             for index in created], consumeErrors=True)
         taken = [index for index, failure in failures if failure.check(PairExists)]
         if taken:
-            _finish(request, error_body(
+            finish_with(request, error_body(
                 request, 409, "Pair id in use",
                 f"pairId of entry {taken[0]} is already in use; pair with new ids "
                 "(nothing was stored)", field=f"[{taken[0]}].pairId"))
@@ -217,13 +214,13 @@ class PairRoute:
                  request_id=request_id(request))
         if not cause.check(StoreUnavailable):
             log.failure("pair store failed", cause, request_id=request_id(request))
-        _finish(request, error_body(request, 503, "Pair store unavailable",
+        finish_with(request, error_body(request, 503, "Pair store unavailable",
                                     "the relay cannot store pairs right now; retry"))
         return False
 
     def _crashed(self, failure: Failure, request: IRequest) -> None:
         log.failure("pairing failed", failure, request_id=request_id(request))
-        _finish(request, error_body(request, 500, "Internal error", "pairing failed"))
+        finish_with(request, error_body(request, 500, "Internal error", "pairing failed"))
 
 
 def _too_large(request: IRequest, limit: int) -> bytes:
@@ -231,9 +228,4 @@ def _too_large(request: IRequest, limit: int) -> bytes:
                       f"the body must be at most {limit} bytes", field="$")
 
 
-def _finish(request: IRequest, body: bytes) -> None:
-    if getattr(request, "_disconnected", False) or request.finished:
-        return
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(body)
-    request.finish()
+

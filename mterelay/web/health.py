@@ -16,7 +16,7 @@ curl loop) costs Redis one PING and never hangs a probe.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import (
     Deferred,
@@ -31,9 +31,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.metrics import RelayMetrics
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.web.responses import error_body, json_body
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.metrics import RelayMetrics
 
 __all__ = ["OperationsResource", "Readiness", "ReadinessCheck"]
 

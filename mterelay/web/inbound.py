@@ -11,7 +11,7 @@ never completed.
 
 Record framing (MKR, spec 7.2) is what live streams need: each piece of the
 upstream's answer is sealed and written as it arrives (what arrives in one
-reactor turn together, :mod:`mterelay.flushing`), and each record of a
+reactor turn together, :mod:`mterelay.http.flushing`), and each record of a
 request body is opened and sent upstream the moment it is complete.
 """
 
@@ -27,9 +27,15 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from mterelay.bodies import BytesProducer, abandon, drain, read_limited
-from mterelay.config import RoutePattern, matches_any
-from mterelay.flushing import TurnCoalescer
+from mterelay.http.bodies import (BytesProducer, abandon, declared_length, read_and_drop,
+                                  read_limited)
+from mterelay.http.headers import request_id_for
+from mterelay.http.exchange import Exchange as BaseExchange
+from mterelay.http.flushing import TurnCoalescer
+from mterelay.http.refusal import Refused
+from mterelay.http import names
+from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
+                                 SEALED_CONTENT_TYPE, URL_TOKEN_HEADER, text)
 from mterelay.protocol.clientid import verify_client_id
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
@@ -44,25 +50,20 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
                                        sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
-from mterelay.timing import Stopwatch, crypto_stopwatch
-from mterelay.upstream import (HOP_BY_HOP, UpstreamError, UpstreamForwarder, hop_by_hop_names,
-                               stream_body)
-from mterelay.web.passthrough import forwarded_for, request_body
+from mterelay.http.timing import Stopwatch, crypto_stopwatch
+from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
+                                   single_value)
+from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for, stream_body
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
-from mterelay.web.h2 import request_has_body as h2_request_has_body
-from mterelay.web.site import request_id_for
-from mterelay.web.streaming import BodyTooLarge, ClientGone, read_body
+from mterelay.web.routes import RoutePattern, matches_any
+from mterelay.http.h2 import request_has_body as h2_request_has_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, request_body
 
 log = Logger(namespace="mterelay.inbound")
 
-RELAY_HEADER = b"x-mte-relay"
-ITEM_HEADER = b"x-mte-relay-eh"
-URL_TOKEN_HEADER = URL_HEADER.encode("ascii")
-FIXED_TARGET = FIXED_PATH.encode("ascii")
-RESPONSE_HEADERS_CONTROL = "x-mte-response-headers"
-SEALED_CONTENT_TYPE = b"application/octet-stream"
+FIXED_TARGET = names.FIXED_PATH
 #: MTE bodies are one AES-GCM item, so they are held whole in memory; bigger
 #: bodies must use MKE framing (streamed, unlimited).
 MTE_BODY_LIMIT = 64 * 1024 * 1024
@@ -71,18 +72,11 @@ ALWAYS_SEALED = frozenset({"content-type", "cache-control"})
 #: The clear Cache-Control of every sealed answer: no shared cache may keep a
 #: response only its own client can open (spec 14).
 NO_STORE = b"no-store"
+RESPONSE_HEADERS_CONTROL_TEXT = text(RESPONSE_HEADERS_CONTROL)
 #: Request headers never taken from the sealed item (they describe this hop).
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
 NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
-
-
-class _Refused(Exception):
-    """A request refused before or outside the protocol's 55x codes."""
-
-    def __init__(self, status: int, message: str, reason: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason, self.extra = status, message, reason, extra
 
 
 def has_body(headers: Headers) -> bool:
@@ -100,19 +94,11 @@ def request_has_body(request: IRequest) -> bool:
     """:func:`has_body` of a received request, HTTP/2's streamed bodies included.
 
     An HTTP/2 body streamed by its client has neither Content-Length nor
-    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.web.h2`
+    Transfer-Encoding (HTTP/2 has no chunked coding); :mod:`mterelay.http.h2`
     decides from the stream.
     """
     h2 = h2_request_has_body(request)
     return has_body(request.requestHeaders) if h2 is None else h2
-
-
-def declared_length(headers: Headers) -> int | None:
-    """The request's Content-Length when it has a single valid one."""
-    values = headers.getRawHeaders(b"content-length", [])
-    if len(values) != 1 or not values[0].strip().isdigit():
-        return None
-    return int(values[0].strip())
 
 
 def parse_response_selection(value: str | None) -> frozenset[str] | None:
@@ -133,22 +119,14 @@ def response_selection(clear: Headers, sealed: dict[str, list[str]],
     client seals its choice, so a clear one was added on the way, and taking
     it would let an on-path attacker have the response headers sent in clear.
     """
-    if RESPONSE_HEADERS_CONTROL in sealed:
-        return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL]))
+    if RESPONSE_HEADERS_CONTROL_TEXT in sealed:
+        return parse_response_selection(",".join(sealed[RESPONSE_HEADERS_CONTROL_TEXT]))
     if headers_enc:
         return None
-    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL.encode("ascii"))
+    values = clear.getRawHeaders(RESPONSE_HEADERS_CONTROL)
     if values:
-        return parse_response_selection(",".join(_text(value) for value in values))
+        return parse_response_selection(",".join(header_text(value) for value in values))
     return None
-
-
-def _text(value: bytes) -> str:
-    """Header bytes as item text: UTF-8 when it is, else Latin-1 (lossless)."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
 
 
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
@@ -187,7 +165,7 @@ def split_response_headers(headers: Headers, selection: frozenset[str] | None
             continue
         text = lower.decode("ascii", "replace")
         if selection is None or text in selection:
-            sealed.setdefault(text, []).extend(_text(value) for value in values)
+            sealed.setdefault(text, []).extend(header_text(value) for value in values)
         else:
             clear.extend((lower, value) for value in values)
     return sealed, clear
@@ -346,7 +324,7 @@ class InboundProxy:
             target = wire_target(request, header)
         except RelayError as error:
             return relay_error(request, error)
-        except _Refused as refused:
+        except Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
         Exchange(self, request, header, token, client, target).start()
@@ -354,30 +332,29 @@ class InboundProxy:
 
     def _check(self, request: IRequest) -> tuple[RelayHeader, bytes, str]:
         headers = request.requestHeaders
-        values = headers.getRawHeaders(RELAY_HEADER, [])
-        if not values:
-            raise MissingHeader("x-mte-relay header is required")
-        if len(values) > 1:
-            raise MalformedHeader("x-mte-relay sent more than once")
-        header = RelayHeader.parse(values[0])
-        tokens = headers.getRawHeaders(ITEM_HEADER, [])
-        if not tokens:
+        try:
+            value = single_value(headers.getRawHeaders(RELAY_HEADER), RELAY_HEADER)
+            if value is None:
+                raise MissingHeader("x-mte-relay header is required")
+            header = RelayHeader.parse(value)
+            token = single_value(headers.getRawHeaders(ITEM_HEADER), ITEM_HEADER)
+        except RepeatedHeader as repeated:
+            raise MalformedHeader(str(repeated)) from None
+        if token is None:
             raise MissingHeader("x-mte-relay-eh header is required")
-        if len(tokens) > 1:
-            raise MalformedHeader("x-mte-relay-eh sent more than once")
         body = request_has_body(request)
         if body and not header.body_enc:
-            raise _Refused(400, "Bad request",
+            raise Refused(400, "Bad request",
                            "a request body must be sealed (bodyEnc=1); clear bodies are refused")
         length = declared_length(headers)
         if header.body_enc and length is not None:
             if header.mode == MODE_MTE and length > self.mte_body_limit:
-                raise _Refused(413, "Payload too large",
+                raise Refused(413, "Payload too large",
                                f"an MTE body may be at most {self.mte_body_limit} sealed bytes;"
                                " use MKE framing for larger bodies")
             check_sealed_length(length, header.mode)  # impossible sizes: 562
         client = verify_client_id(header.client_id, self.secrets)
-        return header, tokens[0], client
+        return header, token, client
 
 
 def wire_target(request: IRequest, header: RelayHeader) -> bytes:
@@ -397,7 +374,7 @@ def wire_target(request: IRequest, header: RelayHeader) -> bytes:
     if not header.url_enc:
         raise MalformedHeader(f"{FIXED_PATH} carries only sealed urls (urlEnc=1)")
     if request.uri != FIXED_TARGET:
-        raise _Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
+        raise Refused(400, "Bad request", f"{FIXED_PATH} takes no query")
     if not tokens:
         raise MissingHeader(f"{URL_HEADER} header is required on {FIXED_PATH}")
     if len(tokens) > 1:
@@ -405,7 +382,7 @@ def wire_target(request: IRequest, header: RelayHeader) -> bytes:
     return b"/" + tokens[0].strip(b" \t")
 
 
-class Exchange:
+class Exchange(BaseExchange):
     """One encrypted request, from its pair lookup to the sealed answer."""
 
     #: Set when the upstream request is started: from then on an error
@@ -414,33 +391,17 @@ class Exchange:
 
     def __init__(self, proxy: InboundProxy, request: IRequest, header: RelayHeader,
                  token: bytes, client: str, target: bytes | None = None) -> None:
+        super().__init__(request)
         self.proxy = proxy
-        self.request = request
         #: What the headers item is bound to: the wire target, or "/" + the
         #: x-mte-relay-url token on the fixed path.
         self.target = request.uri if target is None else target
         self.header = header
         self.token = token
         self.client = client
-        self.gone = False
-        self.upstream: Deferred[IResponse] | None = None
-        #: The upstream body being streamed to the client (cancel: close it).
-        self.streaming: Deferred[None] | None = None
         self.selection: frozenset[str] | None = None
         self.decoding = crypto_stopwatch(proxy.metrics, "request_decode")
         self.encoding = crypto_stopwatch(proxy.metrics, "response_encode")
-
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._client_gone)
-        ensureDeferred(self.run()).addErrback(self._crashed)
-
-    def _client_gone(self, _: Failure) -> None:
-        self.gone = True
-        if self.upstream is not None:
-            self.upstream.cancel()
-        if self.streaming is not None:
-            # A live stream's client left: end the upstream request too.
-            self.streaming.cancel()
 
     def answer_error(self, status: int, message: str, reason: str | None = None,
                      upstream_reached: str = NOT_REACHED, logged: bool = False,
@@ -450,12 +411,6 @@ class Exchange:
             self._send(answer(self.request, status, message, reason, upstream_reached,
                               **extra))
 
-    def _send(self, body: bytes) -> None:
-        if self.gone or self.request.finished:
-            return
-        self.request.setHeader(b"content-length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
 
     def _reached(self, error: BaseException | None = None) -> str:
         """``upstreamReached`` of an error answer (spec 10.1).
@@ -476,7 +431,7 @@ class Exchange:
             await self._exchange()
         except RelayError as error:
             self._send(relay_error(self.request, error, self._reached(error)))
-        except _Refused as refused:
+        except Refused as refused:
             self.answer_error(refused.status, refused.message, refused.reason,
                               self._reached(refused), **refused.extra)
         except StoreUnavailable as error:
@@ -588,10 +543,10 @@ class Exchange:
         path = target.split(b"?", 1)[0]
         problem = path_problem(path)
         if problem:
-            raise _Refused(400, "Bad request", problem)
+            raise Refused(400, "Bad request", problem)
         routes = self.proxy.mte_routes
         if routes is not None and not matches_any(routes, path.decode("latin-1")):
-            raise _Refused(404, "Not found", "route is not in MTE_ROUTES")
+            raise Refused(404, "Not found", "route is not in MTE_ROUTES")
         return target
 
     def _declared_length(self, sealed: dict[str, list[str]]) -> int | None:
@@ -604,7 +559,7 @@ class Exchange:
         values = sealed.get(BODY_LENGTH_CONTROL)
         if values is None and not self.header.headers_enc:
             raw = self.request.requestHeaders.getRawHeaders(BODY_LENGTH_CONTROL.encode(), None)
-            values = None if raw is None else [_text(value) for value in raw]
+            values = None if raw is None else [header_text(value) for value in raw]
         if values is None:
             return None
         if len(values) != 1:
@@ -670,16 +625,16 @@ class Exchange:
         outgoing = forwarder.outgoing_headers(merged, forwarded_for(request),
                                               request_id=request_id(request))
         self.forwarded = True
-        self.upstream = forwarder.forward(request.method, target, outgoing, body,
+        self.pending = forwarder.forward(request.method, target, outgoing, body,
                                           role="inbound")
         try:
-            response = await self.upstream
+            response = await self.pending
         except UpstreamError:
             if isinstance(body, OpeningProducer) and body.failure is not None:
                 raise body.failure from None
             raise
         finally:
-            self.upstream = None
+            self.pending = None
         if self.gone:
             abandon(response)
             return
@@ -704,14 +659,14 @@ class Exchange:
             sealed[BODY_LENGTH_CONTROL] = [str(response.length)]
         plain: bytes | None = None
         if no_body:
-            drain(response)
+            read_and_drop(response)
         elif mode == MODE_MTE:
             try:
                 plain, too_long = await read_limited(response, self.proxy.mte_body_limit)
             except Exception as error:  # the upstream connection broke mid-body
                 raise UpstreamError(f"upstream body interrupted: {error}") from None
             if too_long:
-                raise _Refused(502, "Upstream response too large",
+                raise Refused(502, "Upstream response too large",
                                f"a response above {self.proxy.mte_body_limit} bytes needs "
                                "streaming=1 (MKE framing)")
         item = self.encoding.time(cipher.seal_response_headers, sealed, status)
@@ -728,7 +683,7 @@ class Exchange:
             self.encoding.report()
             request.finish()
             return
-        headers.setRawHeaders(b"content-type", [SEALED_CONTENT_TYPE])
+        headers.setRawHeaders(CONTENT_TYPE, [SEALED_CONTENT_TYPE])
         if plain is not None:
             sealed_body = self.encoding.time(cipher.seal_body, plain)
             self.encoding.report()

@@ -3,7 +3,7 @@
 A request carrying ``x-mte-outbound-token`` is the local application asking
 this relay to act as its encrypting client (README, "Server-to-server").
 Nothing is sent anywhere unless the token is right and the control headers
-make sense (:mod:`mterelay.outboundrules`).  Then one shared
+make sense (:mod:`mterelay.web.outboundrules`).  Then one shared
 :class:`~mterelay.client.RelayClient` - one pool of MAX_POOL_SIZE pairs per
 remote origin, re-paired and re-validated by itself after a remote restart
 or secret change - seals the request, and the decrypted answer is streamed
@@ -26,7 +26,7 @@ twice: a 55x then reaches the application as a 502 naming the relay error.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -41,19 +41,22 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.bodies import abandon
+from mterelay.http.exchange import Exchange, finish_with
+from mterelay.http.failures import describe_failure
+from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.config import Config
-from mterelay.connections import persistent_agent
-from mterelay.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
+from mterelay.http.connections import peer_agent
+from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
-from mterelay.upstream import POOL_SIZE, copy_end_to_end, stream_body
-from mterelay.web.inbound import declared_length
+from mterelay.http.upstream import copy_end_to_end, stream_body
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
-from mterelay.web.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.config import Config
 
 __all__ = ["OutboundProxy", "REPLAYABLE_BODY", "MAX_PAIRS", "REACHED_HEADER", "reached"]
 
@@ -63,10 +66,6 @@ log = Logger(namespace="mterelay.outbound")
 REPLAYABLE_BODY = 1024 * 1024
 #: A RelayClient keeps at most 64 pairs per origin (one pairing request).
 MAX_PAIRS = 64
-#: Idle connections to a remote relay are closed by us before the load
-#: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
-#: connection the other side is closing (not retried for POST: a 502).
-IDLE_CONNECTION_TIMEOUT = 50
 #: Distinct allowed x-mte-upstream values remembered (see OutboundProxy._origin),
 #: and remote relays whose pairs and idle connections are kept (least recently
 #: used dropped first).
@@ -135,7 +134,7 @@ class OutboundProxy:
     def client(self) -> RelayClient:
         """The one RelayClient (pairs per remote origin), made when first needed."""
         if self._client is None:
-            agent = self._agent if self._agent is not None else remote_agent(self.clock)
+            agent = self._agent if self._agent is not None else peer_agent(self.clock)
             self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
                                        timeout=self.timeout, metrics=self.metrics,
                                        max_origins=MAX_REMEMBERED_ORIGINS)
@@ -193,38 +192,15 @@ class OutboundProxy:
         return headers
 
 
-def remote_agent(reactor: Any, pool_size: int = POOL_SIZE,
-                 connect_timeout: float = 10.0) -> IAgent:
-    """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
-    agent, _ = persistent_agent(reactor, pool_size, IDLE_CONNECTION_TIMEOUT, connect_timeout)
-    return agent
-
-
-class _Exchange:
+class _Exchange(Exchange):
     """One outbound request, from reading its body to the decrypted answer."""
 
     def __init__(self, proxy: OutboundProxy, request: IRequest, origin: Origin,
                  options: SealOptions) -> None:
+        super().__init__(request)
         self.proxy = proxy
-        self.request = request
         self.origin = origin
         self.options = options
-        self.gone = False
-        self.pending: Deferred[IResponse] | None = None
-        #: The decrypted answer being streamed to the application.
-        self.streaming: Deferred[None] | None = None
-
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._client_gone)
-        ensureDeferred(self.run()).addErrback(self._crashed)
-
-    def _client_gone(self, _: Failure) -> None:
-        self.gone = True
-        if self.pending is not None:
-            self.pending.cancel()
-        if self.streaming is not None:
-            # Close the connection to the remote relay: it ends its upstream stream.
-            self.streaming.cancel()
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("outbound request failed", failure, request_id=request_id(self.request))
@@ -238,9 +214,7 @@ class _Exchange:
         extra = {k: v for k, v in payload.items() if k not in ("error", "code", "reason")}
         body = json_body(self.request, status, error_payload(
             status, payload["error"], payload.get("reason"), upstream_reached, **extra))
-        self.request.setHeader(b"content-length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
+        finish_with(self.request, body)
 
     def _failed(self, status: int, message: str, reason: str,
                 upstream_reached: str = MAYBE_REACHED) -> None:
@@ -313,7 +287,7 @@ class _Exchange:
             self._failed(502, "Remote relay error", str(error)[:300], reached(error))
             return
         except _UNREACHABLE as error:
-            self._failed(502, "Remote relay unreachable", _describe(error), reached(error))
+            self._failed(502, "Remote relay unreachable", describe_failure(error), reached(error))
             return
         finally:
             self.pending = None
@@ -364,7 +338,7 @@ class _Exchange:
             # The remote relay's connection broke, or a chunk did not
             # authenticate: the application must not take a cut body as whole.
             log.warn("outbound answer from {origin} interrupted: {why}",
-                     origin=self.origin.url, why=_describe(error),
+                     origin=self.origin.url, why=describe_failure(error),
                      request_id=request_id(request))
             if not self.gone:
                 request.loseConnection()
@@ -375,10 +349,3 @@ class _Exchange:
             request.finish()
 
 
-def _describe(error: BaseException) -> str:
-    """A short reason naming the underlying failure (never request data)."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = reasons[0].value
-        return f"{type(inner).__name__}: {inner}"[:300]
-    return f"{type(error).__name__}: {error}"[:300]

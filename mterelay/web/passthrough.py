@@ -7,55 +7,21 @@ from typing import Any
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
+from twisted.web.iweb import IRequest, IResponse
 from twisted.web.server import NOT_DONE_YET
 
-from mterelay.bodies import BytesProducer
-from mterelay.upstream import (
-    ForwardedFor,
+from mterelay.http.upstream import (
     UpstreamError,
     UpstreamForwarder,
     copy_end_to_end,
+    forwarded_for,
     stream_body,
 )
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, request_id,
                                     unlogged_error_body)
-from mterelay.web.streaming import BodyPipe
+from mterelay.http.streaming import request_body
 
 log = Logger(namespace="mterelay.passthrough")
-
-SMALL_BODY = 256 * 1024
-
-
-def request_body(request: IRequest) -> IBodyProducer | None:
-    """The client's body as a producer: streamed when the request streams it."""
-    pipe = getattr(request, "body", None)
-    if isinstance(pipe, BodyPipe):
-        return pipe
-    headers = request.requestHeaders
-    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
-        return None
-    content = request.content
-    content.seek(0, 2)
-    size = content.tell()
-    content.seek(0, 0)
-    if size <= SMALL_BODY:
-        return BytesProducer(content.read())
-    producer = FileBodyProducer(content)
-    if producer.length is UNKNOWN_LENGTH:  # pragma: no cover - files are seekable
-        producer.length = size
-    return producer
-
-
-def forwarded_for(request: IRequest) -> ForwardedFor:
-    peer = request.getClientAddress()
-    return ForwardedFor(
-        client_ip=getattr(peer, "host", None),
-        proto="https" if request.isSecure() else "http",
-        host=request.getHeader(b"host"),
-    )
-
 
 def relay_response(request: IRequest, response: IResponse, finishing: Any) -> Any:
     """Copy status and headers, then stream the body; relay-owned headers win."""

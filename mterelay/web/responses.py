@@ -16,6 +16,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from mterelay.http.names import REACHED_HEADER
 from mterelay.protocol.errors import RelayError
 
 log = Logger(namespace="mterelay.web")
@@ -23,7 +24,6 @@ log = Logger(namespace="mterelay.web")
 #: On every relay-made error answer: may anything of the request have reached
 #: the upstream?  ``no`` is a promise (refused before forwarding, or the
 #: upstream connection never opened); ``maybe`` promises nothing.
-REACHED_HEADER = b"x-mte-upstream-reached"
 NOT_REACHED, MAYBE_REACHED = "no", "maybe"
 
 # Twisted knows no reason phrases for the relay's 55x codes.

@@ -7,16 +7,16 @@ routing rules are path *patterns* (``/api/v1/*``) and header-driven
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
-from mterelay.config import Config, matches_any
-from mterelay.metrics import RelayMetrics
-from mterelay.outboundrules import TOKEN_HEADER
-from mterelay.upstream import UpstreamForwarder
+from mterelay.web.routes import matches_any
+from mterelay.service.metrics import RelayMetrics
+from mterelay.web.outboundrules import TOKEN_HEADER
+from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
 from mterelay.store.keycache import KeyCache
@@ -29,14 +29,13 @@ from mterelay.web.passthrough import render_passthrough
 from mterelay.web.paths import path_problem, target_problem
 from mterelay.web.public import PublicFile, is_public_path, load_public_files, render_public
 from mterelay.protocol.errors import MissingHeader
-from mterelay.protocol.header import FIXED_PATH as _FIXED_PATH
+from mterelay.http.names import FIXED_PATH, PAIR_PATH, RELAY_HEADER, RELAY_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
 from mterelay.web.responses import error_body, relay_error
 
-RELAY_HEADER = b"x-mte-relay"
-RELAY_PATH = b"/api/mte-relay"
-FIXED_PATH = _FIXED_PATH.encode("ascii")
-PAIR_PATH = b"/api/mte-pair"
+if TYPE_CHECKING:  # types only: the service layer above passes them in
+    from mterelay.service.config import Config
+
 
 
 class RelayRoot(Resource):
@@ -50,8 +49,6 @@ class RelayRoot(Resource):
         # Loaded once: no request reads the file system (web/public.py).
         self.public_files = load_public_files() if public_files is None else public_files
         self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
-        if forwarder.metrics is None:
-            forwarder.metrics = metrics
         self.config = config
         self.forwarder = forwarder
         self.clock = clock

@@ -9,7 +9,6 @@ lets a stopping relay close idle connections and wait for busy ones.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -18,26 +17,18 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from mterelay.logs import TEXT
-from mterelay.metrics import RelayMetrics
-from mterelay.nodelay import set_no_delay
+from mterelay.http.twistedinternals import inner_channel
+from mterelay.http.headers import REQUEST_ID_HEADER, request_id_for
+from mterelay.http.logfields import TEXT
+from mterelay.service.metrics import RelayMetrics
+from mterelay.http.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
-from mterelay.web.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
-from mterelay.web.streaming import StreamingRequest
+from mterelay.http.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
+from mterelay.http.streaming import StreamingRequest
 
 log = Logger(namespace="mterelay.access")
 ACCESS_FORMAT = "{" + TEXT + "}"
 
-REQUEST_ID_HEADER = b"x-request-id"
-# Visible ASCII only: the id is copied into log lines and upstream headers.
-_GOOD_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
-
-
-def request_id_for(incoming: bytes | None) -> str:
-    """Honour a caller's id when it is safe to log and forward, else mint one."""
-    if incoming is not None and _GOOD_REQUEST_ID.match(incoming):
-        return incoming.decode("ascii")
-    return uuid.uuid4().hex
 
 
 class RelaySite(Site):
@@ -104,7 +95,7 @@ class RelaySite(Site):
         request.mterelay_started = self.clock.seconds()
         channel = request.channel
         if not getattr(channel, "mterelay_no_delay", False):
-            # Once per connection: Nagle off for the answers (see mterelay.nodelay).
+            # Once per connection: Nagle off for the answers (see mterelay.http.nodelay).
             set_no_delay(channel.transport)
             channel.mterelay_no_delay = True
         request.mterelay_role = "other"
@@ -165,7 +156,7 @@ class RelaySite(Site):
         path = request.path.decode("latin-1")[:300]
         duration_ms = round(seconds * 1000, 3)
         # Rendered here, once: Twisted's formatter costs more than the rest
-        # of the line's bookkeeping (see mterelay.logs.TEXT).
+        # of the line's bookkeeping (see mterelay.service.logs.TEXT).
         log.info(
             ACCESS_FORMAT,
             mterelay_text=f"{method} {path} {request.code} {duration_ms:.1f}ms",
@@ -246,7 +237,7 @@ class RelaySite(Site):
 
 def _http11(channel: Any) -> Any:
     """The HTTP/1.1 channel inside twisted.web's protocol-negotiating wrapper."""
-    return getattr(channel, "_channel", channel)
+    return inner_channel(channel)
 
 
 def _outer(channel: Any) -> Any:

@@ -4,7 +4,7 @@ An application asks its local relay to encrypt a request for a remote relay
 with a few ``x-mte-*`` headers.  Every check of those headers lives here,
 reactor-free, so each rule is unit-testable and the request handler
 (:mod:`mterelay.web.outbound`) only maps a :class:`Refused` to its answer.
-``mterelay.config`` uses :class:`OriginPattern` to validate OUTBOUND_UPSTREAMS
+``mterelay.service.config`` uses :class:`OriginPattern` to validate OUTBOUND_UPSTREAMS
 at start-up.
 """
 
@@ -21,6 +21,10 @@ from typing import Any
 
 import attrs
 import idna
+
+from mterelay.http import names
+from mterelay.http.headers import RepeatedHeader, is_token, single_value
+from mterelay.http.refusal import Refused
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -29,31 +33,22 @@ __all__ = [
     "parse_origin", "upstream_origin", "allowed", "seal_choices",
 ]
 
-TOKEN_HEADER = b"x-mte-outbound-token"
-UPSTREAM_HEADER = b"x-mte-upstream"
-ENCODE_TYPE_HEADER = b"x-mte-encode-type"
-ENCODE_HEADERS_HEADER = b"x-mte-encode-headers"
-ENCODE_URL_HEADER = b"x-mte-encode-url"
+TOKEN_HEADER = names.OUTBOUND_TOKEN_HEADER
+UPSTREAM_HEADER = names.PEER_HEADER
+ENCODE_TYPE_HEADER = names.ENCODE_TYPE_HEADER
+ENCODE_HEADERS_HEADER = names.ENCODE_HEADERS_HEADER
+ENCODE_URL_HEADER = names.ENCODE_URL_HEADER
 
 #: The seed's encode types, as framings: MTE seals the body as one item
 #: (buffered whole, at most 64 MiB at an mterelay), MKE streamed - as records
 #: (MKR, each piece sent as it comes) to a relay that has them, else in
 #: fixed 64 KiB chunks.
 ENCODE_TYPES = {"MTE": "MTE", "MKE": "MKR"}
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PATTERN = re.compile(
     r"^(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9*.-]+)(?::(?P<port>\*|\d{1,5}))?/?$"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _IPV4 = re.compile(r"[0-9.]+")
-
-
-class Refused(Exception):
-    """An outbound request refused before anything is sent: status, message, reason."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.message, self.reason = status, message, reason
 
 
 def token_matches(given: list[bytes], expected: str | Sequence[str] | None) -> bool:
@@ -198,12 +193,11 @@ def allowed(patterns: tuple[OriginPattern, ...], origin: Origin) -> bool:
 
 
 def _single(headers: Headers, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name, [])
-    if not values:
-        return None
-    if len(values) > 1:
-        raise Refused(400, "Bad request", f"{name.decode()} sent more than once")
-    return values[0].decode("latin-1").strip()
+    try:
+        value = single_value(headers.getRawHeaders(name), name)
+    except RepeatedHeader as repeated:
+        raise Refused(400, "Bad request", str(repeated)) from None
+    return None if value is None else value.decode("latin-1").strip()
 
 
 def upstream_origin(headers: Headers, patterns: tuple[OriginPattern, ...]) -> Origin:
@@ -263,7 +257,7 @@ def seal_choices(headers: Headers) -> dict[str, Any]:
             seal_headers = "none"
         else:
             names = tuple(name.strip().lower() for name in text.split(","))
-            if not names or not all(_TOKEN.match(name) for name in names):
+            if not names or not all(is_token(name) for name in names):
                 raise Refused(400, "Bad request",
                               "x-mte-encode-headers must be true, false or a comma list of "
                               "header names")

@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mterelay.http.twistedinternals import h2_stream_reactor
+
 log = Logger(namespace="mterelay.h2")
 
 HTTP2 = b"HTTP/2"
@@ -104,5 +106,5 @@ def request_has_body(request: Any) -> bool | None:
 
 
 def stream_reactor(channel: Any) -> Any:
-    """The reactor of an ``H2Stream``'s connection (Twisted keeps it as ``_reactor``)."""
-    return channel._conn._reactor
+    """The reactor of an ``H2Stream``'s connection."""
+    return h2_stream_reactor(channel)

@@ -35,7 +35,7 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mterelay.metrics import RelayMetrics, Snapshot
+from mterelay.service.metrics import RelayMetrics, Snapshot
 
 __all__ = [
     "METRIC_UNITS",

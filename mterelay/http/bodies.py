@@ -14,26 +14,19 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-__all__ = ["BytesProducer", "abandon", "read_limited", "drain", "discard"]
+__all__ = ["BytesProducer", "Still", "abandon", "read_limited", "read_and_drop", "discard",
+           "declared_length"]
 
 #: A body this short costs less to read and drop than a new connection.
 DRAIN_LIMIT = 64 * 1024
 
 
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A body already in memory, written in one go (no cooperator, no reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
-        consumer.write(self.body)
-        return succeed(None)
+class Still:
+    """A producer with nothing to pause: the transport of a body already in hand."""
 
     def pauseProducing(self) -> None:
         pass
@@ -43,6 +36,19 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+@implementer(IBodyProducer)
+class BytesProducer(Still):
+    """A body already in memory, written in one go (no cooperator, no reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> "Deferred[None]":
+        consumer.write(self.body)
+        return succeed(None)
 
 
 class _Collector(Protocol):
@@ -81,14 +87,14 @@ def read_limited(response: IResponse, limit: int) -> "Deferred[tuple[bytes, bool
     return done
 
 
-class _Drainer(Protocol):
+class _ReadToEnd(Protocol):
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         pass
 
 
-def drain(response: IResponse) -> None:
+def read_and_drop(response: IResponse) -> None:
     """Read and drop a (short or empty) body so its connection can be reused."""
-    response.deliverBody(_Drainer())
+    response.deliverBody(_ReadToEnd())
 
 
 class _Dropper(Protocol):
@@ -113,6 +119,14 @@ def abandon(response: IResponse) -> None:
     """
     length = response.length
     if isinstance(length, int) and length <= DRAIN_LIMIT:
-        drain(response)
+        read_and_drop(response)
     else:
         discard(response)
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The request's Content-Length when it has a single valid one."""
+    values = headers.getRawHeaders(b"content-length", [])
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0].strip())

@@ -1,7 +1,7 @@
 """Log observers honouring LOG_LEVEL and LOG_FORMAT.
 
 twistd installs the observer it finds as the application's ``ILogObserver``
-component (see :class:`mterelay.tap.RelayService`), so Twisted's own messages
+component (see :class:`mterelay.service.tap.RelayService`), so Twisted's own messages
 go through the same level filter and format as ours.  Logs go to stdout by
 default, the way container platforms (ECS, EKS, systemd's journal) collect
 them; twistd's ``--logfile`` and ``--syslog`` choose a file or syslog instead,
@@ -30,6 +30,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from mterelay.http.logfields import TEXT
+
 # Twisted has no "trace" or "panic"; they map onto its nearest levels.
 LEVELS = {
     "trace": LogLevel.debug,
@@ -48,7 +50,6 @@ FIELDS = ("method", "path", "status", "duration_ms", "client", "request_id", "by
 #: An event field holding its message already rendered.  Hot-path events (the
 #: access line) log ``"{mterelay_text}"`` with it, so any observer renders them
 #: with one trivial format, and ours skip Twisted's formatter entirely.
-TEXT = "mterelay_text"
 
 
 def message_of(event: dict[str, Any]) -> str:

@@ -25,25 +25,27 @@ from twisted.python.components import Componentized
 from twisted.web.server import Site
 
 from mterelay import __version__
-from mterelay.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
-from mterelay.emf import EmfReporter, emf_dimensions, line_writer
-from mterelay.logs import (
+from mterelay.http.twistedinternals import fail_start_synchronously, waiting_for_port
+from mterelay.service.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
+from mterelay.service.emf import EmfReporter, emf_dimensions, line_writer
+from mterelay.service.logs import (
     LogDestination,
     LogDestinationError,
     log_destination,
     make_observer,
     syslog_observer,
 )
-from mterelay.metrics import RelayMetrics
-from mterelay.shutdown import Drainer
+from mterelay.service.metrics import RelayMetrics
+from mterelay.service.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
-from mterelay.upstream import UpstreamForwarder, make_agent
+from mterelay.http.connections import peer_agent
+from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from mterelay.workers import (
+from mterelay.service.workers import (
     WORKER_PORT_ENV,
     ReusePortEndpoint,
     WorkerSupervisor,
@@ -169,19 +171,19 @@ class ListenerService(StreamServerEndpointService):
                  label: str = "Server") -> None:
         super().__init__(endpoint, factory)
         # Fail twistd's start-up (exit != 0) when the port cannot be bound.
-        self._raiseSynchronously = True
+        fail_start_synchronously(self)
         self.description = description
         self.label = label
         self._stopped: Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+        waiting_for_port(self).addCallback(self._listening)
 
     def when_listening(self) -> Any:
         """A Deferred firing with the listening port (after privilegedStartService)."""
         waiting: Deferred[Any] = Deferred()
-        self._waitingForPort.addCallback(lambda port: (waiting.callback(port), port)[1])
+        waiting_for_port(self).addCallback(lambda port: (waiting.callback(port), port)[1])
         return waiting
 
     def stop_accepting(self) -> Deferred[None]:
@@ -283,6 +285,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         upstream=config.upstream,
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
+        metrics=metrics,
     )
     guard = ConnectionGuard(
         header_timeout=config.header_timeout,
@@ -290,7 +293,8 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         max_connections=config.max_connections or default_max_connections(),
         metrics=metrics,
     )
-    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store, metrics=metrics),
+    site = RelaySite(RelayRoot(config, forwarder, reactor, top.store,
+                               outbound_agent=peer_agent(reactor), metrics=metrics),
                      reactor, metrics, echo_request_id=config.debug, guard=guard)
     endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)

@@ -42,56 +42,17 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
-from twisted.web._newclient import Request, _ensureValidMethod
 from twisted.web.client import URI, HTTPConnectionPool, RequestNotSent
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from mterelay.nodelay import NoDelayEndpointFactory
+from mterelay.http.nodelay import NoDelayEndpointFactory
+from mterelay.http.twistedinternals import (RelayConnectionPool, check_method, client_request,
+                                           is_closing)
 
 log = Logger(namespace="mterelay.connections")
-
-
-def is_closing(connection: Any) -> bool:
-    """True once ``loseConnection`` or ``abortConnection`` was called on its transport."""
-    transport = getattr(connection, "transport", None)
-    if transport is None:
-        return True
-    return bool(getattr(transport, "disconnecting", False)
-                or getattr(transport, "disconnected", False)
-                or getattr(transport, "_aborting", False))
-
-
-class RelayConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` that never keeps a connection that is closing,
-    and never resends a request that may have been received."""
-
-    retryAutomatically = False
-
-    def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        if is_closing(connection):
-            return  # its close is under way; connectionLost forgets it
-        super()._putConnection(key, connection)
-
-    def _removeConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        super()._removeConnection(key, connection)
-        if not self._connections.get(key):
-            self._connections.pop(key, None)  # no empty list left per origin ever seen
-
-    def close_idle(self, key: Any) -> None:
-        """Close the idle connections kept for ``key`` and forget the key.
-
-        For an origin the caller will not use again (an evicted remote
-        relay).  Connections busy with a request are not touched; they come
-        back and time out like any other.
-        """
-        for connection in self._connections.pop(key, []):
-            timer = self._timeouts.pop(connection, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            connection.transport.loseConnection()
 
 
 @implementer(IBodyProducer)
@@ -152,7 +113,7 @@ def _answered(response: IResponse, body: _AnsweredBody) -> IResponse:
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 
 
-class _Origin:
+class _Destination:
     """What a request to one origin needs besides its path, worked out once."""
 
     __slots__ = ("key", "endpoint", "host")
@@ -196,7 +157,7 @@ class OriginAgent:
         self._reactor = reactor
         self._pool = pool
         self._endpoints = endpoints
-        self._origins: dict[bytes, _Origin] = {}
+        self._origins: dict[bytes, _Destination] = {}
         self._methods: set[bytes] = set()
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
@@ -213,8 +174,7 @@ class OriginAgent:
             headers.addRawHeader(b"host", origin.host)
         pool = self._pool
         body = None if bodyProducer is None else _AnsweredBody(bodyProducer)
-        request = Request._construct(method, path, headers, body,
-                                     persistent=pool.persistent, parsedURI=_Target(uri))
+        request = client_request(method, path, headers, body, pool.persistent, _Target(uri))
 
         def send(protocol: Any) -> "Deferred[IResponse]":
             if body is not None:
@@ -239,11 +199,11 @@ class OriginAgent:
         if origin is not None and hasattr(self._pool, "close_idle"):
             self._pool.close_idle(origin.key)
 
-    def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
+    def _split(self, method: bytes, uri: bytes) -> tuple[_Destination, bytes]:
         if method not in self._methods:
             if not isinstance(method, bytes):
                 raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
-            _ensureValidMethod(method)
+            check_method(method)
             self._methods.add(method)
         uri = uri.strip()
         if _VISIBLE_ASCII.fullmatch(uri) is None:
@@ -259,7 +219,7 @@ class OriginAgent:
             origin = self._learn(base)
         return origin, path
 
-    def _learn(self, base: bytes) -> _Origin:
+    def _learn(self, base: bytes) -> _Destination:
         parsed = URI.fromBytes(base)
         if parsed.scheme not in (b"http", b"https"):
             raise SchemeNotSupported(f"unsupported scheme: {parsed.scheme!r}")
@@ -269,7 +229,7 @@ class OriginAgent:
         shown = b"[" + host + b"]" if b":" in host else host
         if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
             shown = b"%b:%d" % (shown, parsed.port)
-        origin = _Origin((parsed.scheme, host, parsed.port),
+        origin = _Destination((parsed.scheme, host, parsed.port),
                          self._endpoints.endpointForURI(parsed), shown)
         if len(self._origins) >= self.max_origins:
             self._origins.clear()
@@ -287,4 +247,33 @@ def persistent_agent(reactor: Any, size: int, idle_timeout: float,
     return agent, pool
 
 
-__all__ = ["OriginAgent", "RelayConnectionPool", "is_closing", "persistent_agent"]
+__all__ = ["OriginAgent", "RelayConnectionPool", "is_closing", "peer_agent", "persistent_agent",
+           "upstream_agent", "POOL_SIZE", "CONNECT_TIMEOUT", "PEER_IDLE_TIMEOUT",
+           "UPSTREAM_IDLE_TIMEOUT"]
+
+
+#: Idle connections kept per origin.  Above the relay's concurrency every
+#: extra request would open and close a connection of its own.
+POOL_SIZE = 512
+#: Seconds to wait for a TCP connection to UPSTREAM or a remote relay.
+CONNECT_TIMEOUT = 10.0
+#: Seconds an idle connection to UPSTREAM is kept.
+UPSTREAM_IDLE_TIMEOUT = 90
+#: Idle connections to a remote relay are closed by us before the load
+#: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
+#: connection the other side is closing (not retried for POST: a 502).
+PEER_IDLE_TIMEOUT = 50
+
+
+def upstream_agent(reactor: Any, pool_size: int = POOL_SIZE,
+                   connect_timeout: float = CONNECT_TIMEOUT) -> IAgent:
+    """Persistent connections to UPSTREAM, reused across requests."""
+    agent, _ = persistent_agent(reactor, pool_size, UPSTREAM_IDLE_TIMEOUT, connect_timeout)
+    return agent
+
+
+def peer_agent(reactor: Any, pool_size: int = POOL_SIZE,
+               connect_timeout: float = CONNECT_TIMEOUT) -> IAgent:
+    """Persistent connections to remote relays; a bare Agent: no cookies, no redirects."""
+    agent, _ = persistent_agent(reactor, pool_size, PEER_IDLE_TIMEOUT, connect_timeout)
+    return agent

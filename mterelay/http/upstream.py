@@ -11,7 +11,6 @@ server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,25 +23,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 
-from mterelay.connections import persistent_agent
-
-# RFC 9110 section 7.6.1 plus the de-facto Proxy-Connection and Keep-Alive.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
+from mterelay.http.connections import POOL_SIZE, upstream_agent
+from mterelay.http.failures import describe_failure
+from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
+from mterelay.http.timeouts import with_timeout
 
 class UpstreamError(Exception):
     """The upstream could not be reached or did not answer (HTTP 502).
@@ -65,44 +51,8 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
-def hop_by_hop_names(headers: Headers) -> frozenset[bytes] | set[bytes]:
-    """Hop-by-hop names, including any a ``Connection`` header nominates."""
-    nominated = headers.getRawHeaders(b"connection")
-    if not nominated:
-        return HOP_BY_HOP  # the common case: no copy, no parsing
-    names = set(HOP_BY_HOP)
-    for value in nominated:
-        names.update(token.strip().lower() for token in value.split(b",") if token.strip())
-    return names
-
-
-def copy_end_to_end(
-    source: Headers,
-    target: Headers,
-    drop: Iterable[bytes] = (),
-    drop_prefixes: tuple[bytes, ...] = (),
-) -> None:
-    """Copy every end-to-end header (repeated ones such as Set-Cookie kept apart)."""
-    skip = hop_by_hop_names(source)
-    if drop:
-        skip = skip | {name.lower() for name in drop}
-    for name, values in source.getAllRawHeaders():
-        lower = name.lower()
-        if lower not in skip and not lower.startswith(drop_prefixes):
-            for value in values:
-                target.addRawHeader(name, value)
-
-
-#: Idle connections kept per upstream host.  Above the relay's concurrency
-#: every extra request would open and close a connection of its own.
-POOL_SIZE = 512
-
-
-def make_agent(reactor: Any, pool_size: int = POOL_SIZE,
-               connect_timeout: float = 10.0) -> IAgent:
-    """The production agent: persistent connections to the upstream, reused across requests."""
-    agent, _ = persistent_agent(reactor, pool_size, 90, connect_timeout)
-    return agent
+#: The production agent: persistent connections to UPSTREAM (http/connections).
+make_agent = upstream_agent
 
 
 @attrs.define
@@ -112,6 +62,16 @@ class ForwardedFor:
     client_ip: str | None
     proto: str
     host: bytes | None
+
+
+def forwarded_for(request: IRequest) -> ForwardedFor:
+    """What the request's connection says about the original client."""
+    peer = request.getClientAddress()
+    return ForwardedFor(
+        client_ip=getattr(peer, "host", None),
+        proto="https" if request.isSecure() else "http",
+        host=request.getHeader(b"host"),
+    )
 
 
 @attrs.define
@@ -172,27 +132,19 @@ class UpstreamForwarder:
         The returned Deferred is cancellable (a client that goes away cancels
         its upstream request).
         """
-        timed_out = []
         started = self.clock.seconds()
-        requested = self.agent.request(method, self.url_for(path_and_query), headers, body)
-
-        def on_timeout() -> None:
-            timed_out.append(True)
-            requested.cancel()
-
-        timer: IDelayedCall = self.clock.callLater(self.timeout, on_timeout)
+        requested = with_timeout(
+            self.agent.request(method, self.url_for(path_and_query), headers, body),
+            self.timeout, self.clock,
+            lambda: UpstreamTimeout(f"no answer within {self.timeout:g} s"))
 
         def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
             if self.metrics is not None:
                 self.metrics.observe_upstream(role, self.clock.seconds() - started)
             if isinstance(result, Failure):
-                if timed_out:
-                    raise UpstreamTimeout(f"no answer within {self.timeout:g} s")
-                if result.check(CancelledError):
+                if result.check(UpstreamTimeout, CancelledError):
                     return result
-                raise UpstreamError(_describe(result), not_sent=bool(result.check(*_NOT_SENT)))
+                raise UpstreamError(describe_failure(result, 200), not_sent=bool(result.check(*_NOT_SENT)))
             return result
 
         return requested.addBoth(done)
@@ -200,14 +152,6 @@ class UpstreamForwarder:
 
 #: Agent failures that prove not one byte of the request was written.
 _NOT_SENT = (ConnectError, DNSLookupError, RequestNotSent)
-
-
-def _describe(failure: Failure) -> str:
-    """A short reason for logs; never includes request data."""
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        failure = reasons[0]
-    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:200]
 
 
 class StreamIdle(Exception):

@@ -32,6 +32,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mterelay.http.prometheusshim import use_multiprocess_values
+
 log = Logger(namespace="mterelay.workers")
 
 #: Set in a worker's environment: its index (1..N-1), the shared port, the supervisor's pid.
@@ -48,13 +50,11 @@ def share_metrics(environ: Mapping[str, str], index: int) -> str:
     Must run before any metric is created.  The first process makes the
     directory; the workers find it in their environment.
     """
-    from prometheus_client import values
-
     directory = environ.get(METRICS_DIR_ENV) if index else None
     if not directory:
         directory = tempfile.mkdtemp(prefix="mterelay-metrics-")
     os.environ[METRICS_DIR_ENV] = directory
-    values.ValueClass = values.MultiProcessValue()
+    use_multiprocess_values()
     return directory
 
 

@@ -10,7 +10,7 @@ consumer (the upstream connection) is slower.
 
 It relies on two details of Twisted's HTTP/1.1 channel, both covered by the
 tests: the request line is on the channel when ``gotLength`` runs, and a
-request's ``_cleanup`` is what hands the connection to the next request.  On
+request's cleanup step (``HookedRequest.clean_up``) is what hands the connection to the next request.  On
 an HTTP/2 stream (``H2Stream``) the request starts one reactor turn after its
 HEADERS frame (the stream is registered with its connection only after
 ``gotLength``; by then a HEADERS frame with END_STREAM has also ended it, so
@@ -26,11 +26,15 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from mterelay.web.h2 import stream_reactor
+from mterelay.http.bodies import BytesProducer
+from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
+                                           request_line)
+from mterelay.http.h2 import stream_reactor
 
 
 _log = Logger(namespace="mterelay.web")
@@ -201,7 +205,7 @@ class _Collector:
             self.result.errback(failure)
 
 
-class StreamingRequest(Request):
+class StreamingRequest(HookedRequest):
     """A Request whose body is a :class:`BodyPipe` (``body``) when it has one."""
 
     body: BodyPipe | None = None
@@ -226,15 +230,16 @@ class StreamingRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
-        if length != 0 and hasattr(channel, "streamID") and hasattr(channel, "_conn"):
+        if length != 0 and is_h2_stream(channel):
             self._stream_h2(channel, length)
             return
-        if length == 0 or not all(hasattr(channel, a) for a in ("_command", "_path", "_version")):
+        line = None if length == 0 else request_line(channel)
+        if line is None:
             super().gotLength(length)
             return
         self.content = BytesIO()
         self.body = BodyPipe(UNKNOWN_LENGTH if length is None else length, channel.transport)
-        Request.requestReceived(self, channel._command, channel._path, channel._version)
+        Request.requestReceived(self, *line)
 
     def _stream_h2(self, stream: Any, length: int | None) -> None:
         """HTTP/2: stream the body, start the request on the next reactor turn."""
@@ -243,7 +248,7 @@ class StreamingRequest(Request):
         self.body = BodyPipe(UNKNOWN_LENGTH if length is None else length, stream)
 
         def start() -> None:
-            if self._disconnected or stream.command is None:
+            if is_disconnected(self) or stream.command is None:
                 return  # reset before it started
             Request.requestReceived(self, stream.command, stream.path, b"HTTP/2")
 
@@ -262,7 +267,7 @@ class StreamingRequest(Request):
         self.body.finish()
         if self._cleanup_pending:
             self._cleanup_pending = False
-            super()._cleanup()
+            super().clean_up()
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete:
@@ -271,8 +276,8 @@ class StreamingRequest(Request):
             self.body.discard()
         super().finish()
 
-    def _cleanup(self) -> None:
-        if self.body is not None and not self.body.complete and not self._disconnected:
+    def clean_up(self) -> None:
+        if self.body is not None and not self.body.complete and not is_disconnected(self):
             self._cleanup_pending = True
             return
         if self.producer:
@@ -280,7 +285,7 @@ class StreamingRequest(Request):
             _log.failure("", Failure(RuntimeError(
                 f"Producer was not unregistered for {self.path.decode('latin-1')[:200]}")))
             self.unregisterProducer()
-        super()._cleanup()
+        super().clean_up()
 
     def connectionLost(self, reason: Failure) -> None:
         if self.body is not None:
@@ -299,3 +304,26 @@ def read_body(request: Any, limit: int) -> "Deferred[bytes]":
     if len(data) > limit:
         return _failed(BodyTooLarge(limit))
     return succeed(data)
+
+
+SMALL_BODY = 256 * 1024
+
+
+def request_body(request: IRequest) -> IBodyProducer | None:
+    """The client's body as a producer: streamed when the request streams it."""
+    pipe = getattr(request, "body", None)
+    if isinstance(pipe, BodyPipe):
+        return pipe
+    headers = request.requestHeaders
+    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+        return None
+    content = request.content
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0, 0)
+    if size <= SMALL_BODY:
+        return BytesProducer(content.read())
+    producer = FileBodyProducer(content)
+    if producer.length is UNKNOWN_LENGTH:  # pragma: no cover - files are seekable
+        producer.length = size
+    return producer

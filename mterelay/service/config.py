@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
-from mterelay.outboundrules import OriginPattern
+from mterelay.http.headers import is_token
+from mterelay.web.outboundrules import OriginPattern
+from mterelay.web.routes import RoutePattern
 from mterelay.store.redisurl import parse_redis_url
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "panic", "off")
@@ -31,7 +33,6 @@ DEFAULT_CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
 ALWAYS_ALLOWED_METHODS = ("OPTIONS", "HEAD")
 MIN_SECRET_LENGTH = 32
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REGION = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d+$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -46,26 +47,6 @@ class ConfigError(ValueError):
         self.source = source
         where = f" (from {source})" if source else ""
         super().__init__(f"invalid configuration: {setting} {problem}{where}")
-
-
-@attrs.frozen
-class RoutePattern:
-    """A route from PASS_THROUGH_ROUTES / MTE_ROUTES; ``*`` matches any run of characters."""
-
-    pattern: str
-    _regex: re.Pattern[str] = attrs.field(eq=False, repr=False)
-
-    @classmethod
-    def compile(cls, pattern: str) -> "RoutePattern":
-        body = ".*".join(re.escape(part) for part in pattern.split("*"))
-        return cls(pattern, re.compile(body + r"\Z"))
-
-    def matches(self, path: str) -> bool:
-        return self._regex.match(path) is not None
-
-
-def matches_any(routes: tuple[RoutePattern, ...], path: str) -> bool:
-    return any(route.matches(path) for route in routes)
 
 
 @attrs.frozen
@@ -406,7 +387,7 @@ def _methods(value: Any) -> tuple[str, ...]:
     methods = []
     for item in _list(value):
         method = item.upper()
-        if not _TOKEN.match(method):
+        if not is_token(method):
             raise ValueError(f"entry {item!r} is not an HTTP method")
         if method not in methods:
             methods.append(method)
@@ -428,7 +409,7 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
         raise ValueError("must be a JSON object of header names to values")
     pairs = []
     for name, header_value in value.items():
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not isinstance(name, str) or not is_token(name):
             raise ValueError(f"has an invalid header name {name!r}")
         if not isinstance(header_value, str):
             raise ValueError(f"value for {name!r} must be a string")

@@ -1,0 +1,1 @@
+"""The running service: twistd options and service tree, settings, workers, shutdown, observability."""
