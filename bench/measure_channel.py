@@ -71,7 +71,7 @@ def main() -> None:
     for channel, runs in results.items():
         print(f"| {channel} | {statistics.median(r['rps'] for r in runs):,.0f} | "
               f"{statistics.median(r['cpu_ms'] for r in runs):.4f} | "
-              f"{', '.join(f'{r['cpu_ms']:.4f}' for r in runs)} | "
+              f"{', '.join('%.4f' % r['cpu_ms'] for r in runs)} | "
               f"{sum(r['errors'] for r in runs)} |")
     tw = statistics.median(r["cpu_ms"] for r in results["twisted"])
     le = statistics.median(r["cpu_ms"] for r in results["lean"])

@@ -8,6 +8,7 @@ twisted|lean PORT`` listens on 127.0.0.1:PORT and prints "ready".
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.web.resource import Resource
@@ -29,11 +30,12 @@ class Hello(Resource):
     render_GET = render_POST
 
 
-def make_site(channel: str) -> Site:
-    site = Site(Hello())
+def make_site(channel: str, reactor: Any = None) -> Site:
+    """The hello-world Site; ``reactor`` (default the global one) runs its timers."""
+    site = Site(Hello(), reactor=reactor)
     site.log = lambda request: None  # a hello world: no access line in either column
     if channel == "lean":
-        from mterelay.http.leanserver import lean_channel_factory
+        from bench.lean_channel import lean_channel_factory
         site.protocol = lean_channel_factory
     elif channel != "twisted":
         raise SystemExit(f"channel must be twisted or lean, not {channel!r}")

@@ -1,36 +1,24 @@
-"""A lean HTTP/1.1 server channel on llhttp, under the existing twisted.web ``Site``.
+"""A lean HTTP/1.1 server channel on llhttp: the prototype measured for issue 18, Deliver 3.
 
-``twisted.web.http.HTTPChannel`` parses requests line by line in Python
-(``LineReceiver``, a header split and a name check per line).
-:class:`LeanHTTPChannel` replaces only that parsing with ``httptools``
-(the llhttp bindings, C speed) and drives the same ``Request`` class the
-same way ``HTTPChannel`` does - ``gotLength``, ``handleContentChunk``,
-``requestReceived``, ``requestDone`` - so the Site, its Resource tree,
-``StreamingRequest`` and the guard's limits work unchanged.
+NOT USED BY THE RELAY.  Issue 18 asked to measure a faster HTTP/1.1
+channel under the existing twisted.web ``Site`` and to adopt it only if it
+cut the CPU per answer by at least 20 %.  It does not (see
+``bench/inprocess_channel.py`` and ``bench/measure_channel.py``): all of
+twisted.web's HTTP/1.1 parsing costs about 7 us of the 50-60 us a request
+takes in-process, so no channel can reach 20 %; this one saves 2-6 us.
+It stays here, beside the two measurements, so the numbers can be
+reproduced; it was not put through the smuggling-style strictness suite a
+production channel would need, and must not be wired into a listener as is.
 
-Semantics kept from ``HTTPChannel``:
-
-* one request at a time: a pipelined request is parsed, but its Request
-  is created only once the one before it is done; its bytes wait (past
-  16 KiB the transport is paused, as Twisted does);
-* persistence by version and ``Connection: close``; bytes after a request
-  that closes the connection are dropped, never parsed as a request;
-* ``Expect: 100-continue`` on HTTP/1.1 gets an interim ``100 Continue``;
-* the producer interface requests use to stream answers, and the
-  transport paused while a client does not read its answers;
-* the idle timeout, abort timer, header deadline and body idle timeout of
-  :mod:`mterelay.web.guard` (read from ``factory.guard``).
-
-And at least as strict: llhttp in strict mode refuses duplicate or
-conflicting Content-Length, CL together with Transfer-Encoding, bad chunk
-sizes, obs-fold, bare LF, NUL/CR in values, HTTP/0.9 and 2.0 request lines;
-on top of it this module refuses a Transfer-Encoding other than
-``chunked``, absolute-form targets, too long heads and too many headers.
-A refused request gets a 400 with a JSON body naming the reason and the
-connection closes; the bytes are never handed to the Resource tree.
-
-Plain ``tcp:``/``unix:`` listeners only: a TLS listener keeps Twisted's
-negotiating channel, which can switch to HTTP/2 after ALPN.
+What it does: ``twisted.web.http.HTTPChannel``'s request parsing replaced
+by ``httptools`` (llhttp, C speed), driving the same ``Request`` class the
+same way (``gotLength``, ``handleContentChunk``, ``requestReceived``,
+``requestDone``), so a ``Site``, its Resource tree and the relay's
+``StreamingRequest`` run on it unchanged: one request at a time (a
+pipelined request waits, parsed, until the one before it is done),
+persistence by version and ``Connection: close``, ``Expect: 100-continue``,
+the producer interface for streamed answers, the idle and abort timers and
+the header deadline / body idle timeout of ``mterelay.web.guard``.
 """
 
 from __future__ import annotations
@@ -51,7 +39,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import implementer
 
-log = Logger(namespace="mterelay.http.leanserver")
+log = Logger(namespace="bench.lean_channel")
 
 #: Request line plus header names and values, as Twisted's ``totalHeadersSize``.
 MAX_HEAD_BYTES = 16384
