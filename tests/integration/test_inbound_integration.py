@@ -17,7 +17,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -26,7 +26,7 @@ from mterelay.client import RelayClient
 from mterelay.protocol.header import RelayHeader
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import Direction, MessageCipher
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import started_redis
 from tests.helpers.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.integration.test_passthrough_integration import _Pattern, pattern_digest
 from tests.helpers.wiretap import WireTap
@@ -427,12 +427,7 @@ async def send_raw(port: int, data: bytes, close: bool = False) -> bytes:
 class ReplicaTests(EncryptedProxyCase):
     @defer.inlineCallbacks
     def test_two_relays_share_pairs_through_redis(self) -> Any:
-        try:
-            redis = RedisServer()
-            redis.start()
-        except SkipRedis as error:
-            raise SkipTest(str(error))
-        self.addCleanup(redis.cleanup)
+        redis = started_redis(self)
         relays = [self.start_relay(REDIS_URL=redis.url) for _ in range(2)]
         tap = yield self.tap(*relays)
         client = self.client(persistent=False, pairs=2)

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from mterelay.client import RelayClient
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import SECRET, RelayProcess, free_port
 
 
@@ -110,13 +110,7 @@ class OperationsCase(TestCase):
         return relay
 
     def redis(self) -> RedisServer:
-        try:
-            server = RedisServer()
-        except SkipRedis as error:
-            raise self.skipTest(str(error)) from None
-        server.start()
-        self.addCleanup(server.stop)
-        return server
+        return started_redis(self)
 
     def wait_exit(self, relay: RelayProcess, timeout: float = 30.0) -> defer.Deferred[int]:
         """Poll (without blocking the reactor) until the relay process exits."""

@@ -22,13 +22,13 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.integration.test_inbound_integration import RecordingUpstream, send_raw
 from tests.integration.test_passthrough_integration import pattern_digest
@@ -354,13 +354,7 @@ class ResilienceTests(OutboundCase):
 
 class ReplicaTests(OutboundCase):
     def redis(self) -> RedisServer:
-        try:
-            redis = RedisServer()
-            redis.start()
-        except SkipRedis as error:
-            raise SkipTest(str(error))
-        self.addCleanup(redis.cleanup)
-        return redis
+        return started_redis(self)
 
     @defer.inlineCallbacks
     def test_one_pair_300_concurrent_over_two_b_replicas(self) -> Any:

@@ -17,14 +17,13 @@ from typing import Any
 import treq
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from mterelay.protocol.header import RelayHeader
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import Direction, MessageCipher
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import RelayProcess, free_port
 from tests.integration.test_inbound_integration import EncryptedProxyCase, send_raw
 
@@ -71,13 +70,7 @@ class ReplaySafetyCase(EncryptedProxyCase):
         self.seq = 0
 
     def start_redis(self) -> RedisServer:
-        try:
-            redis = RedisServer()
-            redis.start()
-        except SkipRedis as error:
-            raise SkipTest(str(error))
-        self.addCleanup(redis.cleanup)
-        return redis
+        return started_redis(self)
 
     @defer.inlineCallbacks
     def pair(self, relay: RelayProcess, client_id: str | None = None,

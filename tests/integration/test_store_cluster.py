@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import tests.integration.test_store_conformance as conformance
 from mterelay.store.interface import StoreLimits, StoreUnavailable, pair_generation
@@ -20,19 +20,11 @@ from mterelay.store.redisurl import parse_redis_url
 from mterelay.store.slots import (Node, crc16, key_slot, parse_cluster_slots,
                                   parse_redirect)
 from mterelay.protocol.replay import Verdict
-from tests.helpers.rediscluster import RedisCluster, shared_cluster
-from tests.helpers.redisserver import SkipRedis
+from tests.helpers.rediscluster import started_cluster
 
 CID, PID, SECRET = conformance.CID, conformance.PID, conformance.SECRET
 A, U = Verdict.ACCEPTED, Verdict.UNKNOWN
 K = pair_generation(b"k")
-
-
-def start_cluster(name: str = "store") -> RedisCluster:
-    try:
-        return shared_cluster(name)
-    except SkipRedis as error:
-        raise SkipTest(str(error))
 
 
 class SlotTests(SynchronousTestCase):
@@ -127,7 +119,7 @@ class ClusterCase(TestCase):
     """One real cluster for the module, emptied before every test."""
 
     def setUp(self):
-        self.cluster = start_cluster()
+        self.cluster = started_cluster("store")
         self.cluster.on_masters("FLUSHALL")
         self.server = self.cluster
         self.clock = task.Clock()
@@ -301,10 +293,7 @@ class AuthTests(TestCase):
     """AUTH user password on every node, as ElastiCache RBAC requires."""
 
     def setUp(self):
-        try:
-            self.cluster = shared_cluster("auth", password="cluster-pass-0123")
-        except SkipRedis as error:
-            raise SkipTest(str(error))
+        self.cluster = started_cluster("auth", password="cluster-pass-0123")
 
     def store(self, url):
         from mterelay.store.cluster import ClusterPairStore

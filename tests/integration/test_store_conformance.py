@@ -17,7 +17,7 @@ import os
 import random
 
 from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from mterelay.protocol.replay import ReplayWindow, Verdict
@@ -25,7 +25,7 @@ from mterelay.store.interface import (IPairStore, PairExists, StoreLimits, Store
                                       pair_generation)
 from mterelay.store.memory import MemoryPairStore
 
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import started_redis
 
 A, R, T = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD
 U, X, S = Verdict.UNKNOWN, Verdict.EXHAUSTED, Verdict.STALE
@@ -373,12 +373,7 @@ class RedisStoreConformance(PairStoreConformanceMixin, TestCase):
     """The same suite on a real redis-server, plus the at-rest guarantees."""
 
     def setUp(self):
-        try:
-            self.server = RedisServer()
-        except SkipRedis as exc:
-            raise SkipTest(str(exc))
-        self.addCleanup(self.server.cleanup)
-        self.server.start()
+        self.server = started_redis(self)
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
 

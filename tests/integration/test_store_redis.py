@@ -10,14 +10,14 @@ import time
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mterelay.protocol.replay import Verdict
 from mterelay.store import MemoryPairStore, build_store
 from mterelay.store.interface import StoreLimits, StoreUnavailable, pair_generation
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
 
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import started_redis
 from tests.integration.test_store_conformance import mismatches
 
 A, R, T = Verdict.ACCEPTED, Verdict.REPLAYED, Verdict.TOO_OLD
@@ -38,12 +38,7 @@ class RedisTestCase(TestCase):
     password: str | None = None
 
     def setUp(self):
-        try:
-            self.server = RedisServer(password=self.password)
-        except SkipRedis as exc:
-            raise SkipTest(str(exc))
-        self.addCleanup(self.server.cleanup)
-        self.server.start()
+        self.server = started_redis(self, self.password)
 
     def make_store(self, url=None, *, start=True, **kwargs):
         from mterelay.store.redis import RedisPairStore

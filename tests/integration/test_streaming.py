@@ -17,18 +17,7 @@ from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
 from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone
 from tests.helpers.support import relay_config
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.paused = 0
-        self.resumed = 0
-
-    def pauseProducing(self) -> None:
-        self.paused += 1
-
-    def resumeProducing(self) -> None:
-        self.resumed += 1
+from tests.helpers.transports import FakeTransport, RawClient
 
 
 class Sink:
@@ -130,14 +119,6 @@ class RawUpstream(protocol.Protocol):
         if sep and len(body) >= self.factory.expect and not getattr(self, "answered", False):
             self.answered = True
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-
-class RawClient(protocol.Protocol):
-    def connectionMade(self) -> None:
-        self.received = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
 
 class StreamingIntegrationTests(TestCase):

@@ -39,7 +39,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 import tests.integration.test_inbound_integration as inbound
 from mterelay.cli import build_parser, run
 from mterelay.client import RelayClient
-from tests.helpers.redisserver import RedisServer, SkipRedis
+from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import SECRET, RelayProcess
 from tests.helpers.wiretap import WireTap
 
@@ -206,13 +206,7 @@ class StreamCase(TestCase):
         self.agent = Agent(reactor, pool=pool)
 
     def redis(self) -> RedisServer:
-        try:
-            redis = RedisServer()
-            redis.start()
-        except SkipRedis as error:
-            raise SkipTest(str(error))
-        self.addCleanup(redis.cleanup)
-        return redis
+        return started_redis(self)
 
     def start(self, *environs: dict[str, str]) -> list[RelayProcess]:
         relays = []

@@ -29,6 +29,7 @@ from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
 from tests.helpers.support import relay_config
+from tests.helpers.transports import RawClient
 
 TOKEN = "upload-abort-token-0123456789"
 
@@ -50,14 +51,6 @@ class EarlyAnswer(protocol.Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
-
-
-class RawClient(protocol.Protocol):
-    def connectionMade(self) -> None:
-        self.received = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
 
 class UploadAbortTests(TestCase):

@@ -24,6 +24,7 @@ from bench import compare, machine, procs, rate, report
 from bench import run as runmod
 from bench import wrk as wrkmod
 from bench.upstream_builtin import UpstreamProtocol, build_answer, response_body
+from tests.helpers.transports import FakeTransport
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -482,18 +483,6 @@ class ProcessConfigTests(SynchronousTestCase):
         self.assertEqual(usage["machine_cores"], 1.5)
         self.assertEqual(usage["other_cores"], 0.75)
         self.assertEqual(usage["steal_cores"], 0.1)
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class BuiltinUpstreamTests(SynchronousTestCase):

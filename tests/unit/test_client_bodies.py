@@ -20,6 +20,7 @@ from mterelay.protocol.errors import DecodeFailed, EncodeFailed
 from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
 from tests.helpers.clientsupport import paired_keys
+from tests.helpers.transports import FakeTransport
 
 
 class Consumer:
@@ -188,13 +189,6 @@ class Recorder(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.reason = reason
-
-
-class FakeTransport:
-    stopped = False
-
-    def stopProducing(self) -> None:
-        self.stopped = True
 
 
 class ResponseBodyTests(SynchronousTestCase):

@@ -11,16 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.service.config import ConfigError, RoutePattern, load_config, parse_yaml
 from mterelay.service.tap import Options
-
-SECRET = "s" * 32
-BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": SECRET}
-
-
-def env(**extra: str) -> dict[str, str]:
-    values = dict(BASE)
-    values.update(extra)
-    return values
-
+from tests.helpers.config import BASE, SECRET, ConfigErrorCase, env
 
 class DefaultsTests(SynchronousTestCase):
     def test_minimal(self) -> None:
@@ -86,17 +77,8 @@ class SeedExampleTests(SynchronousTestCase):
         self.assertEqual(config.aws_region, "us-east-1")
 
 
-class ErrorTests(SynchronousTestCase):
+class ErrorTests(ConfigErrorCase):
     """Each bad value names its setting in one line and never echoes a secret."""
-
-    def check(self, environ: dict[str, str], setting: str, fragment: str) -> ConfigError:
-        with self.assertRaises(ConfigError) as caught:
-            load_config(environ)
-        message = str(caught.exception)
-        self.assertTrue(message.startswith(f"invalid configuration: {setting} "), message)
-        self.assertIn(fragment, message)
-        self.assertNotIn("\n", message)
-        return caught.exception
 
     def test_missing_upstream(self) -> None:
         self.check({"CLIENT_ID_SECRET": SECRET}, "UPSTREAM", "is required")

@@ -10,36 +10,14 @@ import io
 import os
 import tempfile
 from contextlib import redirect_stderr
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.service.config import ConfigError, load_config, parse_yaml
 from mterelay.service.tap import Options
+from tests.helpers.config import BASE, ConfigErrorCase, env
 
-SECRET = "s" * 32
-BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": SECRET}
 REDIS = "redis://cache.test:6379/0"
-
-
-def env(**extra: str) -> dict[str, str]:
-    values = dict(BASE)
-    values.update(extra)
-    return values
-
-
-class ErrorCase(SynchronousTestCase):
-    def check(self, environ: dict[str, str], setting: str, fragment: str,
-              file_values: dict[str, Any] | None = None,
-              cli_values: dict[str, Any] | None = None) -> str:
-        with self.assertRaises(ConfigError) as caught:
-            load_config(environ, file_values, cli_values)
-        message = str(caught.exception)
-        self.assertTrue(message.startswith(f"invalid configuration: {setting} "), message)
-        self.assertIn(fragment, message)
-        self.assertNotIn("\n", message)
-        self.assertEqual(caught.exception.setting, setting)
-        return message
 
 
 class DefaultTests(SynchronousTestCase):
@@ -55,7 +33,7 @@ class DefaultTests(SynchronousTestCase):
         self.assertIs(config.debug, False)
 
 
-class MetricsPortTests(ErrorCase):
+class MetricsPortTests(ConfigErrorCase):
     def test_port_gives_endpoint(self) -> None:
         config = load_config(env(METRICS_PORT="9100"))
         self.assertEqual(config.metrics_port, 9100)
@@ -110,7 +88,7 @@ class MetricsPortTests(ErrorCase):
         self.assertEqual((config.port, config.metrics_port), (8000, 9100))
 
 
-class MetricsListenTests(ErrorCase):
+class MetricsListenTests(ConfigErrorCase):
     def test_listen_gives_endpoint(self) -> None:
         config = load_config(env(METRICS_LISTEN="tcp:9100:interface=127.0.0.1"))
         self.assertEqual(config.metrics_listen, "tcp:9100:interface=127.0.0.1")
@@ -131,7 +109,7 @@ class MetricsListenTests(ErrorCase):
                    file_values=parse_yaml("metricsListen: [tcp:1, tcp:2]\n"))
 
 
-class MetricsFormatTests(ErrorCase):
+class MetricsFormatTests(ConfigErrorCase):
     def test_values(self) -> None:
         self.assertEqual(load_config(env(METRICS_FORMAT="prometheus")).metrics_format,
                          "prometheus")
@@ -144,7 +122,7 @@ class MetricsFormatTests(ErrorCase):
                        "must be prometheus or emf")
 
 
-class MetricsIntervalTests(ErrorCase):
+class MetricsIntervalTests(ConfigErrorCase):
     def test_values(self) -> None:
         self.assertEqual(load_config(env(METRICS_INTERVAL="15")).metrics_interval, 15.0)
         self.assertEqual(load_config(env(METRICS_INTERVAL="0.5")).metrics_interval, 0.5)
@@ -162,7 +140,7 @@ class MetricsIntervalTests(ErrorCase):
                    file_values=parse_yaml("metricsInterval: true\n"))
 
 
-class ShutdownGraceTests(ErrorCase):
+class ShutdownGraceTests(ConfigErrorCase):
     def test_values(self) -> None:
         self.assertEqual(load_config(env(SHUTDOWN_GRACE="10")).shutdown_grace, 10.0)
         self.assertEqual(load_config(env(SHUTDOWN_GRACE="2.5")).shutdown_grace, 2.5)
@@ -185,7 +163,7 @@ class ShutdownGraceTests(ErrorCase):
                    file_values=parse_yaml("shutdownGrace: false\n"))
 
 
-class WorkersTests(ErrorCase):
+class WorkersTests(ConfigErrorCase):
     def test_one_needs_nothing(self) -> None:
         self.assertEqual(load_config(env(WORKERS="1")).workers, 1)
 
@@ -220,7 +198,7 @@ class WorkersTests(ErrorCase):
         self.assertIn("WORKERS needs REDIS_URL", str(caught.exception))
 
 
-class DebugTests(ErrorCase):
+class DebugTests(ConfigErrorCase):
     def test_debug_flag(self) -> None:
         self.assertIs(load_config(env(DEBUG="true")).debug, True)
         self.assertIs(load_config(env(DEBUG="1")).debug, True)
@@ -242,7 +220,7 @@ class DebugTests(ErrorCase):
         self.check(env(DEBUG="sometimes"), "DEBUG", "must be true or false")
 
 
-class YamlTests(ErrorCase):
+class YamlTests(ConfigErrorCase):
     YAML = """
 upstream: https://api.example.test
 clientIdSecret: 2DkV4DDabehO8cifDktdF9elKJL0CKrk

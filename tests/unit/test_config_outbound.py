@@ -11,15 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mterelay.service.config import ConfigError, load_config, parse_yaml
 from mterelay.web.outboundrules import OriginPattern, allowed, parse_origin
 from mterelay.service.tap import Options, build_service
-
-BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": "s" * 32}
-
-
-def env(**extra: str) -> dict[str, str]:
-    values = dict(BASE)
-    values.update(extra)
-    return values
-
+from tests.helpers.config import BASE, env
 
 def patterns(config: object) -> list[str]:
     return [p.pattern for p in config.outbound_upstreams]  # type: ignore[attr-defined]

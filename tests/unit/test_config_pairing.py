@@ -10,31 +10,15 @@ import io
 import ipaddress
 from contextlib import redirect_stderr
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from mterelay.service.config import ConfigError, load_config, parse_yaml
+from mterelay.service.config import load_config, parse_yaml
 from mterelay.service.tap import Options
 from mterelay.web.root import pairing_limits
+from tests.helpers.config import BASE, SECRET, ConfigErrorCase, env
 
-SECRET = "s" * 32
-BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": SECRET}
 RATES = ("PAIRING_ADDRESS_RATE", "PAIRING_CLIENT_RATE", "PAIRING_GLOBAL_RATE")
 
 
-def env(**extra: str) -> dict[str, str]:
-    values = dict(BASE)
-    values.update(extra)
-    return values
-
-
-class PairingSettingsTests(SynchronousTestCase):
-    def check(self, environ: dict[str, str], setting: str, fragment: str) -> None:
-        with self.assertRaises(ConfigError) as caught:
-            load_config(environ)
-        message = str(caught.exception)
-        self.assertTrue(message.startswith(f"invalid configuration: {setting} "), message)
-        self.assertIn(fragment, message)
-        self.assertNotIn("\n", message)
+class PairingSettingsTests(ConfigErrorCase):
 
     def test_defaults(self) -> None:
         config = load_config(BASE)

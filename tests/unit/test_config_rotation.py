@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from contextlib import redirect_stderr
+from functools import partial
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,16 +18,12 @@ from mterelay.service.config import ConfigError, load_config, parse_yaml
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.errors import InvalidClientId
 from mterelay.service.tap import Options
+from tests.helpers.config import env as config_env
 
 NEW = "the-new-client-id-secret-0123456789"
 OLD = "the-old-client-id-secret-9876543210"
-BASE = {"UPSTREAM": "http://127.0.0.1:9000", "CLIENT_ID_SECRET": NEW}
-
-
-def env(**extra: str) -> dict[str, str]:
-    values = dict(BASE)
-    values.update(extra)
-    return values
+BASE = config_env(CLIENT_ID_SECRET=NEW)
+env = partial(config_env, BASE)
 
 
 class SettingTests(SynchronousTestCase):
