@@ -15,10 +15,12 @@ from typing import Any
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import task
+from twisted.internet.defer import fail
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mterelay.service.config import SETTINGS, Config, load_config
+from mterelay.store.interface import StoreUnavailable
 from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
@@ -71,6 +73,15 @@ class RecordingUpstream(Resource):
             self.held.append(request)
             return NOT_DONE_YET
         return self.body
+
+
+class FailingStore(MemoryPairStore):
+    """A store that is down: every call fails with StoreUnavailable."""
+
+    def _down(self, *args: Any) -> Any:
+        return fail(StoreUnavailable("redis is down"))
+
+    create = get = accept = _down
 
 
 @attrs.define

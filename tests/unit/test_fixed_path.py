@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mterelay.client.messages import SealOptions, seal_request
 from mterelay.protocol.header import FIXED_PATH, parse_fixed_path
 from tests.helpers.clientsupport import ClientHarness
-from tests.unit.test_inbound import Sealer
+from tests.helpers.sealer import Sealer
 from tests.helpers.support import MemoryRelay, json_of
 
 

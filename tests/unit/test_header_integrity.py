@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers.support import MemoryRelay
-from tests.unit.test_inbound import Sealer
+from tests.helpers.sealer import Sealer
 
 
 class RequestHeaderTests(SynchronousTestCase):

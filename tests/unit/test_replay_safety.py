@@ -18,7 +18,7 @@ from mterelay.protocol.pairing import start_pairing
 from mterelay.store.interface import StoreLimits, pair_generation
 from mterelay.store.memory import MemoryPairStore
 from tests.helpers.support import MemoryRelay, json_of
-from tests.unit.test_inbound import Sealer
+from tests.helpers.sealer import Sealer
 
 
 class Replicas:

@@ -21,7 +21,7 @@ from mterelay.web.outbound import OutboundProxy
 from mterelay.web.responses import request_id
 from mterelay.web.site import REQUEST_ID_HEADER, RelaySite
 from tests.helpers.support import MemoryRelay, relay_config
-from tests.unit.test_inbound import Sealer, header_value
+from tests.helpers.sealer import Sealer, header_value
 from tests.unit.test_outbound import TOKEN, Outbound
 
 FRESH_ID = re.compile(rb"[0-9a-f]{32}\Z")

@@ -180,7 +180,7 @@ class SealedAnswerTests(SynchronousTestCase):
     """Relay B's sealed answers and its own errors after forwarding began."""
 
     def setUp(self) -> None:
-        from tests.unit.test_inbound import Sealer
+        from tests.helpers.sealer import Sealer
 
         self.relay = MemoryRelay.build(CORS_ORIGINS="https://app.example.com")
         self.client = Sealer(self.relay)
@@ -188,7 +188,7 @@ class SealedAnswerTests(SynchronousTestCase):
 
     def test_sealed_answers_are_no_store(self) -> None:
         """A shared cache must not keep what only one client can open (missing before)."""
-        from tests.unit.test_inbound import Sealer
+        from tests.helpers.sealer import Sealer
 
         self.relay.upstream.headers = [(b"content-type", b"text/plain"),
                                        (b"cache-control", b"public, max-age=3600")]
@@ -203,7 +203,7 @@ class SealedAnswerTests(SynchronousTestCase):
             self.assertEqual(headers["cache-control"], ["public, max-age=3600"])
 
     def test_cache_control_is_sealed_even_when_asked_in_clear(self) -> None:
-        from tests.unit.test_inbound import Sealer
+        from tests.helpers.sealer import Sealer
 
         self.relay.upstream.headers = [(b"content-type", b"text/plain"),
                                        (b"cache-control", b"private"), (b"etag", b'"1"')]
@@ -238,7 +238,7 @@ class SealedAnswerTests(SynchronousTestCase):
 
     def test_empty_header_values_are_allowed(self) -> None:
         """Spec 6.3: an empty value is a field line with an empty value, both ways."""
-        from tests.unit.test_inbound import Sealer
+        from tests.helpers.sealer import Sealer
 
         self.relay.upstream.headers = [(b"content-type", b"text/plain"), (b"x-blank", b"")]
         sent = self.client.send("GET", "/e", {"x-empty": [""], "x-two": ["", "b"]})
