@@ -296,3 +296,34 @@ class PairKeysTests(SynchronousTestCase):
     def test_aead_cached(self) -> None:
         self.assertIs(RELAY_KEYS.aead(True), RELAY_KEYS.aead(True))
         self.assertIsNot(RELAY_KEYS.aead(True), RELAY_KEYS.aead(False))
+
+
+class FinishAllTests(SynchronousTestCase):
+    """``finish_all``: how both clients read a whole pairing answer."""
+
+    def setUp(self) -> None:
+        self.client = "0" * 8 + "-0000-4000-8000-" + "0" * 12
+        self.pending = [pairing.start_pairing(self.client) for _ in range(2)]
+        request = json.dumps([p.request_entry() for p in self.pending])
+        self.entries, self.relay_keys = pairing.respond_all(self.client, request)
+
+    def test_one_key_set_per_entry_in_order(self) -> None:
+        keys = pairing.finish_all(self.pending, json.dumps(self.entries).encode())
+        self.assertEqual(keys, self.relay_keys)
+
+    def test_refused_whole(self) -> None:
+        for body, reason in ((b"\xff", "not UTF-8 JSON"), (b"{", "not UTF-8 JSON"),
+                             (b"{}", "must be a JSON array of 2 entries"),
+                             (json.dumps(self.entries[:1]).encode(),
+                              "must be a JSON array of 2 entries")):
+            with self.assertRaises(MalformedPairResponse) as caught:
+                pairing.finish_all(self.pending, body)
+            self.assertEqual(caught.exception.field, "$", body)
+            self.assertIn(reason, str(caught.exception), body)
+
+    def test_entry_error_names_its_index(self) -> None:
+        entries = copy.deepcopy(self.entries)
+        entries[1]["s2c"]["nonce"] = "AAAA"
+        with self.assertRaises(MalformedPairResponse) as caught:
+            pairing.finish_all(self.pending, json.dumps(entries).encode())
+        self.assertTrue(caught.exception.field.startswith("[1]."), caught.exception.field)
