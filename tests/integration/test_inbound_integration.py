@@ -26,10 +26,10 @@ from mterelay.client import RelayClient
 from mterelay.protocol.header import RelayHeader
 from mterelay.protocol.pairing import start_pairing
 from mterelay.protocol.sealing import Direction, MessageCipher
+from mterelay.wiretap import WireTap
 from tests.helpers.redisserver import started_redis
 from tests.helpers.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.integration.test_passthrough_integration import _Pattern, pattern_digest
-from tests.helpers.wiretap import WireTap
 
 MB = 1024 * 1024
 HUGE = 200 * MB

@@ -28,11 +28,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET, Site
 
+from mterelay.wiretap import WireTap
 from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import SECRET, RelayProcess, collect_digest, free_port, write_random_file
 from tests.integration.test_inbound_integration import RecordingUpstream, send_raw
 from tests.integration.test_passthrough_integration import pattern_digest
-from tests.helpers.wiretap import WireTap
 
 MB = 1024 * 1024
 HUGE = 100 * MB

@@ -39,9 +39,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 import tests.integration.test_inbound_integration as inbound
 from mterelay.cli import build_parser, run
 from mterelay.client import RelayClient
+from mterelay.wiretap import WireTap
 from tests.helpers.redisserver import RedisServer, started_redis
 from tests.helpers.support import SECRET, RelayProcess
-from tests.helpers.wiretap import WireTap
 
 TOKEN = "app-token-0123456789abcdef"
 SECRET_B = "relay-b-client-id-secret-0123456789abcdef"
