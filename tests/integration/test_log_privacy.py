@@ -18,6 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
+from mterelay.http.bodies import Still
 from mterelay.http.connections import OriginAgent
 from mterelay.service.metrics import RelayMetrics
 from mterelay.web.paths import target_problem
@@ -117,7 +118,7 @@ class ProducerLeftRegisteredTests(LogCapture):
             isLeaf = True
 
             def render(self, request: Any) -> bytes:
-                request.registerProducer(_Producer(), True)  # never unregistered
+                request.registerProducer(Still(), True)  # never unregistered
                 request.write(b"x")
                 request.finish()
                 return NOT_DONE_YET
@@ -129,17 +130,6 @@ class ProducerLeftRegisteredTests(LogCapture):
         [failure] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(failure.getErrorMessage(), "Producer was not unregistered for /x")
         self.assertNotLogged()
-
-
-class _Producer:
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class AgentMessageTests(SynchronousTestCase):
