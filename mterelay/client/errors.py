@@ -6,6 +6,8 @@ these two cover a peer that is not (or not yet) usable as a relay.
 
 from __future__ import annotations
 
+from mterelay.protocol.retry import retry_after_seconds
+
 __all__ = ["NotARelay", "PairingFailed", "retry_after_seconds"]
 
 
@@ -25,17 +27,3 @@ class PairingFailed(Exception):
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
-
-
-def retry_after_seconds(values: list[bytes] | None, default: float = 1.0,
-                        ceiling: float = 3600.0) -> float:
-    """A ``Retry-After`` header as seconds: delta-seconds only, else ``default``.
-
-    Capped so a hostile relay cannot silence a client for ever with one answer.
-    """
-    if not values:
-        return default
-    text = values[0].strip()
-    if not text.isdigit():
-        return default
-    return min(float(int(text)), ceiling) or default

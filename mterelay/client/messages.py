@@ -8,7 +8,6 @@ response lives here, so it can be tested without a network.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
@@ -16,11 +15,12 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from mterelay.http import names
-from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
+from mterelay.protocol.errors import DecodeFailed, RelayError
 from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
                                       RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
+from mterelay.protocol.retry import parse_relay_error
 from mterelay.protocol.sealing import Direction, MessageCipher
 from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, single_value
 
@@ -35,9 +35,6 @@ ITEM_HEADER = names.text(names.ITEM_HEADER)
 RESPONSE_HEADERS_CONTROL = names.text(names.RESPONSE_HEADERS_CONTROL)
 SEALED_CONTENT_TYPE = names.text(names.SEALED_CONTENT_TYPE)
 CONTENT_TYPE = names.text(names.CONTENT_TYPE)
-#: The values of ``upstreamReached`` / ``x-mte-upstream-reached`` (spec 10.1).
-REACHED_VALUES = ("no", "maybe")
-
 #: Never sent by the caller's choice: they describe one hop (the agent sets
 #: Host and the framing itself), and ``x-mte-*`` is the protocol's namespace.
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
@@ -308,31 +305,11 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
 
 
 def relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
-    """The typed error of a relay-made 55x answer (clear JSON, unauthenticated).
+    """The typed error of a relay-made 55x answer (:func:`~mterelay.protocol.retry.parse_relay_error`).
 
-    The JSON's ``reason`` (or, from relays before the one error shape,
-    ``info``) becomes the error's info; a body that is not the expected JSON
-    still yields the error of the status code.  ``upstream_reached`` is the
-    answer's ``upstreamReached`` member or ``x-mte-upstream-reached`` header
-    (spec 10.1), None when it has neither (an older relay): the caller, who
-    knows how the request was framed, decides then.
+    ``headers`` (the answer's, when at hand) supply ``x-mte-upstream-reached``
+    where the JSON has no ``upstreamReached``.
     """
-    info = None
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        payload = None
-    reached = None
-    if isinstance(payload, dict):
-        for key in ("reason", "info"):
-            if isinstance(payload.get(key), str):
-                info = payload[key][:300]
-                break
-        reached = payload.get("upstreamReached")
-    if reached not in REACHED_VALUES and headers is not None:
-        values = headers.getRawHeaders(b"x-mte-upstream-reached", [])
-        reached = values[0].decode("latin-1").strip() if len(values) == 1 else None
-    error = error_for_code(status, info)
-    error.remote = True
-    error.upstream_reached = reached if reached in REACHED_VALUES else None
-    return error
+    reached = None if headers is None else [
+        value.decode("latin-1") for value in headers.getRawHeaders(b"x-mte-upstream-reached", [])]
+    return parse_relay_error(status, body, reached)

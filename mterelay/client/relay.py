@@ -27,7 +27,6 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -53,9 +52,12 @@ from mterelay.protocol.errors import (DecodeFailed, EncodeFailed, InvalidClientI
 from mterelay.protocol.header import (FIXED_PATH_HEADER, FRAMING_HEADER, MODE_MKR, MODE_MTE,
                                       parse_fixed_path, parse_framings)
 from mterelay.protocol.keys import PairKeys
-from mterelay.protocol.pairing import start_pairing
+from mterelay.protocol.pairing import finish_all, start_pairing
 from mterelay.protocol.records import RECORD_OVERHEAD
+from mterelay.protocol.retry import (PAIR_ID_IN_USE, RETRY_REPAIR, RETRY_REVALIDATE,
+                                     assumed_upstream_reached, may_resend, refusal_summary)
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
+from mterelay.protocol.urls import split_url
 from mterelay.http.connections import persistent_agent
 from mterelay.http.failures import wrapped
 from mterelay.http.timeouts import with_timeout
@@ -65,14 +67,8 @@ __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
 
 log = Logger(namespace="mterelay.client")
 
-#: Relay answers that condemn the pair: replace it and retry once.
-RETRY_REPAIR = frozenset({559, 560, 562, 563, 564})
-#: The client id was refused: validate again, re-pair, retry once.
-RETRY_REVALIDATE = 566
 RELAY_PATH = names.text(names.RELAY_PATH)
 PAIR_PATH = names.text(names.PAIR_PATH)
-#: The relay's answer to a pairing whose pairId is already a pair (spec 2, 10).
-PAIR_ID_IN_USE = 409
 #: A relay-made error is a small JSON object; read no more than this of it.
 ERROR_BODY_LIMIT = 64 * 1024
 #: 64 pair entries are ~250 KB of JSON.
@@ -81,35 +77,6 @@ PAIR_BODY_LIMIT = 4 * 1024 * 1024
 #: not cancelled with one of them; this bounds them when ``timeout`` is unset.
 HANDSHAKE_TIMEOUT = 30.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-#: RFC 9110 section 9.2.2: sending these twice has the effect of sending once.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-#: Kept literal in a path+query; everything else is percent-encoded.
-_URL_SAFE = "/?&=%:@!$'()*+,;~-._[]"
-
-
-def split_url(url: str | bytes) -> tuple[str, str]:
-    """``(origin, path_and_query)``; the origin always names its port.
-
-    Characters the url item cannot carry (spaces, non-ASCII) are
-    percent-encoded; the fragment is dropped; credentials are refused
-    (they would travel in clear).
-    """
-    if isinstance(url, bytes):
-        url = url.decode("utf-8")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url[:100]!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("credentials in the URL are not supported")
-    host = parts.hostname
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port or (443 if scheme == "https" else 80)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return f"{scheme}://{host}:{port}", quote(target, safe=_URL_SAFE)
 
 
 def timed(d: "Deferred[Any]", seconds: float, clock: IReactorTime, what: str
@@ -200,36 +167,14 @@ class _PeerRelay:
                 raise relay_error(response.code, answer)
             hold = (retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
                     if response.code == 429 else None)
-            raise PairingFailed(response.code, _reason(answer), hold)
+            raise PairingFailed(response.code, refusal_summary(answer), hold)
         if too_long:
             raise MalformedPairResponse("$", "pair response too large")
-        try:
-            entries = json.loads(answer.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedPairResponse("$", "not UTF-8 JSON") from None
-        if not isinstance(entries, list) or len(entries) != count:
-            raise MalformedPairResponse("$", f"must be a JSON array of {count} entries")
-        keys = []
-        for index, (pairing, entry) in enumerate(zip(pending, entries)):
-            try:
-                keys.append(pairing.finish(entry))
-            except MalformedPairResponse as error:
-                raise error.with_prefix(f"[{index}]") from None
+        keys = finish_all(pending, answer)
         log.info("paired {count} pair(s) with {origin}", count=count, origin=self.origin)
         if self.client.metrics is not None:
             self.client.metrics.pair_created("outbound", count)
         return keys
-
-
-def _reason(body: bytes) -> str:
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(payload, dict):
-        parts = [str(payload[k]) for k in ("error", "reason", "field") if k in payload]
-        return "; ".join(parts)[:300]
-    return ""
 
 
 class RelayClient:
@@ -403,15 +348,16 @@ class RelayClient:
             if not isinstance(outcome, RelayError):
                 return outcome
             code = outcome.code
-            can_retry = (not retried and (body is None or body.can_open)
-                         and (outcome.upstream_reached == "no" or method in IDEMPOTENT_METHODS))
+            # _attempt has filled upstream_reached in (spec 10.1), so
+            # ``streamed`` does not matter here.
+            can_retry = not retried and may_resend(
+                code, outcome.upstream_reached, method, body is None or body.can_open,
+                streamed=body is not None)
             if code == RETRY_REVALIDATE:
                 state.pool.forget_client(lease.client_id)
                 after = 0
             elif code in RETRY_REPAIR:
                 after = state.pool.drop(lease.pair)
-            else:
-                can_retry = False
             if not can_retry:
                 if not retried and outcome.upstream_reached != "no":
                     log.info("relay answered {code} after the request may have reached the "
@@ -455,9 +401,8 @@ class RelayClient:
                 if result.upstream_reached is None:
                     # A relay without upstreamReached (spec 10.1): only a
                     # streamed (MKE) body can have failed after forwarding began.
-                    streamed = body is not None and outgoing.header.mode != MODE_MTE
-                    result.upstream_reached = ("maybe" if result.code == 562 and streamed
-                                               else "no")
+                    result.upstream_reached = assumed_upstream_reached(
+                        result.code, body is not None and outgoing.header.mode != MODE_MTE)
             return result
         return await self._open(wire, outgoing, lease, plain_request)
 

@@ -7,7 +7,7 @@ the HTTP/1.1 channel; an ``H2Connection`` has no ``loseConnection``,
 (no transport), a response must not carry ``Connection``, and a request body
 has no ``Content-Length`` or ``Transfer-Encoding`` when the client streams
 it.  This module holds those differences, each one pinned by
-tests/test_http2_integration.py.
+tests/integration/test_http2_integration.py.
 """
 
 from __future__ import annotations

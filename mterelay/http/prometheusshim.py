@@ -4,7 +4,7 @@ With several worker processes each must write its metric values to files the
 scraped process merges (prometheus_client's multiprocess mode).  The library
 chooses its value class once, at import, from ``PROMETHEUS_MULTIPROC_DIR``;
 the relay decides on workers later (after reading its settings), so it swaps
-``values.ValueClass`` itself.  ``tests/test_prometheusshim.py`` pins that a
+``values.ValueClass`` itself.  ``tests/unit/test_prometheusshim.py`` pins that a
 metric created afterwards writes to the directory.
 """
 

@@ -43,7 +43,7 @@ __all__ = [
     "ClientDirectionSecrets", "RelayDirectionSecrets", "DirectionTranscript",
     "PendingPairing", "PairKeys",
     "new_pair_id", "start_pairing", "pairing_from_secrets",
-    "respond", "parse_pair_requests", "respond_all",
+    "respond", "parse_pair_requests", "respond_all", "finish_all",
     "transcript_bytes", "derive_keys",
 ]
 
@@ -496,3 +496,25 @@ def respond_all(client_id: str, body: bytes | str,
         responses.append(response)
         keys.append(pair_keys)
     return responses, keys
+
+
+def finish_all(pending: list[PendingPairing], body: bytes) -> list[PairKeys]:
+    """The client's keys from a whole ``POST /api/mte-pair`` answer, one per pending pairing.
+
+    Every client (the Twisted one, the blocking one) reads the answer this
+    way: a body that is not a JSON array of exactly one entry per request is
+    refused whole, and an entry's error names its index (``"[1].s2c.nonce"``).
+    """
+    try:
+        entries = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedPairResponse("$", "not UTF-8 JSON") from None
+    if not isinstance(entries, list) or len(entries) != len(pending):
+        raise MalformedPairResponse("$", f"must be a JSON array of {len(pending)} entries")
+    keys = []
+    for index, (pairing, entry) in enumerate(zip(pending, entries)):
+        try:
+            keys.append(pairing.finish(entry))
+        except MalformedPairResponse as error:
+            raise error.with_prefix(f"[{index}]") from None
+    return keys

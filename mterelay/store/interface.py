@@ -4,7 +4,7 @@ A pair store keeps, per (client id, pair id), the opaque pair secrets the
 protocol core produced at pairing time, and the decoding side's anti-replay
 window.  The relay only ever talks to ``IPairStore``, so the embedded default
 (memory) and the shared one (Redis) are interchangeable; one conformance
-suite (tests/test_store_conformance.py) holds both to the same behaviour.
+suite (tests/integration/test_store_conformance.py) holds both to the same behaviour.
 """
 
 from __future__ import annotations

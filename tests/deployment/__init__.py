@@ -1,0 +1,1 @@
+"""Deployment tests: Docker image, Helm chart, systemd units, AWS templates, the Grafana dashboard."""

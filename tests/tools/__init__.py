@@ -1,0 +1,1 @@
+"""Tests of the tools: the benchmark harness (bench/) and the fuzz harness (fuzz/)."""
