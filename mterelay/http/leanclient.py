@@ -8,7 +8,7 @@ connections, so most of that is avoidable.  :class:`LeanAgent` is an
 relay's code cannot tell them apart, with the parsing done by ``httptools``
 (the llhttp bindings, C speed).
 
-It keeps the pool rules of :mod:`mterelay.http.connections`:
+It keeps the pool rules :mod:`mterelay.http.connections` names:
 
 * a connection that is closing (or received a byte it did not ask for) is
   never handed out again;
@@ -38,7 +38,6 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError, WrongBodyLength, _DataLoss, _ensureValidMethod
 from twisted.web.client import (URI, RequestGenerationFailed, RequestNotSent, ResponseDone,
                                 ResponseFailed, ResponseNeverReceived)
 from twisted.web.error import SchemeNotSupported
@@ -47,6 +46,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import (UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer,
                               IResponse)
 from zope.interface import implementer
+
+from mterelay.http.nodelay import NoDelayEndpointFactory
+from mterelay.http.twistedinternals import (DataLoss, ParseError, WrongBodyLength, check_method,
+                                           transport_aborting)
 
 log = Logger(namespace="mterelay.http.leanclient")
 
@@ -303,7 +306,7 @@ class LeanClientProtocol(Protocol):
         return (self._closed or not self._reusable or transport is None
                 or bool(getattr(transport, "disconnecting", False)
                         or getattr(transport, "disconnected", False)
-                        or getattr(transport, "_aborting", False)))
+                        or transport_aborting(transport)))
 
     def close(self) -> None:
         """Close the connection (cleanly) and never hand it out again."""
@@ -635,7 +638,7 @@ class LeanClientProtocol(Protocol):
                 # A body without a length ends with the connection, as HTTP/1.0's did.
                 response._end(Failure(PotentialDataLoss()))
             else:
-                response._end(Failure(ResponseFailed([reason, Failure(_DataLoss())], response)))
+                response._end(Failure(ResponseFailed([reason, Failure(DataLoss())], response)))
         self._request = None
         self._response = None
         if self._on_idle is not None:
@@ -743,6 +746,14 @@ class LeanPool:
     def idle_count(self, key: Any) -> int:
         return len(self._idle.get(key, ()))
 
+    def idle_connections(self, key: Any) -> tuple[LeanClientProtocol, ...]:
+        """The idle connections kept for ``key``, most recently used last (for tests, metrics)."""
+        return tuple(self._idle.get(key, ()))
+
+    def origins(self) -> list[Any]:
+        """The keys that have idle connections now."""
+        return list(self._idle)
+
     def close_idle(self, key: Any) -> None:
         """Close the idle connections kept for ``key`` (an origin not used again)."""
         for connection in list(self._idle.pop(key, ())):
@@ -774,9 +785,9 @@ class _Origin:
 
 @implementer(IAgent)
 class LeanAgent:
-    """An ``IAgent`` on :class:`LeanPool`: what ``OriginAgent`` on Twisted's pool does, leaner.
+    """An ``IAgent`` on :class:`LeanPool`, for the few origins a relay talks to.
 
-    Same checks as ``OriginAgent``: the URL must be visible ASCII, the method
+    Same checks as Twisted's ``Agent``: the URL must be visible ASCII, the method
     a token, the scheme http or https; a Host header is added unless the
     caller set one; the fragment is not sent; each origin's endpoint (TLS
     with certificate checks for https, from ``endpoints``) is made once.
@@ -824,16 +835,11 @@ class LeanAgent:
         if origin is not None:
             self.pool.close_idle(origin.key)
 
-    @property
-    def _pool(self) -> LeanPool:
-        """``OriginAgent``'s name for its pool, which callers and tests reach for."""
-        return self.pool
-
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:
             if not isinstance(method, bytes):
                 raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
-            _ensureValidMethod(method)
+            check_method(method)
             self._methods.add(method)
         uri = uri.strip()
         if not uri or any(b < 0x21 or b > 0x7e for b in uri):
@@ -868,7 +874,6 @@ class LeanAgent:
 def lean_agent(reactor: Any, size: int, idle_timeout: float,
                connect_timeout: float) -> tuple[LeanAgent, LeanPool]:
     """The drop-in for :func:`mterelay.http.connections.persistent_agent` (same arguments)."""
-    from mterelay.http.nodelay import NoDelayEndpointFactory
     pool = LeanPool(reactor, size, idle_timeout)
     return LeanAgent(reactor, NoDelayEndpointFactory(reactor, connect_timeout), pool), pool
 
