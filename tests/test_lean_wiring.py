@@ -142,3 +142,166 @@ class PrivateNamesTests(SynchronousTestCase):
                                 part.startswith("_") for part in alias.name.split(".")):
                             found.append(f"{path.relative_to(root)}: import {alias.name}")
         self.assertEqual(found, [])
+
+
+def write_ca_and_leaves(directory: str) -> dict[str, tuple[str, str]]:
+    """A private CA (``ca``: cert only), a leaf it signed for 127.0.0.1/localhost (``good``),
+    one it signed for another name (``wrong_host``) and a self-signed one (``untrusted``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    os.makedirs(directory, exist_ok=True)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def save(label: str, key: Any, cert: x509.Certificate) -> tuple[str, str]:
+        key_path = os.path.join(directory, f"{label}.key")
+        cert_path = os.path.join(directory, f"{label}.pem")
+        with open(key_path, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+        with open(cert_path, "wb") as handle:
+            handle.write(cert.public_bytes(serialization.Encoding.PEM))
+        return key_path, cert_path
+
+    def builder(subject: str, issuer: str, key: Any) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (builder("mterelay test CA", "mterelay test CA", ca_key)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": save("ca", ca_key, ca)}
+    local = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    for label, names, signer, issuer in (
+            ("good", local, ca_key, "mterelay test CA"),
+            ("wrong_host", [x509.DNSName("relay-b.other.test")], ca_key, "mterelay test CA"),
+            ("untrusted", local, None, "127.0.0.1")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (builder("127.0.0.1" if label != "wrong_host" else "relay-b.other.test", issuer, key)
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(signer or key, hashes.SHA256()))
+        out[label] = save(label, key, cert)
+    return out
+
+
+class PeerTLSTests(RelayCase):
+    """Relay A (a twistd process trusting a private CA) to TLS relay Bs: certificates checked."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_good_certificate_passes_wrong_host_and_untrusted_fail_with_502(self) -> Any:
+        from tests.support import RelayProcess
+
+        files = write_ca_and_leaves(self.mktemp())
+        upstream, upstream_url = yield self.upstream(body=b"through TLS")
+        relays_b = {}
+        for label in ("good", "wrong_host", "untrusted"):
+            key_path, cert_path = files[label]
+            _, url = yield self.relay(
+                upstream_url, LISTEN=f"ssl:0:interface=127.0.0.1:privateKey={key_path}"
+                                     f":certKey={cert_path}")
+            relays_b[label] = url.replace("http:", "https:")
+        relay_a = RelayProcess.start({
+            "UPSTREAM": "http://127.0.0.1:9", "CLIENT_ID_SECRET": SECRET, "OUTBOUND_TOKEN": TOKEN,
+            "OUTBOUND_UPSTREAMS": "https://127.0.0.1:*",
+            # How an operator trusts a private CA: OpenSSL's default verify paths.
+            "SSL_CERT_FILE": files["ca"][1]}, self.mktemp() + ".log")
+        self.addCleanup(lambda: relay_a.process.poll() is None and relay_a.stop())
+        yield defer.ensureDeferred(_wait_listening(relay_a))
+        http = self.client()
+        answers = {}
+        for label, url in relays_b.items():
+            response = yield http.post(relay_a.url + "/api/x", data=b"payload", headers={
+                "x-mte-outbound-token": TOKEN, "x-mte-upstream": url})
+            answers[label] = (response.code, (yield response.content()),
+                              response.headers.getRawHeaders("x-mte-upstream-reached"))
+        code, body, _ = answers["good"]
+        self.assertEqual((code, body), (200, b"through TLS"), relay_a.output()[-2000:])
+        self.assertEqual(len(upstream.requests), 1)
+        for label in ("wrong_host", "untrusted"):
+            code, body, reached_header = answers[label]
+            payload = json.loads(body)
+            self.assertEqual((code, payload["code"]), (502, 502), (label, payload))
+            self.assertIn("error", payload)
+            self.assertEqual(reached_header, ["no"], (label, payload))
+        self.assertEqual(len(upstream.requests), 1, "nothing reached the upstream past a bad cert")
+
+
+async def _wait_listening(relay: Any) -> None:
+    """RelayProcess.wait_listening without blocking this test's reactor (relay Bs live in it)."""
+    import http.client
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if relay.process.poll() is not None:
+            raise AssertionError(f"relay exited early:\n{relay.output()}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=2)
+            connection.request("GET", "/api/mte-echo/ready")
+            connection.getresponse().read()
+            connection.close()
+            return
+        except OSError:
+            await task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"relay did not listen in time:\n{relay.output()}")
+
+
+class _NeverClosing:
+    """A transport whose clean close never completes (a TLS peer that never sends close_notify)."""
+
+    disconnecting = False
+    disconnected = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:  # noqa: N802
+        self.aborted = True
+        self.disconnected = True
+        from twisted.internet.error import ConnectionAborted
+        from twisted.python.failure import Failure
+        self.protocol.connectionLost(Failure(ConnectionAborted()))
+
+
+class CloseGraceTests(SynchronousTestCase):
+    def test_idle_connection_that_does_not_close_is_aborted_after_the_grace(self) -> None:
+        from mterelay.http.leanclient import CLOSE_GRACE, LeanClientProtocol, LeanPool
+
+        clock = task.Clock()
+        pool = LeanPool(clock, 4, 60)
+        connection = LeanClientProtocol(pool._returned)
+        connection.key = b"k"
+        connection.makeConnection(_NeverClosing(connection))
+        pool._returned(connection)  # idle in the pool
+        closed = pool.closeCachedConnections()
+        self.assertNoResult(closed)
+        clock.advance(CLOSE_GRACE - 0.1)
+        self.assertNoResult(closed)
+        clock.advance(0.2)
+        self.successResultOf(closed)
+        self.assertTrue(connection.transport.aborted)
+        self.assertEqual(clock.getDelayedCalls(), [])

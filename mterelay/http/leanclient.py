@@ -34,7 +34,9 @@ from typing import Any, Callable
 
 import httptools
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (IConsumer, IHandshakeListener, IPushProducer,
+                                         ISSLTransport, IStreamClientEndpoint)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,6 +66,18 @@ MAX_HEAD_BYTES = 65536
 MAX_HEADER_LINE = 16384
 #: Most headers in one response.
 MAX_HEADERS = 100
+#: Seconds a pool's idle connections get to close cleanly at shutdown before being aborted.
+CLOSE_GRACE = 2.0
+
+
+class TLSHandshakeFailed(ConnectError):
+    """The TLS handshake failed (an untrusted certificate, a wrong host name): nothing was sent.
+
+    Twisted's TLS layer holds every application byte until the handshake is
+    done, so a request on a connection whose handshake never finished
+    certainly did not reach the server.  A ``ConnectError``, so callers
+    report it as such (``upstreamReached: no``), as they do a refused connection.
+    """
 
 
 class BadResponse(ParseError):
@@ -263,8 +277,15 @@ class _BodyWriter:
             self._transport.write(data)
 
 
+@implementer(IHandshakeListener)
 class LeanClientProtocol(Protocol):
     """One HTTP/1.1 connection: one request at a time, responses parsed by llhttp."""
+
+    #: Set by Twisted's TLS layer once the handshake succeeded (plain TCP: never asked).
+    handshake_done = False
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        self.handshake_done = True
 
     def __init__(self, on_idle: Callable[["LeanClientProtocol"], None] | None = None) -> None:
         self._on_idle = on_idle
@@ -628,6 +649,9 @@ class LeanClientProtocol(Protocol):
         if deferred is not None:
             if self._received:
                 deferred.errback(Failure(ResponseFailed([reason])))
+            elif not self.handshake_done and ISSLTransport.providedBy(self.transport):
+                deferred.errback(Failure(TLSHandshakeFailed(
+                    string=f"TLS handshake failed: {reason.getErrorMessage()[:300]}")))
             else:
                 deferred.errback(Failure(ResponseNeverReceived([reason])))
         response = self._response
@@ -760,17 +784,42 @@ class LeanPool:
             self._cancel(connection)
             connection.close()
 
-    def closeCachedConnections(self) -> "Deferred[None]":  # noqa: N802 (Twisted's pool name)
-        """Close every idle connection; fire when they are gone (shutdown)."""
+    def closeCachedConnections(self, grace: float = CLOSE_GRACE  # noqa: N802 (Twisted's name)
+                               ) -> "Deferred[None]":
+        """Close every idle connection; fire when they are gone (shutdown).
+
+        A clean TLS close waits for the server's close_notify; a server that
+        never sends it must not hold the relay's shutdown, so what is still
+        open after ``grace`` seconds is aborted.
+        """
         waits = []
+        closing = []
         for key in list(self._idle):
             for connection in self._idle.pop(key):
                 self._cancel(connection)
                 done: Deferred[None] = Deferred()
                 waits.append(done)
+                closing.append(connection)
                 connection._on_idle = lambda _c, d=done: d.called or d.callback(None)
                 connection.close()
-        return gatherResults(waits).addCallback(lambda _: None)
+        if not waits:
+            return succeed(None)
+        pending = [c for c in closing if not c._closed]
+        if not pending:
+            return gatherResults(waits).addCallback(lambda _: None)
+
+        def abort_rest() -> None:
+            for connection in pending:
+                if not connection._closed and connection.transport is not None:
+                    connection.transport.abortConnection()
+
+        timer = self._reactor.callLater(grace, abort_rest)
+
+        def gone(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return gatherResults(waits).addCallback(gone)
 
 
 class _Origin:
@@ -878,5 +927,5 @@ def lean_agent(reactor: Any, size: int, idle_timeout: float,
     return LeanAgent(reactor, NoDelayEndpointFactory(reactor, connect_timeout), pool), pool
 
 
-__all__ = ["BadResponse", "LeanAgent", "LeanClientProtocol", "LeanPool", "LeanResponse",
+__all__ = ["BadResponse", "TLSHandshakeFailed", "LeanAgent", "LeanClientProtocol", "LeanPool", "LeanResponse",
            "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_HEAD_BYTES", "lean_agent"]
