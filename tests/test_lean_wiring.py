@@ -305,3 +305,66 @@ class CloseGraceTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.assertTrue(connection.transport.aborted)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _PausedApplication(Protocol):
+    """An application that sends one request and then does not read (until told to)."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+        self.transport.pauseProducing()  # the slow reader: nothing read from the socket
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received.append(data)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.done.callback(b"".join(self.received))
+
+
+def _http_body(raw: bytes) -> bytes:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return rest
+    out, at = [], 0
+    while True:
+        end = rest.index(b"\r\n", at)
+        size = int(rest[at:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(rest[end + 2:end + 2 + size])
+        at = end + 2 + size + 2
+
+
+class BackPressureTests(RelayCase):
+    timeout = 120
+    total = 64 * 1024 * 1024
+
+    @defer.inlineCallbacks
+    def test_slow_application_pauses_both_lean_hops_and_the_upstream(self) -> Any:
+        upstream, upstream_url = yield self.upstream(stream=self.total)
+        service, relay_url = yield self.relay(upstream_url)
+        port = int(relay_url.rsplit(":", 1)[1])
+        request = (b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                   b"x-mte-outbound-token: %b\r\nx-mte-upstream: %b\r\n\r\n"
+                   % (TOKEN.encode(), relay_url.encode()))
+        app = _PausedApplication(request)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+            Factory.forProtocol(lambda: app))
+        # app <- relay A <- (lean peer hop) relay B <- (lean upstream hop) upstream
+        self.assertTrue((yield until(lambda: upstream.streams and upstream.streams[0].paused,
+                                     limit=30)), "the upstream was never held back")
+        stream = upstream.streams[0]
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        held = stream.written
+        self.assertTrue(stream.paused)
+        self.assertLess(held, self.total // 2, "the relays buffered instead of pausing")
+        app.transport.resumeProducing()
+        raw = yield app.done
+        body = _http_body(raw)
+        self.assertEqual((len(body), body.count(b"s")), (self.total, self.total))
+        self.assertGreater(stream.pauses, 0)
