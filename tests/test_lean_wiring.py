@@ -368,3 +368,55 @@ class BackPressureTests(RelayCase):
         body = _http_body(raw)
         self.assertEqual((len(body), body.count(b"s")), (self.total, self.total))
         self.assertGreater(stream.pauses, 0)
+
+
+class StaleKeepAliveTests(RelayCase):
+    """An upstream closing idle keep-alive connections after 50 ms (as gunicorn, Node do, later)."""
+
+    @defer.inlineCallbacks
+    def test_connection_closed_while_idle_is_not_reused(self) -> Any:
+        upstream, upstream_url = yield self.upstream(idle_close=0.05)
+        _, relay_url = yield self.relay(upstream_url)
+        http = self.client()
+        codes = []
+        for _ in range(5):
+            response = yield http.post(relay_url + "/open/x", data=b"once")
+            codes.append((response.code, (yield response.content())))
+            yield task.deferLater(reactor, 0.15, lambda: None)  # the upstream closes meanwhile
+        self.assertEqual(codes, [(200, b"ok")] * 5)
+        self.assertEqual((upstream.made, len(upstream.requests)), (5, 5))  # none sent twice
+
+    @defer.inlineCallbacks
+    def test_keep_alive_timeout_hint_closes_ours_first(self) -> Any:
+        # Failed before: the pool kept the connection for its own idle timeout
+        # (60 s here), past the 5 s after which the server closes it.
+        from mterelay.http.leanclient import LeanAgent, LeanPool
+        from mterelay.http.nodelay import NoDelayEndpointFactory
+
+        upstream, url = yield self.upstream(headers=((b"Keep-Alive", b"timeout=5, max=100"),))
+        clock = task.Clock()
+        pool = LeanPool(clock, 4, 60)
+        agent = LeanAgent(reactor, NoDelayEndpointFactory(reactor, 5), pool)
+        self.addCleanup(pool.closeCachedConnections, 0)
+        response = yield agent.request(b"GET", url.encode() + b"/x")
+        self.assertEqual((yield treq.content(response)), b"ok")
+        [key] = pool.origins()
+        [connection] = pool.idle_connections(key)
+        clock.advance(3.9)
+        self.assertEqual(pool.idle_connections(key), (connection,))
+        clock.advance(0.2)  # 4 s: a second before the server's 5
+        self.assertEqual(pool.idle_connections(key), ())
+        self.assertTrue(connection.is_closing())
+        self.assertTrue((yield until(lambda: not upstream.open)))
+
+    def test_idle_limit(self) -> None:
+        from mterelay.http.leanclient import _keep_alive_timeout, idle_limit
+        self.assertEqual(idle_limit(90, None), 90)
+        self.assertEqual(idle_limit(90, 5), 4)
+        self.assertEqual(idle_limit(90, 1), 0.5)
+        self.assertEqual(idle_limit(3, 75), 3)
+        self.assertEqual(idle_limit(90, 0), 0)
+        for value, expected in ((b"timeout=5, max=100", 5.0), (b"max=10", None),
+                                (b"timeout=abc", None), (b"timeout=-1", None),
+                                (b' Timeout = "2" ', 2.0), (b"timeout=nan", None)):
+            self.assertEqual(_keep_alive_timeout(value, None), expected, value)

@@ -13,7 +13,9 @@ The pool rules the relay relies on, each tested in ``tests/test_leanclient.py``,
   is never handed out again, so the next request - a POST, never resent -
   does not fail with ``ResponseNeverReceived(ConnectionDone)``.  A
   connection the server closed while idle leaves the pool when its close
-  is read.
+  is read; one whose server said when it closes idle connections
+  (``Keep-Alive: timeout=N``) is closed by us first, so no request is
+  written to it just as the server closes it.
 * **Never resend by itself what may have arrived.**  The protocol's rule
   (docs/protocol.md section 10) is that only what certainly did not arrive
   may be sent again: a request is resent once, on a fresh connection, only

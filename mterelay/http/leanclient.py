@@ -283,6 +283,8 @@ class LeanClientProtocol(Protocol):
 
     #: Set by Twisted's TLS layer once the handshake succeeded (plain TCP: never asked).
     handshake_done = False
+    #: Seconds the server said it keeps this connection idle (``Keep-Alive: timeout=``).
+    server_idle: float | None = None
 
     def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
         self.handshake_done = True
@@ -572,6 +574,8 @@ class LeanClientProtocol(Protocol):
                     transfer.append(value)
                 elif lower == b"connection":
                     self._connection_header.append(value)
+                elif lower == b"keep-alive":
+                    self.server_idle = _keep_alive_timeout(value, self.server_idle)
                 continue
             headers.addRawHeader(name, value)
         if transfer:
@@ -677,6 +681,34 @@ class LeanClientProtocol(Protocol):
                 pass
 
 
+def _keep_alive_timeout(value: bytes, previous: float | None) -> float | None:
+    """The ``timeout=`` of a ``Keep-Alive`` header (RFC 2068 19.7.1.1), or ``previous``."""
+    for part in value.split(b","):
+        name, _, number = part.partition(b"=")
+        if name.strip().lower() == b"timeout":
+            try:
+                seconds = float(number.strip().strip(b'"'))
+            except ValueError:
+                return previous
+            if seconds != seconds or seconds < 0:  # NaN, negative: not a hint
+                return previous
+            return seconds
+    return previous
+
+
+def idle_limit(idle_timeout: float, server_idle: float | None) -> float:
+    """How long an idle connection is kept: ours, or shorter when the server said it closes first.
+
+    A server closing an idle connection just as a request is written to it
+    fails that request after it was sent (never resent: it may have
+    arrived).  Closing ours first - a second, or half the server's time when
+    that is shorter, before the server would - leaves no such moment.
+    """
+    if server_idle is None:
+        return idle_timeout
+    return min(idle_timeout, server_idle - min(1.0, server_idle / 2))
+
+
 def _keep_alive(version: str, connection: list[bytes]) -> bool:
     """HTTP/1.1 keeps the connection unless told to close; 1.0 only when told to keep it."""
     tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
@@ -740,9 +772,15 @@ class LeanPool:
             if not idle:
                 del self._idle[key]
             return
+        limit = idle_limit(self.idle_timeout, connection.server_idle)
+        if limit <= 0:
+            connection.close()
+            self._forget(connection)
+            if not idle:
+                del self._idle[key]
+            return
         idle.append(connection)
-        self._timers[connection] = self._reactor.callLater(self.idle_timeout, self._expire,
-                                                           connection)
+        self._timers[connection] = self._reactor.callLater(limit, self._expire, connection)
 
     def _expire(self, connection: LeanClientProtocol) -> None:
         self._timers.pop(connection, None)
