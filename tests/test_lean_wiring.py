@@ -420,3 +420,36 @@ class StaleKeepAliveTests(RelayCase):
                                 (b"timeout=abc", None), (b"timeout=-1", None),
                                 (b' Timeout = "2" ', 2.0), (b"timeout=nan", None)):
             self.assertEqual(_keep_alive_timeout(value, None), expected, value)
+
+
+class UpstreamReachedTests(RelayCase):
+    """``x-mte-upstream-reached`` from the lean agent's failures (docs/protocol.md section 10.1)."""
+
+    @defer.inlineCallbacks
+    def answers(self, upstream_url: str) -> Any:
+        _, relay_url = yield self.relay(upstream_url)
+        http = self.client()
+        out = []
+        for path, headers in (("/open/x", {}),
+                              ("/sealed", {"x-mte-outbound-token": TOKEN,
+                                           "x-mte-upstream": relay_url})):
+            response = yield http.post(relay_url + path, data=b"payload", headers=headers)
+            body = json.loads((yield response.content()))
+            out.append((response.code, body["code"], body["upstreamReached"],
+                        response.headers.getRawHeaders("x-mte-upstream-reached")))
+        return out
+
+    @defer.inlineCallbacks
+    def test_nothing_written_is_no(self) -> Any:
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        yield port.stopListening()  # connection refused from now on
+        got = yield self.answers(url)
+        self.assertEqual(got, [(502, 502, "no", ["no"])] * 2)
+
+    @defer.inlineCallbacks
+    def test_written_then_lost_is_maybe_and_not_resent(self) -> Any:
+        upstream, url = yield self.upstream(hang_up=True)
+        got = yield self.answers(url)
+        self.assertEqual(got, [(502, 502, "maybe", ["maybe"])] * 2)
+        self.assertEqual(len(upstream.requests), 2, "each request reached the upstream once")
