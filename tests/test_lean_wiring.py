@@ -19,7 +19,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 
 import mterelay
 from mterelay.client import RelayClient

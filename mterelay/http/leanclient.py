@@ -960,10 +960,11 @@ class LeanAgent:
 
 def lean_agent(reactor: Any, size: int, idle_timeout: float,
                connect_timeout: float) -> tuple[LeanAgent, LeanPool]:
-    """The drop-in for :func:`mterelay.http.connections.persistent_agent` (same arguments)."""
+    """An agent and its pool; the relay's agents are made by :mod:`mterelay.http.connections`."""
     pool = LeanPool(reactor, size, idle_timeout)
     return LeanAgent(reactor, NoDelayEndpointFactory(reactor, connect_timeout), pool), pool
 
 
-__all__ = ["BadResponse", "TLSHandshakeFailed", "LeanAgent", "LeanClientProtocol", "LeanPool", "LeanResponse",
-           "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_HEAD_BYTES", "lean_agent"]
+__all__ = ["BadResponse", "CLOSE_GRACE", "LeanAgent", "LeanClientProtocol", "LeanPool",
+           "LeanResponse", "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_HEAD_BYTES", "TLSHandshakeFailed",
+           "idle_limit", "lean_agent"]

@@ -2,8 +2,9 @@
 
 mterelay leans on a few details of twisted.web that are not public API: the
 HTTP client's failure classes and method check, the transport's abort flag,
-the HTTP/1.1 channel's request line and cleanup step, the negotiating wrapper's inner channel, the
-abort timer, HTTP/2's reactor, and two fields of the endpoint service.  Each
+the HTTP/1.1 channel's request line and cleanup step, the negotiating
+wrapper's inner channel, the abort timer, HTTP/2's reactor, and two fields
+of the endpoint service.  Each
 is reached only through this module, and ``tests/test_twistedinternals.py``
 pins the behaviour relied on, so a Twisted upgrade that changes one fails one
 named test instead of breaking the relay somewhere else.
