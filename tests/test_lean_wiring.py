@@ -452,3 +452,40 @@ class UpstreamReachedTests(RelayCase):
         got = yield self.answers(url)
         self.assertEqual(got, [(502, 502, "maybe", ["maybe"])] * 2)
         self.assertEqual(len(upstream.requests), 2, "each request reached the upstream once")
+
+
+class UpstreamIdleTimeoutSettingTests(SynchronousTestCase):
+    """UPSTREAM_IDLE_TIMEOUT: for upstreams closing idle connections early without saying so."""
+
+    base = {"UPSTREAM": "http://upstream.test", "CLIENT_ID_SECRET": SECRET,
+            "LISTEN": "tcp:0:interface=127.0.0.1"}
+
+    def test_sources_and_default(self) -> None:
+        from mterelay.service.config import parse_yaml
+        from mterelay.service.tap import Options
+
+        self.assertEqual(load_config(self.base).upstream_idle_timeout,
+                         connections.UPSTREAM_IDLE_TIMEOUT)
+        self.assertLess(connections.UPSTREAM_IDLE_TIMEOUT, 75)  # nginx's default keepalive
+        self.assertEqual(load_config({**self.base, "UPSTREAM_IDLE_TIMEOUT": "1.5"})
+                         .upstream_idle_timeout, 1.5)
+        self.assertEqual(load_config(self.base, parse_yaml("upstreamIdleTimeout: 4"))
+                         .upstream_idle_timeout, 4)
+        options = Options(environ=self.base)
+        options.parseOptions(["--upstream-idle-timeout", "3"])
+        self.assertEqual(options.config.upstream_idle_timeout, 3)
+
+    def test_bad_values_name_the_setting(self) -> None:
+        from mterelay.service.config import ConfigError
+
+        for value in ("0", "-1", "soon", "3601"):
+            with self.assertRaises(ConfigError) as raised:
+                load_config({**self.base, "UPSTREAM_IDLE_TIMEOUT": value})
+            self.assertIn("UPSTREAM_IDLE_TIMEOUT", str(raised.exception))
+
+    def test_build_service_gives_it_to_the_upstream_pool(self) -> None:
+        service = build_service(load_config({**self.base, "UPSTREAM_IDLE_TIMEOUT": "2"}),
+                                reactor, observer=lambda event: None, environ={})
+        upstream_pool, peer_pool = service.pools
+        self.assertEqual((upstream_pool.idle_timeout, peer_pool.idle_timeout),
+                         (2, connections.PEER_IDLE_TIMEOUT))

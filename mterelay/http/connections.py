@@ -40,8 +40,10 @@ from mterelay.http.leanclient import LeanAgent, LeanPool, lean_agent
 POOL_SIZE = 512
 #: Seconds to wait for a TCP connection to UPSTREAM or a remote relay.
 CONNECT_TIMEOUT = 10.0
-#: Seconds an idle connection to UPSTREAM is kept.
-UPSTREAM_IDLE_TIMEOUT = 90
+#: Seconds an idle connection to UPSTREAM is kept (UPSTREAM_IDLE_TIMEOUT's
+#: default): below nginx's default keepalive_timeout of 75 s, so the relay
+#: closes first and never writes a request just as nginx closes.
+UPSTREAM_IDLE_TIMEOUT = 60
 #: Idle connections to a remote relay are closed by us before the load
 #: balancers in front of it do (AWS ALB: 60 s), so a request is not sent on a
 #: connection the other side is closing (not retried for POST: a 502).
@@ -60,9 +62,10 @@ def persistent_agent(reactor: Any, size: int, idle_timeout: float,
 
 
 def upstream_agent(reactor: Any, pool_size: int = POOL_SIZE,
-                   connect_timeout: float = CONNECT_TIMEOUT) -> LeanAgent:
+                   connect_timeout: float = CONNECT_TIMEOUT,
+                   idle_timeout: float = UPSTREAM_IDLE_TIMEOUT) -> LeanAgent:
     """Persistent connections to UPSTREAM, reused across requests (its pool: ``.pool``)."""
-    agent, _ = persistent_agent(reactor, pool_size, UPSTREAM_IDLE_TIMEOUT, connect_timeout)
+    agent, _ = persistent_agent(reactor, pool_size, idle_timeout, connect_timeout)
     return agent
 
 

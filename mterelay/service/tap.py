@@ -292,7 +292,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
     store_name = config.redis_url_redacted if config.redis_url else "memory (in-process)"
     top.store = MeteredStore(store_for(config, reactor), metrics, reactor)
     StoreService(top.store, store_name).setServiceParent(top)
-    upstream = make_agent(reactor)
+    upstream = make_agent(reactor, idle_timeout=config.upstream_idle_timeout)
     outbound = peer_agent(reactor)
     top.pools = [pool for pool in (agent_pool(upstream), agent_pool(outbound)) if pool is not None]
     forwarder = UpstreamForwarder(
