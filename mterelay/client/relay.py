@@ -33,7 +33,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, RequestGenerationFailed
+from twisted.web.client import RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 
@@ -58,7 +58,7 @@ from mterelay.protocol.retry import (PAIR_ID_IN_USE, RETRY_REPAIR, RETRY_REVALID
                                      assumed_upstream_reached, may_resend, refusal_summary)
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
 from mterelay.protocol.urls import split_url
-from mterelay.http.connections import persistent_agent
+from mterelay.http.connections import LeanPool, persistent_agent
 from mterelay.http.failures import wrapped
 from mterelay.http.timeouts import with_timeout
 from mterelay.http.timing import crypto_stopwatch
@@ -224,7 +224,7 @@ class RelayClient:
         self.timeout = timeout
         #: A RelayMetrics (the outbound relay's): crypto times, pairs made.
         self.metrics = metrics
-        self._pool: HTTPConnectionPool | None = None
+        self._pool: LeanPool | None = None
         if agent is None:
             agent, self._pool = persistent_agent(reactor, pool_size, 240, connect_timeout)
         self.agent: IAgent = agent

@@ -8,7 +8,7 @@ connections, so most of that is avoidable.  :class:`LeanAgent` is an
 relay's code cannot tell them apart, with the parsing done by ``httptools``
 (the llhttp bindings, C speed).
 
-It keeps the pool rules of :mod:`mterelay.http.connections`:
+It keeps the pool rules :mod:`mterelay.http.connections` names:
 
 * a connection that is closing (or received a byte it did not ask for) is
   never handed out again;
@@ -34,11 +34,12 @@ from typing import Any, Callable
 
 import httptools
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (IConsumer, IHandshakeListener, IPushProducer,
+                                         ISSLTransport, IStreamClientEndpoint)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError, WrongBodyLength, _DataLoss, _ensureValidMethod
 from twisted.web.client import (URI, RequestGenerationFailed, RequestNotSent, ResponseDone,
                                 ResponseFailed, ResponseNeverReceived)
 from twisted.web.error import SchemeNotSupported
@@ -47,6 +48,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import (UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer,
                               IResponse)
 from zope.interface import implementer
+
+from mterelay.http.nodelay import NoDelayEndpointFactory
+from mterelay.http.twistedinternals import (DataLoss, ParseError, WrongBodyLength, check_method,
+                                           transport_aborting)
 
 log = Logger(namespace="mterelay.http.leanclient")
 
@@ -61,6 +66,18 @@ MAX_HEAD_BYTES = 65536
 MAX_HEADER_LINE = 16384
 #: Most headers in one response.
 MAX_HEADERS = 100
+#: Seconds a pool's idle connections get to close cleanly at shutdown before being aborted.
+CLOSE_GRACE = 2.0
+
+
+class TLSHandshakeFailed(ConnectError):
+    """The TLS handshake failed (an untrusted certificate, a wrong host name): nothing was sent.
+
+    Twisted's TLS layer holds every application byte until the handshake is
+    done, so a request on a connection whose handshake never finished
+    certainly did not reach the server.  A ``ConnectError``, so callers
+    report it as such (``upstreamReached: no``), as they do a refused connection.
+    """
 
 
 class BadResponse(ParseError):
@@ -260,8 +277,17 @@ class _BodyWriter:
             self._transport.write(data)
 
 
+@implementer(IHandshakeListener)
 class LeanClientProtocol(Protocol):
     """One HTTP/1.1 connection: one request at a time, responses parsed by llhttp."""
+
+    #: Set by Twisted's TLS layer once the handshake succeeded (plain TCP: never asked).
+    handshake_done = False
+    #: Seconds the server said it keeps this connection idle (``Keep-Alive: timeout=``).
+    server_idle: float | None = None
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        self.handshake_done = True
 
     def __init__(self, on_idle: Callable[["LeanClientProtocol"], None] | None = None) -> None:
         self._on_idle = on_idle
@@ -303,7 +329,7 @@ class LeanClientProtocol(Protocol):
         return (self._closed or not self._reusable or transport is None
                 or bool(getattr(transport, "disconnecting", False)
                         or getattr(transport, "disconnected", False)
-                        or getattr(transport, "_aborting", False)))
+                        or transport_aborting(transport)))
 
     def close(self) -> None:
         """Close the connection (cleanly) and never hand it out again."""
@@ -548,6 +574,8 @@ class LeanClientProtocol(Protocol):
                     transfer.append(value)
                 elif lower == b"connection":
                     self._connection_header.append(value)
+                elif lower == b"keep-alive":
+                    self.server_idle = _keep_alive_timeout(value, self.server_idle)
                 continue
             headers.addRawHeader(name, value)
         if transfer:
@@ -625,6 +653,9 @@ class LeanClientProtocol(Protocol):
         if deferred is not None:
             if self._received:
                 deferred.errback(Failure(ResponseFailed([reason])))
+            elif not self.handshake_done and ISSLTransport.providedBy(self.transport):
+                deferred.errback(Failure(TLSHandshakeFailed(
+                    string=f"TLS handshake failed: {reason.getErrorMessage()[:300]}")))
             else:
                 deferred.errback(Failure(ResponseNeverReceived([reason])))
         response = self._response
@@ -635,7 +666,7 @@ class LeanClientProtocol(Protocol):
                 # A body without a length ends with the connection, as HTTP/1.0's did.
                 response._end(Failure(PotentialDataLoss()))
             else:
-                response._end(Failure(ResponseFailed([reason, Failure(_DataLoss())], response)))
+                response._end(Failure(ResponseFailed([reason, Failure(DataLoss())], response)))
         self._request = None
         self._response = None
         if self._on_idle is not None:
@@ -648,6 +679,34 @@ class LeanClientProtocol(Protocol):
                 transport.unregisterProducer()
             except Exception:  # pragma: no cover - already gone
                 pass
+
+
+def _keep_alive_timeout(value: bytes, previous: float | None) -> float | None:
+    """The ``timeout=`` of a ``Keep-Alive`` header (RFC 2068 19.7.1.1), or ``previous``."""
+    for part in value.split(b","):
+        name, _, number = part.partition(b"=")
+        if name.strip().lower() == b"timeout":
+            try:
+                seconds = float(number.strip().strip(b'"'))
+            except ValueError:
+                return previous
+            if seconds != seconds or seconds < 0:  # NaN, negative: not a hint
+                return previous
+            return seconds
+    return previous
+
+
+def idle_limit(idle_timeout: float, server_idle: float | None) -> float:
+    """How long an idle connection is kept: ours, or shorter when the server said it closes first.
+
+    A server closing an idle connection just as a request is written to it
+    fails that request after it was sent (never resent: it may have
+    arrived).  Closing ours first - a second, or half the server's time when
+    that is shorter, before the server would - leaves no such moment.
+    """
+    if server_idle is None:
+        return idle_timeout
+    return min(idle_timeout, server_idle - min(1.0, server_idle / 2))
 
 
 def _keep_alive(version: str, connection: list[bytes]) -> bool:
@@ -713,9 +772,15 @@ class LeanPool:
             if not idle:
                 del self._idle[key]
             return
+        limit = idle_limit(self.idle_timeout, connection.server_idle)
+        if limit <= 0:
+            connection.close()
+            self._forget(connection)
+            if not idle:
+                del self._idle[key]
+            return
         idle.append(connection)
-        self._timers[connection] = self._reactor.callLater(self.idle_timeout, self._expire,
-                                                           connection)
+        self._timers[connection] = self._reactor.callLater(limit, self._expire, connection)
 
     def _expire(self, connection: LeanClientProtocol) -> None:
         self._timers.pop(connection, None)
@@ -743,23 +808,56 @@ class LeanPool:
     def idle_count(self, key: Any) -> int:
         return len(self._idle.get(key, ()))
 
+    def idle_connections(self, key: Any) -> tuple[LeanClientProtocol, ...]:
+        """The idle connections kept for ``key``, most recently used last (for tests, metrics)."""
+        return tuple(self._idle.get(key, ()))
+
+    def origins(self) -> list[Any]:
+        """The keys that have idle connections now."""
+        return list(self._idle)
+
     def close_idle(self, key: Any) -> None:
         """Close the idle connections kept for ``key`` (an origin not used again)."""
         for connection in list(self._idle.pop(key, ())):
             self._cancel(connection)
             connection.close()
 
-    def closeCachedConnections(self) -> "Deferred[None]":  # noqa: N802 (Twisted's pool name)
-        """Close every idle connection; fire when they are gone (shutdown)."""
+    def closeCachedConnections(self, grace: float = CLOSE_GRACE  # noqa: N802 (Twisted's name)
+                               ) -> "Deferred[None]":
+        """Close every idle connection; fire when they are gone (shutdown).
+
+        A clean TLS close waits for the server's close_notify; a server that
+        never sends it must not hold the relay's shutdown, so what is still
+        open after ``grace`` seconds is aborted.
+        """
         waits = []
+        closing = []
         for key in list(self._idle):
             for connection in self._idle.pop(key):
                 self._cancel(connection)
                 done: Deferred[None] = Deferred()
                 waits.append(done)
+                closing.append(connection)
                 connection._on_idle = lambda _c, d=done: d.called or d.callback(None)
                 connection.close()
-        return gatherResults(waits).addCallback(lambda _: None)
+        if not waits:
+            return succeed(None)
+        pending = [c for c in closing if not c._closed]
+        if not pending:
+            return gatherResults(waits).addCallback(lambda _: None)
+
+        def abort_rest() -> None:
+            for connection in pending:
+                if not connection._closed and connection.transport is not None:
+                    connection.transport.abortConnection()
+
+        timer = self._reactor.callLater(grace, abort_rest)
+
+        def gone(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return gatherResults(waits).addCallback(gone)
 
 
 class _Origin:
@@ -774,9 +872,9 @@ class _Origin:
 
 @implementer(IAgent)
 class LeanAgent:
-    """An ``IAgent`` on :class:`LeanPool`: what ``OriginAgent`` on Twisted's pool does, leaner.
+    """An ``IAgent`` on :class:`LeanPool`, for the few origins a relay talks to.
 
-    Same checks as ``OriginAgent``: the URL must be visible ASCII, the method
+    Same checks as Twisted's ``Agent``: the URL must be visible ASCII, the method
     a token, the scheme http or https; a Host header is added unless the
     caller set one; the fragment is not sent; each origin's endpoint (TLS
     with certificate checks for https, from ``endpoints``) is made once.
@@ -824,16 +922,11 @@ class LeanAgent:
         if origin is not None:
             self.pool.close_idle(origin.key)
 
-    @property
-    def _pool(self) -> LeanPool:
-        """``OriginAgent``'s name for its pool, which callers and tests reach for."""
-        return self.pool
-
     def _split(self, method: bytes, uri: bytes) -> tuple[_Origin, bytes]:
         if method not in self._methods:
             if not isinstance(method, bytes):
                 raise TypeError(f"method={method!r} is {type(method)}, but must be bytes")
-            _ensureValidMethod(method)
+            check_method(method)
             self._methods.add(method)
         uri = uri.strip()
         if not uri or any(b < 0x21 or b > 0x7e for b in uri):
@@ -867,11 +960,11 @@ class LeanAgent:
 
 def lean_agent(reactor: Any, size: int, idle_timeout: float,
                connect_timeout: float) -> tuple[LeanAgent, LeanPool]:
-    """The drop-in for :func:`mterelay.http.connections.persistent_agent` (same arguments)."""
-    from mterelay.http.nodelay import NoDelayEndpointFactory
+    """An agent and its pool; the relay's agents are made by :mod:`mterelay.http.connections`."""
     pool = LeanPool(reactor, size, idle_timeout)
     return LeanAgent(reactor, NoDelayEndpointFactory(reactor, connect_timeout), pool), pool
 
 
-__all__ = ["BadResponse", "LeanAgent", "LeanClientProtocol", "LeanPool", "LeanResponse",
-           "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_HEAD_BYTES", "lean_agent"]
+__all__ = ["BadResponse", "CLOSE_GRACE", "LeanAgent", "LeanClientProtocol", "LeanPool",
+           "LeanResponse", "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_HEAD_BYTES", "TLSHandshakeFailed",
+           "idle_limit", "lean_agent"]

@@ -1,9 +1,10 @@
 """Every use of a Twisted private name, in one module.
 
 mterelay leans on a few details of twisted.web that are not public API: the
-client's request object, two connection-pool hooks, the HTTP/1.1 channel's
-request line and cleanup step, the negotiating wrapper's inner channel, the
-abort timer, HTTP/2's reactor, and two fields of the endpoint service.  Each
+HTTP client's failure classes and method check, the transport's abort flag,
+the HTTP/1.1 channel's request line and cleanup step, the negotiating
+wrapper's inner channel, the abort timer, HTTP/2's reactor, and two fields
+of the endpoint service.  Each
 is reached only through this module, and ``tests/integration/test_twistedinternals.py``
 pins the behaviour relied on, so a Twisted upgrade that changes one fails one
 named test instead of breaking the relay somewhere else.
@@ -15,16 +16,14 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.web._newclient import Request as _ClientRequest
-from twisted.web._newclient import _ensureValidMethod
-from twisted.web.client import HTTPConnectionPool
+from twisted.web import _newclient
 from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.server import Request
 
 __all__ = [
-    "HookedRequest", "NegotiatingChannelBase", "RelayConnectionPool", "check_method",
-    "client_request", "fail_start_synchronously", "h2_stream_reactor", "inner_channel",
-    "is_closing", "is_disconnected", "is_h2_stream", "request_line", "schedule_abort",
+    "DataLoss", "HookedRequest", "NegotiatingChannelBase", "ParseError", "WrongBodyLength",
+    "check_method", "fail_start_synchronously", "h2_stream_reactor", "inner_channel",
+    "is_disconnected", "is_h2_stream", "request_line", "schedule_abort",
     "transport_aborting", "waiting_for_port",
 ]
 
@@ -33,67 +32,24 @@ __all__ = [
 NegotiatingChannelBase = _GenericHTTPChannelProtocol
 
 
-# --- the HTTP client (http/connections) ------------------------------------
+# --- the HTTP client (http/leanclient) -------------------------------------
 
-def client_request(method: bytes, path: bytes, headers: Any, body: Any, persistent: bool,
-                   parsed_uri: Any) -> Any:
-    """A ``_newclient.Request`` built without re-validating what the agent checked once.
-
-    ``Request._construct`` skips the per-request method and URI checks that the
-    public constructor repeats (the agent checks a method once, the URI per origin).
-    """
-    return _ClientRequest._construct(method, path, headers, body, persistent=persistent,
-                                     parsedURI=parsed_uri)
+#: The failures Twisted's HTTP/1.1 client raises, which the relay's callers
+#: (``readBody``, treq, ``http/failures``) already know; the lean client raises
+#: the same ones.  Public in meaning, but defined in the private ``_newclient``.
+ParseError = _newclient.ParseError
+WrongBodyLength = _newclient.WrongBodyLength
+DataLoss = _newclient._DataLoss
 
 
 def check_method(method: bytes) -> None:
     """Twisted's own method validation (ValueError for a method it would refuse)."""
-    _ensureValidMethod(method)
+    _newclient._ensureValidMethod(method)
 
 
 def transport_aborting(transport: Any) -> bool:
     """True once ``abortConnection`` was called on a TCP transport (before it has closed)."""
     return bool(getattr(transport, "_aborting", False))
-
-
-def is_closing(connection: Any) -> bool:
-    """True once ``loseConnection`` or ``abortConnection`` was called on its transport."""
-    transport = getattr(connection, "transport", None)
-    if transport is None:
-        return True
-    return bool(getattr(transport, "disconnecting", False)
-                or getattr(transport, "disconnected", False)
-                or transport_aborting(transport))
-
-
-class RelayConnectionPool(HTTPConnectionPool):  # overrides two private hooks
-    """An ``HTTPConnectionPool`` that never keeps a connection that is closing,
-    and never resends a request that may have been received."""
-
-    retryAutomatically = False
-
-    def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        if is_closing(connection):
-            return  # its close is under way; connectionLost forgets it
-        super()._putConnection(key, connection)
-
-    def _removeConnection(self, key: Any, connection: Any) -> None:  # noqa: N802 (Twisted hook)
-        super()._removeConnection(key, connection)
-        if not self._connections.get(key):
-            self._connections.pop(key, None)  # no empty list left per origin ever seen
-
-    def close_idle(self, key: Any) -> None:
-        """Close the idle connections kept for ``key`` and forget the key.
-
-        For an origin the caller will not use again (an evicted remote
-        relay).  Connections busy with a request are not touched; they come
-        back and time out like any other.
-        """
-        for connection in self._connections.pop(key, []):
-            timer = self._timeouts.pop(connection, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            connection.transport.loseConnection()
 
 
 # --- the HTTP/1.1 server channel (http/streaming, web/site, web/guard) ------

@@ -1,6 +1,6 @@
 """Forwarding plain HTTP requests to the upstream API.
 
-A bare ``twisted.web.client.Agent`` over one persistent ``HTTPConnectionPool``
+A bare agent over one persistent pool (http/connections: the lean client)
 is used rather than ``treq.HTTPClient``: treq's client keeps a cookie jar
 (shared by every caller — a proxy would leak one client's cookies to the
 next), follows redirects and transparently gunzips, all of which would make

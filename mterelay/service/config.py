@@ -92,6 +92,10 @@ class Config:
     #: (UPSTREAM_TIMEOUT covers only the wait for the headers): a live stream
     #: (SSE, NDJSON, long poll) idle for longer is closed.
     stream_idle_timeout: float = 300.0
+    #: Seconds an idle keep-alive connection to UPSTREAM is kept: below the
+    #: upstream's own idle close (nginx 75 s, gunicorn 2 s), so a request is
+    #: never written just as the upstream closes the connection (a 502).
+    upstream_idle_timeout: float = 60.0
     max_connections: int | None = None
     workers: int = 1
     #: Proxies whose X-Forwarded-For names the client (pairing limits by source).
@@ -485,6 +489,10 @@ SETTINGS: tuple[Setting, ...] = (
             "max-pool-size", "Pairs per remote relay / pair requests per call (default 25)."),
     Setting("upstream_timeout", "UPSTREAM_TIMEOUT", "upstreamTimeout", _positive_seconds,
             "upstream-timeout", "Seconds to wait for the upstream (default 30)."),
+    Setting("upstream_idle_timeout", "UPSTREAM_IDLE_TIMEOUT", "upstreamIdleTimeout",
+            _limit_seconds, "upstream-idle-timeout",
+            "Seconds an idle connection to the upstream is kept; set it below the upstream's"
+            " keep-alive timeout (default 60)."),
     Setting("state_secret", "STATE_SECRET", "stateSecret", _secret, "state-secret",
             "Secret (32+ chars) sealing pair state in Redis (default: CLIENT_ID_SECRET)."),
     Setting("state_secret_previous", "STATE_SECRET_PREVIOUS", "stateSecretPrevious", _secret,

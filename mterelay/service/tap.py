@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -39,7 +39,7 @@ from mterelay.service.metrics import RelayMetrics
 from mterelay.service.shutdown import Drainer
 from mterelay.store import IPairStore, StoreLimits, build_store
 from mterelay.store.metered import MeteredStore
-from mterelay.http.connections import peer_agent
+from mterelay.http.connections import LeanPool, agent_pool, peer_agent
 from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.health import OperationsResource, Readiness
@@ -123,6 +123,19 @@ class RelayService(MultiService):
         self.readiness: Readiness | None = None
         self.drainer: Drainer | None = None
         self.supervisor: WorkerSupervisor | None = None
+        #: The pools of the agents build_service made (UPSTREAM, remote relays):
+        #: their idle connections and timers are closed when the relay stops.
+        self.pools: list[LeanPool] = []
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the children, then close the agents' idle connections (nothing else will)."""
+        stopped = maybeDeferred(super().stopService)
+
+        def close_pools(outcome: Any) -> Any:
+            closing = [maybeDeferred(pool.closeCachedConnections) for pool in self.pools]
+            return gatherResults(closing, consumeErrors=True).addBoth(lambda _: outcome)
+
+        return stopped.addBoth(close_pools)
 
     def startService(self) -> None:
         super().startService()
@@ -279,9 +292,12 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
     store_name = config.redis_url_redacted if config.redis_url else "memory (in-process)"
     top.store = MeteredStore(store_for(config, reactor), metrics, reactor)
     StoreService(top.store, store_name).setServiceParent(top)
+    upstream = make_agent(reactor, idle_timeout=config.upstream_idle_timeout)
+    outbound = peer_agent(reactor)
+    top.pools = [pool for pool in (agent_pool(upstream), agent_pool(outbound)) if pool is not None]
     forwarder = UpstreamForwarder(
         clock=reactor,
-        agent=make_agent(reactor),
+        agent=upstream,
         upstream=config.upstream,
         timeout=config.upstream_timeout,
         extra_headers=config.headers,
@@ -294,7 +310,7 @@ def build_service(config: Config, reactor: Any, observer: ILogObserver | None = 
         metrics=metrics,
     )
     site = RelaySite(RelayRoot(config, forwarder, reactor, top.store,
-                               outbound_agent=peer_agent(reactor), metrics=metrics),
+                               outbound_agent=outbound, metrics=metrics),
                      reactor, metrics, echo_request_id=config.debug, guard=guard)
     endpoint = _main_endpoint(config, reactor, environ, index)
     top.listener = ListenerService(endpoint, site, config.listen_endpoint)

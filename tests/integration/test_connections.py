@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from mterelay.http.bodies import DRAIN_LIMIT, BytesProducer, abandon
-from mterelay.http.connections import RelayConnectionPool, is_closing, persistent_agent
+from mterelay.http.connections import agent_pool, persistent_agent
 from mterelay.http.nodelay import NoDelayEndpointFactory
 from mterelay.http.upstream import make_agent
 
@@ -82,7 +82,7 @@ class PoolTests(TestCase):
     def test_production_agent_never_reuses_a_closing_connection(self) -> Any:
         upstream, url = yield self.serve()
         agent = make_agent(reactor)
-        self.addCleanup(agent._pool.closeCachedConnections)
+        self.addCleanup(agent_pool(agent).closeCachedConnections)
         response = yield self.discard_then_post(agent, url)
         self.assertEqual(response.code, 200)
         body = yield _read(response)
@@ -91,7 +91,7 @@ class PoolTests(TestCase):
 
     @defer.inlineCallbacks
     def test_twisted_pool_alone_hands_out_the_closing_connection(self) -> Any:
-        """The failure RelayConnectionPool exists for, shown on Twisted's own pool."""
+        """The failure the lean pool's closing rule exists for, shown on Twisted's own pool."""
         _, url = yield self.serve()
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
@@ -111,33 +111,28 @@ class PoolTests(TestCase):
             yield _read(response)
         self.assertEqual(codes, [200] * 20)
 
-    def test_is_closing(self) -> None:
-        class Transport:
-            disconnecting = False
-            disconnected = False
+    @defer.inlineCallbacks
+    def test_pool_refuses_a_closing_connection(self) -> Any:
+        """A connection handed back while its close is under way is not kept."""
+        _, url = yield self.serve()
+        agent, pool = persistent_agent(reactor, 4, 30, 5)
+        self.addCleanup(pool.closeCachedConnections)
+        response = yield agent.request(b"GET", url)
+        yield _read(response)
+        key = (b"http", b"127.0.0.1", int(url.split(b":")[2].strip(b"/")))
+        [idle] = pool.idle_connections(key)
+        pool.get(key, None)  # takes it out, as a request would
+        idle.transport.loseConnection()  # closing, not yet closed
+        idle._on_idle(idle)  # handed back
+        self.assertEqual(pool.idle_connections(key), ())
+        self.assertTrue(idle.is_closing())
 
-        class Connection:
-            transport: Any = Transport()
-
-        connection = Connection()
-        self.assertFalse(is_closing(connection))
-        connection.transport.disconnecting = True
-        self.assertTrue(is_closing(connection))
-        connection.transport = None
-        self.assertTrue(is_closing(connection))
-
-    def test_pool_refuses_a_closing_connection(self) -> None:
-        pool = RelayConnectionPool(task.Clock(), persistent=True)
-
-        class Transport:
-            disconnecting = True
-
-        class Connection:
-            state = "QUIESCENT"
-            transport = Transport()
-
-        pool._putConnection(b"key", Connection())
-        self.assertEqual(pool._connections.get(b"key", []), [])
+    def test_agents_expose_their_pool(self) -> None:
+        """RelayService closes what agent_pool finds: every production agent has one."""
+        from mterelay.http.connections import peer_agent
+        for agent in (make_agent(reactor), peer_agent(reactor)):
+            self.assertIsNotNone(agent_pool(agent))
+        self.assertIsNone(agent_pool(Agent(reactor)))
 
 
 class AbandonTests(TestCase):

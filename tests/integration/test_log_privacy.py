@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.bodies import Still
-from mterelay.http.connections import OriginAgent
+from mterelay.http.connections import LeanAgent
 from mterelay.service.metrics import RelayMetrics
 from mterelay.web.paths import target_problem
 from mterelay.web.site import RelaySite
@@ -134,7 +134,7 @@ class ProducerLeftRegisteredTests(LogCapture):
 
 class AgentMessageTests(SynchronousTestCase):
     def test_agent_refusal_does_not_quote_the_url(self) -> None:
-        agent = OriginAgent(reactor, None, None)  # type: ignore[arg-type]
+        agent = LeanAgent(reactor, None)  # type: ignore[arg-type]
         failure = self.failureResultOf(agent.request(
             b"GET", b"http://upstream.test/x\x7f?token=" + SECRET_VALUE.encode()))
         self.assertNotIn(SECRET_VALUE, failure.getErrorMessage())

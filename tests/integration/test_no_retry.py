@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import RequestNotSent, ResponseNeverReceived
 
 from mterelay.http.bodies import read_limited
-from mterelay.http.connections import OriginAgent, persistent_agent
+from mterelay.http.connections import LeanAgent, persistent_agent
 
 
 class DiesOnSecond(Protocol):
@@ -90,7 +90,7 @@ class _Pool:
     def __init__(self, *protocols: _Protocol) -> None:
         self.protocols = list(protocols)
 
-    def getConnection(self, key: Any, endpoint: Any) -> "Deferred[Any]":  # noqa: N802
+    def get(self, key: Any, endpoint: Any) -> "Deferred[Any]":
         return succeed(self.protocols.pop(0))
 
 
@@ -103,7 +103,7 @@ class NotSentRetryTests(SynchronousTestCase):
     def test_request_not_sent_is_sent_once_more(self) -> None:
         closed = _Protocol(lambda: fail(RequestNotSent()))
         fresh = _Protocol(lambda: succeed("response"))
-        agent = OriginAgent(None, _Pool(closed, fresh), _Endpoints())  # type: ignore[arg-type]
+        agent = LeanAgent(None, _Endpoints(), _Pool(closed, fresh))  # type: ignore[arg-type]
         self.assertEqual(self.successResultOf(agent.request(b"GET", b"http://h/x")), "response")
         self.assertEqual((closed.calls, fresh.calls), (1, 1))
 
@@ -111,6 +111,6 @@ class NotSentRetryTests(SynchronousTestCase):
         lost = _Protocol(lambda: fail(ResponseNeverReceived([])))
         spare = _Protocol(lambda: succeed("response"))
         pool = _Pool(lost, spare)
-        agent = OriginAgent(None, pool, _Endpoints())  # type: ignore[arg-type]
+        agent = LeanAgent(None, _Endpoints(), pool)  # type: ignore[arg-type]
         self.failureResultOf(agent.request(b"GET", b"http://h/x"), ResponseNeverReceived)
         self.assertEqual(spare.calls, 0)

@@ -55,8 +55,9 @@ class NoDelayTests(TestCase):
         for _ in range(2):  # the second request reuses the pooled connection
             response = yield agent.request(b"GET", url)
             self.assertEqual((yield treq.content(response)), b"1")
-        [connections] = pool._connections.values()
-        self.assertTrue(no_delay(connections[0].transport))
+        [key] = pool.origins()
+        [connection] = pool.idle_connections(key)
+        self.assertTrue(no_delay(connection.transport))
 
 
 class EndpointChoiceTests(TestCase):

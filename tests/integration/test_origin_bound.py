@@ -16,7 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from mterelay.client import RelayClient
-from mterelay.http.connections import is_closing
 from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder, make_agent
@@ -51,7 +50,7 @@ class EvictionTests(TestCase):
         self.addCleanup(upstream.stopListening)
         config = relay_config(UPSTREAM=f"http://127.0.0.1:{upstream.getHost().port}")
         agent = make_agent(reactor)
-        self.addCleanup(agent._pool.closeCachedConnections)
+        self.addCleanup(agent.pool.closeCachedConnections)
         root = RelayRoot(config, UpstreamForwarder(reactor, agent, config.upstream, 10.0),
                          reactor, MemoryPairStore(reactor, store_limits(config)))
         ports = []
@@ -67,15 +66,15 @@ class EvictionTests(TestCase):
         response = yield client.get(f"http://127.0.0.1:{ports[0]}/one")
         yield treq.content(response)
         yield deferLater(reactor, 0, lambda: None)  # the connection goes back to the pool
-        [idle] = pool._connections[key]
+        [idle] = pool.idle_connections(key)
         for port in ports[1:]:
             response = yield client.get(f"http://127.0.0.1:{port}/more")
             self.assertEqual(response.code, 200)
             yield treq.content(response)
         self.assertEqual(list(client._origins),
                          [f"http://127.0.0.1:{port}" for port in ports[1:]])
-        self.assertNotIn(key, pool._connections)
-        self.assertTrue(is_closing(idle), "the evicted origin's idle connection is closed")
+        self.assertNotIn(key, pool.origins())
+        self.assertTrue(idle.is_closing(), "the evicted origin's idle connection is closed")
         # Coming back works: validated and paired again.
         response = yield client.get(f"http://127.0.0.1:{ports[0]}/again")
         self.assertEqual(response.code, 200)

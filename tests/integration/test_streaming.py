@@ -136,7 +136,7 @@ class StreamingIntegrationTests(TestCase):
             **settings,
         )
         agent = make_agent(reactor)
-        self.addCleanup(agent._pool.closeCachedConnections)
+        self.addCleanup(agent.pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 5.0)
         site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor)), reactor)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)

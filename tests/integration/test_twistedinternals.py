@@ -14,27 +14,19 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
-from twisted.web.client import URI
 from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from mterelay.http import twistedinternals as internals
 
 
-class ClientRequestTests(TestCase):
-    def test_client_request_writes_the_request_line(self) -> None:
-        """``_newclient.Request._construct`` builds a request that writes itself unchanged."""
-        headers = Headers({b"host": [b"example.test"]})
-        request = internals.client_request(b"GET", b"/a?b=1", headers, None, True,
-                                           URI.fromBytes(b"http://example.test/a?b=1"))
-        transport = StringTransport()
-        request.writeTo(transport)
-        written = transport.value()
-        self.assertTrue(written.startswith(b"GET /a?b=1 HTTP/1.1\r\n"), written)
-        self.assertIn(b"host: example.test\r\n", written.lower())
-        self.assertTrue(request.persistent)
+class ClientTests(TestCase):
+    def test_client_failure_classes(self) -> None:
+        """The lean client raises Twisted's own failure classes, so callers see no difference."""
+        self.assertTrue(issubclass(internals.ParseError, Exception))
+        self.assertTrue(issubclass(internals.WrongBodyLength, Exception))
+        self.assertTrue(issubclass(internals.DataLoss, Exception))
 
     def test_check_method(self) -> None:
         """``_ensureValidMethod`` refuses a method that is not an RFC 9110 token."""
@@ -66,37 +58,6 @@ class TransportTests(TestCase):
         transport.abortConnection()
         self.assertTrue(internals.transport_aborting(transport))
         yield lost
-
-
-class PoolHookTests(TestCase):
-    def test_pool_hooks_exist_with_their_arguments(self) -> None:
-        """``HTTPConnectionPool`` still calls ``_putConnection``/``_removeConnection`` and
-        keeps ``_connections``/``_timeouts``: RelayConnectionPool overrides and reads them."""
-        pool = internals.RelayConnectionPool(task.Clock(), persistent=True)
-        self.assertEqual(pool._connections, {})
-        self.assertEqual(pool._timeouts, {})
-        connection = _FakeConnection()
-        pool._putConnection(b"key", connection)  # a live connection is kept
-        self.assertEqual(pool._connections[b"key"], [connection])
-        self.assertIn(connection, pool._timeouts)
-        pool._removeConnection(b"key", connection)
-        self.assertNotIn(b"key", pool._connections)
-
-    def test_closing_connection_not_kept(self) -> None:
-        pool = internals.RelayConnectionPool(task.Clock(), persistent=True)
-        connection = _FakeConnection()
-        connection.transport.disconnecting = True
-        pool._putConnection(b"key", connection)
-        self.assertEqual(pool._connections.get(b"key"), None)
-
-
-class _FakeConnection:
-    def __init__(self) -> None:
-        self.transport = StringTransport()
-        self.state = "QUIESCENT"
-
-    def __hash__(self) -> int:
-        return id(self)
 
 
 class _Recorder(internals.HookedRequest):
