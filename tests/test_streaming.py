@@ -16,7 +16,8 @@ from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
 from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone
-from tests.support import relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.support import NoRemoteRelay, relay_config
 
 
 class FakeTransport:
@@ -157,7 +158,9 @@ class StreamingIntegrationTests(TestCase):
         agent = make_agent(reactor)
         self.addCleanup(agent._pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 5.0)
-        site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor)), reactor)
+        metrics = RelayMetrics()
+        site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor),
+                                   NoRemoteRelay(), metrics), reactor, metrics)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(relay_port.stopListening)
         client = yield TCP4ClientEndpoint(

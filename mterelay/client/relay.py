@@ -58,6 +58,7 @@ from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
 from mterelay.http.connections import persistent_agent
 from mterelay.http.failures import wrapped
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timeouts import with_timeout
 from mterelay.http.timing import crypto_stopwatch
 
@@ -216,8 +217,7 @@ class _PeerRelay:
             except MalformedPairResponse as error:
                 raise error.with_prefix(f"[{index}]") from None
         log.info("paired {count} pair(s) with {origin}", count=count, origin=self.origin)
-        if self.client.metrics is not None:
-            self.client.metrics.pair_created("outbound", count)
+        self.client.metrics.pair_created("outbound", count)
         return keys
 
 
@@ -259,7 +259,7 @@ class RelayClient:
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
                  framing: str = "MKR", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
-                 connect_timeout: float = 10.0, metrics: Any = None,
+                 connect_timeout: float = 10.0, metrics: Metrics = NO_METRICS,
                  max_origins: int = 256, fixed_path: bool = True) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
@@ -277,7 +277,7 @@ class RelayClient:
         self.options = SealOptions.build(seal_url=seal_url, seal_headers=seal_headers,
                                          framing=framing, response_headers=response_headers)
         self.timeout = timeout
-        #: A RelayMetrics (the outbound relay's): crypto times, pairs made.
+        #: Crypto times, pairs made (the outbound relay's RelayMetrics; else nowhere).
         self.metrics = metrics
         self._pool: HTTPConnectionPool | None = None
         if agent is None:

@@ -210,8 +210,6 @@ class StreamingRequest(HookedRequest):
 
     body: BodyPipe | None = None
     _cleanup_pending = False
-    #: DEBUG: send x-request-id back (set by RelaySite; the id is ``request_id``).
-    echo_request_id = False
 
     def __repr__(self) -> str:
         # Twisted puts repr(request) in some of its log lines; the query
@@ -220,13 +218,6 @@ class StreamingRequest(HookedRequest):
         return (f"<{type(self).__name__} at 0x{id(self):x} method="
                 f"{self.method.decode('latin-1')} path={path.decode('latin-1')[:200]} "
                 f"clientproto={self.clientproto.decode('latin-1')}>")
-
-    def write(self, data: bytes) -> None:
-        if self.echo_request_id and not self.startedWriting:
-            # Set as the headers go out, so it replaces any the upstream sent.
-            self.responseHeaders.setRawHeaders(
-                b"x-request-id", [self.request_id.encode("ascii")])  # type: ignore[attr-defined]
-        super().write(data)
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel

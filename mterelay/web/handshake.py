@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from mterelay.http.headers import single_value
 from mterelay.http.names import RELAY_HEADER
 from mterelay.http.exchange import finish_with
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
                                       RELAY_FRAMINGS)
@@ -84,7 +85,7 @@ class PairRoute:
     """``POST /api/mte-pair``: validate everything, derive, store, answer."""
 
     def __init__(self, store: IPairStore, keys: KeyCache, secrets: tuple[bytes, ...],
-                 max_entries: int, admission: PairingAdmission, metrics: Any = None,
+                 max_entries: int, admission: PairingAdmission, metrics: Metrics = NO_METRICS,
                  trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.metrics = metrics
         self.store = store
@@ -134,7 +135,7 @@ class PairRoute:
         """429 naming the limit; logged at most once per limit per interval, always metered."""
         self.refusals.refused(refusal, source, request_id=request_id(request))
         # The site meters relay_errors_total{code="429", reason="pairing_<limit>_limit"}.
-        request.mterelay_refusal = f"pairing {refusal.limit} limit"
+        request.refusal = f"pairing {refusal.limit} limit"
         request.setHeader(b"retry-after", b"%d" % refusal.retry_after)
         return unlogged_error_body(request, 429, "Too many pairings", refusal.reason,
                                    limit=refusal.limit, retryAfter=refusal.retry_after)
@@ -178,8 +179,7 @@ class PairRoute:
         for keys, blob in zip(pair_keys, blobs):
             self.keys.remember(keys, blob)
         log.info("paired {count} pair(s)", count=len(pair_keys), request_id=request_id(request))
-        if self.metrics is not None:
-            self.metrics.pair_created("inbound", len(pair_keys))
+        self.metrics.pair_created("inbound", len(pair_keys))
         finish_with(request, json_body(request, 200, entries))
 
     async def _store_all(self, request: IRequest, client: str, pair_keys: list[PairKeys],

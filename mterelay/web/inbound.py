@@ -50,6 +50,7 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
                                        sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
 from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
                                    single_value)
@@ -57,6 +58,7 @@ from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_f
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
+from mterelay.web.request import RelayRequest
 from mterelay.web.routes import RoutePattern, matches_any
 from mterelay.http.h2 import request_has_body as h2_request_has_body
 from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, request_body
@@ -292,8 +294,8 @@ def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
     It is authenticated there, and it is what the application's logs carry,
     so the upstream and this relay's later log lines use the same id.
     """
-    if not sealed or not hasattr(request, "request_id"):
-        return
+    if not sealed or not isinstance(request, RelayRequest) or request.request_id is None:
+        return  # only an id the site gave is replaced (web/responses.request_id)
     chosen = request_id_for(sealed[0].encode("latin-1", "replace"))
     if chosen != sealed[0]:
         return  # not a usable id; keep ours
@@ -306,7 +308,7 @@ class InboundProxy:
     def __init__(self, store: IPairStore, keys: KeyCache, forwarder: UpstreamForwarder,
                  secrets: tuple[bytes, ...],
                  mte_routes: tuple[RoutePattern, ...] | None = None,
-                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Any = None,
+                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Metrics = NO_METRICS,
                  stream_idle_timeout: float | None = None) -> None:
         self.metrics = metrics
         self.stream_idle_timeout = stream_idle_timeout

@@ -45,7 +45,7 @@ from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.http.connections import peer_agent
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
                                     seal_choices, token_matches, upstream_origin)
 from mterelay.protocol.errors import RelayError
@@ -109,14 +109,14 @@ def refuse(request: IRequest, status: int, message: str, reason: str) -> bytes:
 class OutboundProxy:
     """Everything the outbound entry needs, shared by all requests.
 
-    :param clock: the reactor (time for timeouts, and the network when no
-        ``agent`` is given).
-    :param agent: how to reach remote relays; by default a persistent-pool
-        ``Agent`` of its own (no cookies, no redirects), made on first use.
+    :param clock: the reactor's time (timeouts).
+    :param agent: how to reach remote relays: the service passes
+        ``http.connections.peer_agent`` (a persistent pool, no cookies, no
+        redirects); tests pass an in-memory or refusing one.
     """
 
-    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None,
-                 metrics: Any = None) -> None:
+    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.clock = clock
         self.metrics = metrics
         self.token = config.outbound_tokens
@@ -134,8 +134,7 @@ class OutboundProxy:
     def client(self) -> RelayClient:
         """The one RelayClient (pairs per remote origin), made when first needed."""
         if self._client is None:
-            agent = self._agent if self._agent is not None else peer_agent(self.clock)
-            self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
+            self._client = RelayClient(self.clock, pairs=self.pairs, agent=self._agent,
                                        timeout=self.timeout, metrics=self.metrics,
                                        max_origins=MAX_REMEMBERED_ORIGINS)
         return self._client
@@ -265,8 +264,7 @@ class _Exchange(Exchange):
         clock, started = self.proxy.clock, self.proxy.clock.seconds()
         try:
             response = await self.pending
-            if self.proxy.metrics is not None:
-                self.proxy.metrics.observe_outbound(clock.seconds() - started)
+            self.proxy.metrics.observe_outbound(clock.seconds() - started)
         except CancelledError:
             return
         except DeferredTimeout as error:
