@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, OutgoingRequest, SealOptions, end_to_end,
-                                      open_response, relay_error, seal_request)
+                                      open_response, parse_relay_error, seal_request)
 from mterelay.client.relay import (IDEMPOTENT_METHODS, PAIR_ID_IN_USE, PAIR_PATH, RELAY_PATH,
                                    RETRY_REPAIR, RETRY_REVALIDATE, _reason, split_url)
 from mterelay.protocol.clientid import client_uuid, is_client_id
@@ -56,7 +56,7 @@ class WireAnswer:
         return [v for n, v in self.headers if n == name]
 
     def twisted_headers(self) -> Headers:
-        """For :func:`relay_error`, which reads ``x-mte-upstream-reached`` from it."""
+        """For :func:`parse_relay_error`, which reads ``x-mte-upstream-reached`` from it."""
         headers = Headers()
         for name, value in self.headers:
             headers.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
@@ -164,14 +164,14 @@ class SyncRelayClient:
         if path == RELAY_PATH:
             values = answer.values("x-mte-relay")
             if 559 <= answer.status <= 569 and not values:
-                raise relay_error(answer.status, answer.body)
+                raise parse_relay_error(answer.status, answer.body)
             client_id = values[0].strip() if len(values) == 1 else ""
             if answer.status != 200 or not is_client_id(client_id):
                 raise NotARelay(f"{self.origin} answered HEAD {RELAY_PATH} with {answer.status}"
                                 f"{'' if values else ' and no x-mte-relay header'}")
         elif answer.status != 200:
             if 559 <= answer.status <= 569:
-                raise relay_error(answer.status, answer.body)
+                raise parse_relay_error(answer.status, answer.body)
             hold = (retry_after_seconds([v.encode("latin-1") for v in answer.values("retry-after")])
                     if answer.status == 429 else None)
             raise PairingFailed(answer.status, _reason(answer.body), hold)
@@ -301,7 +301,7 @@ class SyncRelayClient:
                     f"a {answer.status} answer without x-mte-relay is not authentic")
                 return SealedAnswer(answer.status, answer.reason, answer.headers, answer.body,
                                     False, error, self.last_handshake_ms, resent)
-            refusal = relay_error(answer.status, answer.body, answer.twisted_headers())
+            refusal = parse_relay_error(answer.status, answer.body, answer.twisted_headers())
             if refusal.upstream_reached is None:
                 streamed = body is not None and outgoing.header.mode != MODE_MTE
                 refusal.upstream_reached = ("maybe" if refusal.code == 562 and streamed

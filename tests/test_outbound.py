@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from mterelay.web.outboundrules import Refused, seal_choices, token_matches, upstream_origin
+from mterelay.web.outboundrules import Refused, peer_origin, seal_choices, token_matches
 from mterelay.protocol.header import RelayHeader
 from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
@@ -355,9 +355,9 @@ class RuleTests(SynchronousTestCase):
                            ("http://relay.example:8080/", "http://relay.example:8080"),
                            ("HTTP://[::1]:9", "http://[::1]:9")):
             headers = Headers({b"x-mte-upstream": [value.encode()]})
-            self.assertEqual(upstream_origin(headers, ()).url, url)
+            self.assertEqual(peer_origin(headers, ()).url, url)
         with self.assertRaises(Refused):
-            upstream_origin(Headers({b"x-mte-upstream": [b"https://a", b"https://b"]}), ())
+            peer_origin(Headers({b"x-mte-upstream": [b"https://a", b"https://b"]}), ())
 
     def test_seal_choices(self) -> None:
         self.assertEqual(seal_choices(Headers()),

@@ -27,7 +27,7 @@ from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, s
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
     "HeaderList", "HeadersInput", "SealOptions", "OutgoingRequest", "OpenedResponse",
-    "normalize_headers", "end_to_end", "seal_request", "open_response", "relay_error",
+    "normalize_headers", "end_to_end", "seal_request", "open_response", "parse_relay_error",
 ]
 
 RELAY_HEADER = names.text(names.RELAY_HEADER)
@@ -307,7 +307,7 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
     return OpenedResponse(expected, cipher, merged, clear, body_length)
 
 
-def relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
+def parse_relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
     """The typed error of a relay-made 55x answer (clear JSON, unauthenticated).
 
     The JSON's ``reason`` (or, from relays before the one error shape,

@@ -43,7 +43,7 @@ from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, Se
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
                                       end_to_end, normalize_headers, open_response,
-                                      relay_error, seal_request)
+                                      parse_relay_error, seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
 from mterelay.http import names
@@ -154,7 +154,7 @@ class _PeerRelay:
             b"HEAD", (self.origin + RELAY_PATH).encode("ascii"), Headers(), None)
         body, _ = await read_limited(response, ERROR_BODY_LIMIT)
         if 559 <= response.code <= 569 and not response.headers.hasHeader(b"x-mte-relay"):
-            raise relay_error(response.code, body)
+            raise parse_relay_error(response.code, body)
         values = response.headers.getRawHeaders(b"x-mte-relay", [])
         client_id = values[0].decode("latin-1").strip() if len(values) == 1 else ""
         if response.code != 200 or not is_client_id(client_id):
@@ -198,7 +198,7 @@ class _PeerRelay:
         answer, too_long = await read_limited(response, PAIR_BODY_LIMIT)
         if response.code != 200:
             if 559 <= response.code <= 569:
-                raise relay_error(response.code, answer)
+                raise parse_relay_error(response.code, answer)
             hold = (retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
                     if response.code == 429 else None)
             raise PairingFailed(response.code, _reason(answer), hold)
@@ -466,7 +466,7 @@ class RelayClient:
         """A response without x-mte-relay: a relay-made answer, never authentic."""
         if 559 <= wire.code <= 569:
             body, _ = await read_limited(wire, ERROR_BODY_LIMIT)
-            return relay_error(wire.code, body, wire.headers)
+            return parse_relay_error(wire.code, body, wire.headers)
         if wire.code >= 400:
             return RelayResponse(wire.code, wire.phrase, wire.headers, wire.length,
                                  plain_request, wire.deliverBody, sealed=False)

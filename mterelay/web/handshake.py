@@ -34,7 +34,7 @@ from mterelay.protocol.keys import PairKeys
 from mterelay.store.interface import IPairStore, PairExists, StoreUnavailable, pair_generation
 from mterelay.store.keycache import KeyCache
 from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
-from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
+from mterelay.web.responses import (error_body, json_body, relay_error_body, request_id,
                                     unlogged_error_body)
 from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
 from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
@@ -68,9 +68,9 @@ def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:
             bare = verify_client_id(presented.decode("latin-1").strip(" \t"), secrets)
             client_id = sign_client_uuid(secrets[0], bare)
     except ValueError:
-        return relay_error(request, InvalidClientId("x-mte-relay sent more than once"))
+        return relay_error_body(request, InvalidClientId("x-mte-relay sent more than once"))
     except RelayError as error:
-        return relay_error(request, error)
+        return relay_error_body(request, error)
     request.setHeader(RELAY_HEADER, client_id.encode("ascii"))
     # Clients send record framing (MKR, streaming=2) only to relays saying so.
     request.setHeader(FRAMING_HEADER.encode("ascii"), RELAY_FRAMINGS.encode("ascii"))
@@ -100,13 +100,14 @@ class PairRoute:
         try:
             presented = single_header(request, RELAY_HEADER)
         except ValueError:
-            return relay_error(request, InvalidClientId("x-mte-relay sent more than once"))
+            return relay_error_body(request, InvalidClientId("x-mte-relay sent more than once"))
         if presented is None:
-            return relay_error(request, MissingHeader("x-mte-relay with the client id is required"))
+            return relay_error_body(
+                request, MissingHeader("x-mte-relay with the client id is required"))
         try:
             client = verify_client_id(presented.decode("latin-1").strip(" \t"), self.secrets)
         except RelayError as error:
-            return relay_error(request, error)
+            return relay_error_body(request, error)
         limit = self.max_entries * BYTES_PER_ENTRY
         length = request.requestHeaders.getRawHeaders(b"content-length", [b""])[0]
         if length.isdigit() and int(length) > limit:
@@ -171,7 +172,7 @@ class PairRoute:
                                         error.reason, field=error.field))
             return
         except RelayError as error:  # 567: unsupported version
-            finish_with(request, relay_error(request, error))
+            finish_with(request, relay_error_body(request, error))
             return
         blobs = [keys.to_bytes() for keys in pair_keys]
         if not await self._store_all(request, client, pair_keys, blobs):

@@ -55,7 +55,7 @@ from mterelay.http.timing import Stopwatch, crypto_stopwatch
 from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
                                    single_value)
 from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for, stream_body
-from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error_body,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
 from mterelay.web.request import RelayRequest
@@ -325,7 +325,7 @@ class InboundProxy:
             header, token, client = self._check(request)
             target = wire_target(request, header)
         except RelayError as error:
-            return relay_error(request, error)
+            return relay_error_body(request, error)
         except Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
@@ -432,7 +432,7 @@ class Exchange(BaseExchange):
         try:
             await self._exchange()
         except RelayError as error:
-            self._send(relay_error(self.request, error, self._reached(error)))
+            self._send(relay_error_body(self.request, error, self._reached(error)))
         except Refused as refused:
             self.answer_error(refused.status, refused.message, refused.reason,
                               self._reached(refused), **refused.extra)

@@ -46,8 +46,9 @@ from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.http.observe import NO_METRICS, Metrics
-from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
-                                    seal_choices, token_matches, upstream_origin)
+from mterelay.http.names import PEER_HEADER
+from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
+                                        token_matches)
 from mterelay.protocol.errors import RelayError
 from mterelay.http.upstream import copy_end_to_end, stream_body
 from mterelay.web.paths import path_problem
@@ -158,18 +159,18 @@ class OutboundProxy:
         return NOT_DONE_YET
 
     def _origin(self, headers: Headers) -> Origin:
-        """``upstream_origin``, remembered per header value once it was allowed.
+        """``peer_origin``, remembered per header value once it was allowed.
 
         Applications name the same few remote relays on every request; the
         parse and allow-list check are done once per value.  Refused values
         are not remembered, so junk cannot fill the table.
         """
-        values = headers.getRawHeaders(UPSTREAM_HEADER)
+        values = headers.getRawHeaders(PEER_HEADER)
         if values is not None and len(values) == 1:
             known = self._origins.get(values[0])
             if known is not None:
                 return known
-        origin = upstream_origin(headers, self.patterns)
+        origin = peer_origin(headers, self.patterns)
         if len(self._origins) >= MAX_REMEMBERED_ORIGINS:
             self._origins.clear()
         self._origins[values[0]] = origin  # type: ignore[index]  (one value, or it raised)

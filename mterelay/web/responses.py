@@ -112,7 +112,7 @@ def _log_refusal(request: IRequest, status: int, message: str, reason: str | Non
     )
 
 
-def relay_error(request: IRequest, error: RelayError,
+def relay_error_body(request: IRequest, error: RelayError,
                 upstream_reached: str = NOT_REACHED) -> bytes:
     """A 55x answer in the one error shape, logged once."""
     return error_body(request, error.code, error.message, error.info, upstream_reached)

@@ -31,7 +31,7 @@ from mterelay.web.public import PublicFile, is_public_path, load_public_files, r
 from mterelay.protocol.errors import MissingHeader
 from mterelay.http.names import FIXED_PATH, PAIR_PATH, RELAY_HEADER, RELAY_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
-from mterelay.web.responses import error_body, relay_error
+from mterelay.web.responses import error_body, relay_error_body
 
 if TYPE_CHECKING:  # types only: the service layer above passes them in
     from mterelay.service.config import Config
@@ -142,7 +142,7 @@ class RelayRoot(Resource):
             self.config.mte_routes, path_text
         ):
             return error_body(request, 404, "Not found", "route is not in MTE_ROUTES")
-        return relay_error(request, MissingHeader("x-mte-relay header is required"))
+        return relay_error_body(request, MissingHeader("x-mte-relay header is required"))
 
 
 def pairing_limits(config: Config) -> PairingLimits:
