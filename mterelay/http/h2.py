@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mterelay.http.bodies import declares_body
 from mterelay.http.twistedinternals import h2_stream_reactor
 
 log = Logger(namespace="mterelay.h2")
@@ -89,8 +90,7 @@ def request_has_body(request: Any) -> bool | None:
     """
     if not is_h2_request(request):
         return None
-    headers = request.requestHeaders
-    if headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding"):
+    if declares_body(request.requestHeaders):
         return None
     pipe = getattr(request, "body", None)
     if pipe is not None:

@@ -31,7 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from mterelay.http.bodies import BytesProducer
+from mterelay.http.bodies import BytesProducer, declares_body
 from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
                                            request_line)
 from mterelay.http.h2 import stream_reactor
@@ -154,7 +154,7 @@ class BodyPipe:
         read and dropped), not after the whole body has arrived.
         """
         result: Deferred[bytes] = Deferred()
-        collector = _Collector(limit, self, result)
+        collector = _RequestBodyCollector(limit, self, result)
         self.startProducing(collector).addCallbacks(collector.done, collector.failed)
         return result
 
@@ -177,8 +177,12 @@ def _failed(error: Exception) -> "Deferred[Any]":
     return failed
 
 
-class _Collector:
-    """The consumer behind :meth:`BodyPipe.read_all`; settles ``result`` once."""
+class _RequestBodyCollector:
+    """The consumer behind :meth:`BodyPipe.read_all`; settles ``result`` once.
+
+    Past ``limit`` it fails with BodyTooLarge and reads the rest to drop it
+    (contrast http/bodies' response reader, which keeps the head).
+    """
 
     def __init__(self, limit: int, pipe: BodyPipe, result: "Deferred[bytes]") -> None:
         self.limit, self.pipe, self.result = limit, pipe, result
@@ -284,10 +288,18 @@ class StreamingRequest(HookedRequest):
         super().connectionLost(reason)
 
 
+def streamed_body(request: Any) -> BodyPipe | None:
+    """The request's :class:`BodyPipe` when its body streams in; None when
+    twisted.web buffered it in ``request.content`` (a request that is not a
+    :class:`StreamingRequest`, or an HTTP/1.1 body-less one)."""
+    pipe = getattr(request, "body", None)
+    return pipe if isinstance(pipe, BodyPipe) else None
+
+
 def read_body(request: Any, limit: int) -> "Deferred[bytes]":
     """The whole request body (streamed or buffered), at most ``limit`` bytes."""
-    pipe = getattr(request, "body", None)
-    if isinstance(pipe, BodyPipe):
+    pipe = streamed_body(request)
+    if pipe is not None:
         return pipe.read_all(limit)
     content = request.content
     content.seek(0)
@@ -302,11 +314,10 @@ SMALL_BODY = 256 * 1024
 
 def request_body(request: IRequest) -> IBodyProducer | None:
     """The client's body as a producer: streamed when the request streams it."""
-    pipe = getattr(request, "body", None)
-    if isinstance(pipe, BodyPipe):
+    pipe = streamed_body(request)
+    if pipe is not None:
         return pipe
-    headers = request.requestHeaders
-    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+    if not declares_body(request.requestHeaders):
         return None
     content = request.content
     content.seek(0, 2)

@@ -50,11 +50,12 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
                                        sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
+from mterelay.http.bodies import has_body
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
 from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
                                    single_value)
-from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for, stream_body
+from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error_body,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
@@ -79,17 +80,6 @@ RESPONSE_HEADERS_CONTROL_TEXT = text(RESPONSE_HEADERS_CONTROL)
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
 NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
-
-
-def has_body(headers: Headers) -> bool:
-    """The wire request carries a body: Content-Length > 0 or any Transfer-Encoding.
-
-    The same rule the client used for the headers item's binding (spec 6.3).
-    """
-    if headers.hasHeader(b"transfer-encoding"):
-        return True
-    lengths = headers.getRawHeaders(b"content-length", [])
-    return any(value.strip() not in (b"", b"0") for value in lengths)
 
 
 def request_has_body(request: IRequest) -> bool:
@@ -698,19 +688,14 @@ class Exchange(BaseExchange):
             headers.setRawHeaders(b"content-length", [b"%d" % length])
         clock = self.proxy.forwarder.clock
         writer = SealingWriter(request, cipher.body_sealer(), self.encoding, clock)
-        self.streaming = stream_body(response, writer, clock, self.proxy.stream_idle_timeout)
-        try:
-            await self.streaming
-        except Exception as error:
+
+        def interrupted(error: Exception) -> None:
             writer.discard()
             log.info("upstream body interrupted: {why}", why=str(error) or type(error).__name__,
                      request_id=request_id(request))
-            if not self.gone:
-                request.loseConnection()
-            return
-        finally:
-            self.streaming = None
-        if not self.gone:
+
+        if await self.stream_answer(response, writer, clock, self.proxy.stream_idle_timeout,
+                                    interrupted):
             tail = writer.finish()
             self.encoding.report()
             request.write(tail)

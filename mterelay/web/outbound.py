@@ -43,18 +43,18 @@ from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
-from mterelay.http.bodies import abandon, declared_length
+from mterelay.http.bodies import abandon, declared_length, declares_body
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.names import PEER_HEADER
 from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
                                         token_matches)
 from mterelay.protocol.errors import RelayError
-from mterelay.http.upstream import copy_end_to_end, stream_body
+from mterelay.http.upstream import copy_end_to_end
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
-from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, streamed_body
 
 if TYPE_CHECKING:  # types only: the service layer above passes them in
     from mterelay.service.config import Config
@@ -237,11 +237,10 @@ class _Exchange(Exchange):
         """None, bytes (replayable) or the streaming BodyPipe / buffered file."""
         request = self.request
         headers = request.requestHeaders
-        if not headers.hasHeader(b"content-length") and not headers.hasHeader(
-                b"transfer-encoding"):
+        if not declares_body(headers):
             return None
-        pipe = getattr(request, "body", None)
-        if isinstance(pipe, BodyPipe):
+        pipe = streamed_body(request)
+        if pipe is not None:
             length = declared_length(headers)
             if length is not None and length <= REPLAYABLE_BODY:
                 return await read_body(request, REPLAYABLE_BODY)
@@ -329,22 +328,14 @@ class _Exchange(Exchange):
         if (isinstance(response.length, int) and request.method != b"HEAD"
                 and response.code not in (204, 304)):
             request.setHeader(b"content-length", b"%d" % response.length)
-        self.streaming = stream_body(response, request, self.proxy.clock,
-                                     self.proxy.stream_idle_timeout)
-        try:
-            await self.streaming
-        except Exception as error:
-            # The remote relay's connection broke, or a chunk did not
-            # authenticate: the application must not take a cut body as whole.
-            log.warn("outbound answer from {origin} interrupted: {why}",
-                     origin=self.origin.url, why=describe_failure(error),
-                     request_id=request_id(request))
-            if not self.gone:
-                request.loseConnection()
-            return
-        finally:
-            self.streaming = None
-        if not self.gone:
+        if await self.stream_answer(response, request, self.proxy.clock,
+                                    self.proxy.stream_idle_timeout, self._answer_interrupted):
             request.finish()
+
+    def _answer_interrupted(self, error: Exception) -> None:
+        # The remote relay's connection broke, or a chunk did not authenticate.
+        log.warn("outbound answer from {origin} interrupted: {why}",
+                 origin=self.origin.url, why=describe_failure(error),
+                 request_id=request_id(self.request))
 
 
