@@ -32,9 +32,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from mterelay.http.bodies import BytesProducer, declares_body
-from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
-                                           request_line)
-from mterelay.http.h2 import stream_reactor
+from mterelay.http.twistedinternals import (HookedRequest, h2_stream_reactor, is_disconnected,
+                                           is_h2_stream, request_line)
 
 
 _log = Logger(namespace="mterelay.web")
@@ -247,7 +246,7 @@ class StreamingRequest(HookedRequest):
                 return  # reset before it started
             Request.requestReceived(self, stream.command, stream.path, b"HTTP/2")
 
-        stream_reactor(stream).callLater(0, start)
+        h2_stream_reactor(stream).callLater(0, start)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is None:
