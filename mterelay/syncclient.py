@@ -27,11 +27,12 @@ from twisted.web.http_headers import Headers
 
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, OutgoingRequest, SealOptions, end_to_end,
-                                      open_response, parse_relay_error, seal_request)
+                                      finish_pairings, open_response, parse_relay_error,
+                                      seal_request)
 from mterelay.client.relay import (IDEMPOTENT_METHODS, PAIR_ID_IN_USE, PAIR_PATH, RELAY_PATH,
                                    RETRY_REPAIR, RETRY_REVALIDATE, _reason, split_url)
 from mterelay.protocol.clientid import client_uuid, is_client_id
-from mterelay.protocol.errors import DecodeFailed, EncodeFailed, MalformedPairResponse, RelayError
+from mterelay.protocol.errors import DecodeFailed, EncodeFailed, RelayError
 from mterelay.protocol.header import (FIXED_PATH_HEADER, FRAMING_HEADER, MAX_SEQ, MODE_MKR,
                                       MODE_MTE, parse_fixed_path, parse_framings)
 from mterelay.protocol.keys import PairKeys
@@ -191,19 +192,7 @@ class SyncRelayClient:
         answer = self._handshake("POST", PAIR_PATH, [("x-mte-relay", client_id),
                                                      ("content-type", "application/json")],
                                  body)
-        try:
-            entries = json.loads(answer.body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedPairResponse("$", "not UTF-8 JSON") from None
-        if not isinstance(entries, list) or len(entries) != len(pending):
-            raise MalformedPairResponse("$", f"must be a JSON array of {len(pending)} entries")
-        keys = []
-        for index, (pairing, entry) in enumerate(zip(pending, entries)):
-            try:
-                keys.append(pairing.finish(entry))
-            except MalformedPairResponse as error:
-                raise error.with_prefix(f"[{index}]") from None
-        return keys
+        return finish_pairings(pending, answer.body)
 
     def _make_pairs(self) -> None:
         """Validate if needed, then pair; a 409 is paired once more with new ids (10.3)."""

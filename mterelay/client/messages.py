@@ -16,10 +16,11 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from mterelay.http import names
-from mterelay.protocol.errors import DecodeFailed, RelayError, error_for_code
+from mterelay.protocol.errors import DecodeFailed, MalformedPairResponse, RelayError, error_for_code
 from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
                                       RelayHeader)
 from mterelay.protocol.keys import PairKeys
+from mterelay.protocol.pairing import PendingPairing
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
 from mterelay.protocol.sealing import Direction, MessageCipher
 from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, single_value
@@ -28,6 +29,7 @@ __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
     "HeaderList", "HeadersInput", "SealOptions", "OutgoingRequest", "OpenedResponse",
     "normalize_headers", "end_to_end", "seal_request", "open_response", "parse_relay_error",
+    "finish_pairings",
 ]
 
 RELAY_HEADER = names.text(names.RELAY_HEADER)
@@ -336,3 +338,26 @@ def parse_relay_error(status: int, body: bytes, headers: Headers | None = None) 
     error.remote = True
     error.upstream_reached = reached if reached in REACHED_VALUES else None
     return error
+
+
+def finish_pairings(pending: Sequence[PendingPairing], body: bytes) -> list[PairKeys]:
+    """The keys a relay's ``POST /api/mte-pair`` answer completes, one per pending pairing.
+
+    Both clients (Twisted and synchronous) read the answer the same way: a
+    body that is not UTF-8 JSON, not an array of exactly one entry per
+    pairing, or an entry that does not finish its pairing is refused with
+    MalformedPairResponse naming the JSON path (``$``, ``[i]...``).
+    """
+    try:
+        entries = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedPairResponse("$", "not UTF-8 JSON") from None
+    if not isinstance(entries, list) or len(entries) != len(pending):
+        raise MalformedPairResponse("$", f"must be a JSON array of {len(pending)} entries")
+    keys = []
+    for index, (pairing, entry) in enumerate(zip(pending, entries)):
+        try:
+            keys.append(pairing.finish(entry))
+        except MalformedPairResponse as error:
+            raise error.with_prefix(f"[{index}]") from None
+    return keys

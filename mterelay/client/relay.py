@@ -42,7 +42,7 @@ from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, Se
                                     body_data, discard, read_limited)
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
-                                      end_to_end, normalize_headers, open_response,
+                                      end_to_end, finish_pairings, normalize_headers, open_response,
                                       parse_relay_error, seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
@@ -204,18 +204,7 @@ class _PeerRelay:
             raise PairingFailed(response.code, _reason(answer), hold)
         if too_long:
             raise MalformedPairResponse("$", "pair response too large")
-        try:
-            entries = json.loads(answer.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedPairResponse("$", "not UTF-8 JSON") from None
-        if not isinstance(entries, list) or len(entries) != count:
-            raise MalformedPairResponse("$", f"must be a JSON array of {count} entries")
-        keys = []
-        for index, (pairing, entry) in enumerate(zip(pending, entries)):
-            try:
-                keys.append(pairing.finish(entry))
-            except MalformedPairResponse as error:
-                raise error.with_prefix(f"[{index}]") from None
+        keys = finish_pairings(pending, answer)
         log.info("paired {count} pair(s) with {origin}", count=count, origin=self.origin)
         self.client.metrics.pair_created("outbound", count)
         return keys
