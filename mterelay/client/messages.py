@@ -15,19 +15,19 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from mterelay.http import names
+from mterelay.protocol import retry
 from mterelay.protocol.errors import DecodeFailed, RelayError
 from mterelay.protocol.header import (MODE_MKE, MODE_MKR, MODE_MTE, MODES, URL_HEADER,
                                       RelayHeader)
 from mterelay.protocol.keys import PairKeys
 from mterelay.protocol.records import BODY_LENGTH_CONTROL, parse_body_length
-from mterelay.protocol.retry import parse_relay_error
 from mterelay.protocol.sealing import Direction, MessageCipher
 from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, single_value
 
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
     "HeaderList", "HeadersInput", "SealOptions", "OutgoingRequest", "OpenedResponse",
-    "normalize_headers", "end_to_end", "seal_request", "open_response", "relay_error",
+    "normalize_headers", "end_to_end", "seal_request", "open_response", "parse_relay_error",
 ]
 
 RELAY_HEADER = names.text(names.RELAY_HEADER)
@@ -304,12 +304,13 @@ def open_response(keys: PairKeys, request: RelayHeader, status: int, wire: Heade
     return OpenedResponse(expected, cipher, merged, clear, body_length)
 
 
-def relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
-    """The typed error of a relay-made 55x answer (:func:`~mterelay.protocol.retry.parse_relay_error`).
+def parse_relay_error(status: int, body: bytes, headers: Headers | None = None) -> RelayError:
+    """The typed error of a relay-made 55x answer, read from Twisted ``Headers``.
 
-    ``headers`` (the answer's, when at hand) supply ``x-mte-upstream-reached``
-    where the JSON has no ``upstreamReached``.
+    The rule itself is :func:`mterelay.protocol.retry.parse_relay_error`;
+    this adapter only takes ``x-mte-upstream-reached`` from the answer's
+    headers (when at hand) for where the JSON has no ``upstreamReached``.
     """
     reached = None if headers is None else [
         value.decode("latin-1") for value in headers.getRawHeaders(b"x-mte-upstream-reached", [])]
-    return parse_relay_error(status, body, reached)
+    return retry.parse_relay_error(status, body, reached)

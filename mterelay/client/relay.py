@@ -32,7 +32,6 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.client import RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
@@ -42,7 +41,7 @@ from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, Se
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
                                       end_to_end, normalize_headers, open_response,
-                                      relay_error, seal_request)
+                                      parse_relay_error, seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
 from mterelay.http import names
@@ -60,6 +59,7 @@ from mterelay.protocol.sealing import MAX_MTE_BODY, plain_length, sealed_length
 from mterelay.protocol.urls import split_url
 from mterelay.http.connections import LeanPool, persistent_agent
 from mterelay.http.failures import wrapped
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timeouts import with_timeout
 from mterelay.http.timing import crypto_stopwatch
 
@@ -120,7 +120,7 @@ class _PeerRelay:
             b"HEAD", (self.origin + RELAY_PATH).encode("ascii"), Headers(), None)
         body, _ = await read_limited(response, ERROR_BODY_LIMIT)
         if 559 <= response.code <= 569 and not response.headers.hasHeader(b"x-mte-relay"):
-            raise relay_error(response.code, body)
+            raise parse_relay_error(response.code, body)
         values = response.headers.getRawHeaders(b"x-mte-relay", [])
         client_id = values[0].decode("latin-1").strip() if len(values) == 1 else ""
         if response.code != 200 or not is_client_id(client_id):
@@ -164,7 +164,7 @@ class _PeerRelay:
         answer, too_long = await read_limited(response, PAIR_BODY_LIMIT)
         if response.code != 200:
             if 559 <= response.code <= 569:
-                raise relay_error(response.code, answer)
+                raise parse_relay_error(response.code, answer)
             hold = (retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
                     if response.code == 429 else None)
             raise PairingFailed(response.code, refusal_summary(answer), hold)
@@ -172,8 +172,7 @@ class _PeerRelay:
             raise MalformedPairResponse("$", "pair response too large")
         keys = finish_all(pending, answer)
         log.info("paired {count} pair(s) with {origin}", count=count, origin=self.origin)
-        if self.client.metrics is not None:
-            self.client.metrics.pair_created("outbound", count)
+        self.client.metrics.pair_created("outbound", count)
         return keys
 
 
@@ -204,7 +203,7 @@ class RelayClient:
                  seal_url: bool = True, seal_headers: str | Iterable[str] = "all",
                  framing: str = "MKR", response_headers: str | Iterable[str] = "*",
                  pool_size: int = 10, timeout: float | None = None,
-                 connect_timeout: float = 10.0, metrics: Any = None,
+                 connect_timeout: float = 10.0, metrics: Metrics = NO_METRICS,
                  max_origins: int = 256, fixed_path: bool = True) -> None:
         if not 1 <= pairs <= 64:
             raise ValueError("pairs must be 1..64")
@@ -222,7 +221,7 @@ class RelayClient:
         self.options = SealOptions.build(seal_url=seal_url, seal_headers=seal_headers,
                                          framing=framing, response_headers=response_headers)
         self.timeout = timeout
-        #: A RelayMetrics (the outbound relay's): crypto times, pairs made.
+        #: Crypto times, pairs made (the outbound relay's RelayMetrics; else nowhere).
         self.metrics = metrics
         self._pool: LeanPool | None = None
         if agent is None:
@@ -411,7 +410,7 @@ class RelayClient:
         """A response without x-mte-relay: a relay-made answer, never authentic."""
         if 559 <= wire.code <= 569:
             body, _ = await read_limited(wire, ERROR_BODY_LIMIT)
-            return relay_error(wire.code, body, wire.headers)
+            return parse_relay_error(wire.code, body, wire.headers)
         if wire.code >= 400:
             return RelayResponse(wire.code, wire.phrase, wire.headers, wire.length,
                                  plain_request, wire.deliverBody, sealed=False)

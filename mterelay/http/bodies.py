@@ -19,7 +19,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 __all__ = ["BytesProducer", "Still", "abandon", "read_limited", "read_and_drop", "discard",
-           "declared_length"]
+           "declared_length", "declares_body", "has_body"]
 
 #: A body this short costs less to read and drop than a new connection.
 DRAIN_LIMIT = 64 * 1024
@@ -51,8 +51,10 @@ class BytesProducer(Still):
         return succeed(None)
 
 
-class _Collector(Protocol):
-    """Reads a body up to ``limit`` bytes; past it, drops the connection."""
+class _CappedResponseReader(Protocol):
+    """Reads a response body up to ``limit`` bytes; past it, keeps the head and
+    drops the connection (contrast http/streaming's request-body collector,
+    which refuses a request body past its limit)."""
 
     def __init__(self, limit: int, done: "Deferred[tuple[bytes, bool]]") -> None:
         self.limit = limit
@@ -83,7 +85,7 @@ class _Collector(Protocol):
 def read_limited(response: IResponse, limit: int) -> "Deferred[tuple[bytes, bool]]":
     """``(body, too_long)``: at most ``limit`` bytes; a longer body is cut off unread."""
     done: Deferred[tuple[bytes, bool]] = Deferred()
-    response.deliverBody(_Collector(limit, done))
+    response.deliverBody(_CappedResponseReader(limit, done))
     return done
 
 
@@ -122,6 +124,25 @@ def abandon(response: IResponse) -> None:
         read_and_drop(response)
     else:
         discard(response)
+
+
+def declares_body(headers: Headers) -> bool:
+    """The message is framed with a body - Content-Length or Transfer-Encoding
+    present - even an empty one (``Content-Length: 0``): what is forwarded as
+    a body, however short."""
+    return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
+
+
+def has_body(headers: Headers) -> bool:
+    """A body of at least one byte may follow: Content-Length > 0 or any Transfer-Encoding.
+
+    The rule both sides use for the headers item's binding (spec 6.3), so an
+    empty ``Content-Length: 0`` body counts as none.
+    """
+    if headers.hasHeader(b"transfer-encoding"):
+        return True
+    lengths = headers.getRawHeaders(b"content-length", [])
+    return any(value.strip() not in (b"", b"0") for value in lengths)
 
 
 def declared_length(headers: Headers) -> int | None:

@@ -8,13 +8,16 @@ running for nobody; a crash in the role's own code still gets one answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
+from twisted.web.iweb import IRequest, IResponse
 
 from mterelay.http.twistedinternals import is_disconnected
+from mterelay.http.upstream import stream_body
 
 __all__ = ["Exchange", "finish_with"]
 
@@ -60,3 +63,26 @@ class Exchange:
     def _send(self, body: bytes) -> None:
         if not self.gone:
             finish_with(self.request, body)
+
+    async def stream_answer(self, response: IResponse, consumer: Any, clock: IReactorTime,
+                            idle_timeout: float | None,
+                            interrupted: Callable[[Exception], None]) -> bool:
+        """Stream ``response``'s body into ``consumer``; True when it all arrived
+        and the client is still there to be answered (the caller finishes).
+
+        A body cut short (the connection behind it broke, a chunk did not
+        authenticate, it went idle) is reported to ``interrupted`` once, and
+        the client's connection is cut: a client must never take a cut body
+        for a whole one.
+        """
+        self.streaming = stream_body(response, consumer, clock, idle_timeout)
+        try:
+            await self.streaming
+        except Exception as error:
+            interrupted(error)
+            if not self.gone:
+                self.request.loseConnection()
+            return False
+        finally:
+            self.streaming = None
+        return not self.gone

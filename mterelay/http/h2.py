@@ -16,7 +16,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from mterelay.http.twistedinternals import h2_stream_reactor
+from mterelay.http.bodies import declares_body
+from mterelay.http.streaming import streamed_body
 
 log = Logger(namespace="mterelay.h2")
 
@@ -89,10 +90,9 @@ def request_has_body(request: Any) -> bool | None:
     """
     if not is_h2_request(request):
         return None
-    headers = request.requestHeaders
-    if headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding"):
+    if declares_body(request.requestHeaders):
         return None
-    pipe = getattr(request, "body", None)
+    pipe = streamed_body(request)
     if pipe is not None:
         return not (pipe.complete and pipe.received == 0)
     content = getattr(request, "content", None)
@@ -104,7 +104,3 @@ def request_has_body(request: Any) -> bool | None:
     content.seek(position)
     return size > 0
 
-
-def stream_reactor(channel: Any) -> Any:
-    """The reactor of an ``H2Stream``'s connection."""
-    return h2_stream_reactor(channel)

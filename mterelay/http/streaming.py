@@ -31,10 +31,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from mterelay.http.bodies import BytesProducer
-from mterelay.http.twistedinternals import (HookedRequest, is_disconnected, is_h2_stream,
-                                           request_line)
-from mterelay.http.h2 import stream_reactor
+from mterelay.http.bodies import BytesProducer, declares_body
+from mterelay.http.twistedinternals import (HookedRequest, h2_stream_reactor, is_disconnected,
+                                           is_h2_stream, request_line)
 
 
 _log = Logger(namespace="mterelay.web")
@@ -154,7 +153,7 @@ class BodyPipe:
         read and dropped), not after the whole body has arrived.
         """
         result: Deferred[bytes] = Deferred()
-        collector = _Collector(limit, self, result)
+        collector = _RequestBodyCollector(limit, self, result)
         self.startProducing(collector).addCallbacks(collector.done, collector.failed)
         return result
 
@@ -177,8 +176,12 @@ def _failed(error: Exception) -> "Deferred[Any]":
     return failed
 
 
-class _Collector:
-    """The consumer behind :meth:`BodyPipe.read_all`; settles ``result`` once."""
+class _RequestBodyCollector:
+    """The consumer behind :meth:`BodyPipe.read_all`; settles ``result`` once.
+
+    Past ``limit`` it fails with BodyTooLarge and reads the rest to drop it
+    (contrast http/bodies' response reader, which keeps the head).
+    """
 
     def __init__(self, limit: int, pipe: BodyPipe, result: "Deferred[bytes]") -> None:
         self.limit, self.pipe, self.result = limit, pipe, result
@@ -210,8 +213,6 @@ class StreamingRequest(HookedRequest):
 
     body: BodyPipe | None = None
     _cleanup_pending = False
-    #: DEBUG: send x-request-id back (set by RelaySite; the id is ``request_id``).
-    echo_request_id = False
 
     def __repr__(self) -> str:
         # Twisted puts repr(request) in some of its log lines; the query
@@ -220,13 +221,6 @@ class StreamingRequest(HookedRequest):
         return (f"<{type(self).__name__} at 0x{id(self):x} method="
                 f"{self.method.decode('latin-1')} path={path.decode('latin-1')[:200]} "
                 f"clientproto={self.clientproto.decode('latin-1')}>")
-
-    def write(self, data: bytes) -> None:
-        if self.echo_request_id and not self.startedWriting:
-            # Set as the headers go out, so it replaces any the upstream sent.
-            self.responseHeaders.setRawHeaders(
-                b"x-request-id", [self.request_id.encode("ascii")])  # type: ignore[attr-defined]
-        super().write(data)
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
@@ -252,7 +246,7 @@ class StreamingRequest(HookedRequest):
                 return  # reset before it started
             Request.requestReceived(self, stream.command, stream.path, b"HTTP/2")
 
-        stream_reactor(stream).callLater(0, start)
+        h2_stream_reactor(stream).callLater(0, start)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is None:
@@ -293,10 +287,18 @@ class StreamingRequest(HookedRequest):
         super().connectionLost(reason)
 
 
+def streamed_body(request: Any) -> BodyPipe | None:
+    """The request's :class:`BodyPipe` when its body streams in; None when
+    twisted.web buffered it in ``request.content`` (a request that is not a
+    :class:`StreamingRequest`, or an HTTP/1.1 body-less one)."""
+    pipe = getattr(request, "body", None)
+    return pipe if isinstance(pipe, BodyPipe) else None
+
+
 def read_body(request: Any, limit: int) -> "Deferred[bytes]":
     """The whole request body (streamed or buffered), at most ``limit`` bytes."""
-    pipe = getattr(request, "body", None)
-    if isinstance(pipe, BodyPipe):
+    pipe = streamed_body(request)
+    if pipe is not None:
         return pipe.read_all(limit)
     content = request.content
     content.seek(0)
@@ -311,11 +313,10 @@ SMALL_BODY = 256 * 1024
 
 def request_body(request: IRequest) -> IBodyProducer | None:
     """The client's body as a producer: streamed when the request streams it."""
-    pipe = getattr(request, "body", None)
-    if isinstance(pipe, BodyPipe):
+    pipe = streamed_body(request)
+    if pipe is not None:
         return pipe
-    headers = request.requestHeaders
-    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+    if not declares_body(request.requestHeaders):
         return None
     content = request.content
     content.seek(0, 2)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
+from mterelay.http.observe import Metrics
+
 T = TypeVar("T")
 
 
@@ -39,8 +41,6 @@ class Stopwatch:
             observe(self.total)
 
 
-def crypto_stopwatch(metrics: Any, kind: str) -> Stopwatch:
-    """A stopwatch reporting into ``metrics.observe_crypto(kind, ...)`` (None: nowhere)."""
-    if metrics is None:
-        return Stopwatch(None)
+def crypto_stopwatch(metrics: Metrics, kind: str) -> Stopwatch:
+    """A stopwatch reporting into ``metrics.observe_crypto(kind, ...)``."""
     return Stopwatch(lambda seconds: metrics.observe_crypto(kind, seconds))

@@ -28,6 +28,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from mterelay.http.connections import POOL_SIZE, upstream_agent
 from mterelay.http.failures import describe_failure
 from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timeouts import with_timeout
 
 class UpstreamError(Exception):
@@ -83,8 +84,8 @@ class UpstreamForwarder:
     upstream: str
     timeout: float = 30.0
     extra_headers: tuple[tuple[str, str], ...] = ()
-    #: A RelayMetrics: upstream answer times by role (None: not measured).
-    metrics: Any = None
+    #: Upstream answer times by role (the service's RelayMetrics).
+    metrics: Metrics = NO_METRICS
     _base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -139,8 +140,7 @@ class UpstreamForwarder:
             lambda: UpstreamTimeout(f"no answer within {self.timeout:g} s"))
 
         def done(result: Any) -> Any:
-            if self.metrics is not None:
-                self.metrics.observe_upstream(role, self.clock.seconds() - started)
+            self.metrics.observe_upstream(role, self.clock.seconds() - started)
             if isinstance(result, Failure):
                 if result.check(UpstreamTimeout, CancelledError):
                     return result

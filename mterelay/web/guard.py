@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import json
 import resource
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.twistedinternals import NegotiatingChannelBase, inner_channel, schedule_abort
-
-if TYPE_CHECKING:  # types only: the service layer above passes them in
-    from mterelay.service.metrics import RelayMetrics
 
 log = Logger(namespace="mterelay.guard")
 
@@ -64,7 +62,7 @@ class ConnectionGuard:
     header_timeout: float | None = 10.0
     body_timeout: float | None = 30.0
     max_connections: int | None = None
-    metrics: RelayMetrics | None = None
+    metrics: Metrics = NO_METRICS
     #: True while the cap refuses connections (one warning per episode).
     _full: bool = False
 
@@ -89,8 +87,7 @@ class ConnectionGuard:
         return False
 
     def cut(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.connection_cut(reason)
+        self.metrics.connection_cut(reason)
 
 
 _TIMEOUT_BODY = json.dumps(

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from mterelay.http.headers import single_value
 from mterelay.http.names import RELAY_HEADER
 from mterelay.http.exchange import finish_with
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.protocol.clientid import new_client_id, sign_client_uuid, verify_client_id
 from mterelay.protocol.header import (FIXED_PATH, FIXED_PATH_HEADER, FRAMING_HEADER,
                                       RELAY_FRAMINGS)
@@ -33,7 +34,7 @@ from mterelay.protocol.keys import PairKeys
 from mterelay.store.interface import IPairStore, PairExists, StoreUnavailable, pair_generation
 from mterelay.store.keycache import KeyCache
 from mterelay.web.admission import PairingAdmission, Refusal, RefusalLog
-from mterelay.web.responses import (error_body, json_body, relay_error, request_id,
+from mterelay.web.responses import (error_body, json_body, relay_error_body, request_id,
                                     unlogged_error_body)
 from mterelay.web.sourceaddress import IPNetwork, bucket_key, source_address
 from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body
@@ -67,9 +68,9 @@ def render_relay_head(request: IRequest, secrets: tuple[bytes, ...]) -> bytes:
             bare = verify_client_id(presented.decode("latin-1").strip(" \t"), secrets)
             client_id = sign_client_uuid(secrets[0], bare)
     except ValueError:
-        return relay_error(request, InvalidClientId("x-mte-relay sent more than once"))
+        return relay_error_body(request, InvalidClientId("x-mte-relay sent more than once"))
     except RelayError as error:
-        return relay_error(request, error)
+        return relay_error_body(request, error)
     request.setHeader(RELAY_HEADER, client_id.encode("ascii"))
     # Clients send record framing (MKR, streaming=2) only to relays saying so.
     request.setHeader(FRAMING_HEADER.encode("ascii"), RELAY_FRAMINGS.encode("ascii"))
@@ -84,7 +85,7 @@ class PairRoute:
     """``POST /api/mte-pair``: validate everything, derive, store, answer."""
 
     def __init__(self, store: IPairStore, keys: KeyCache, secrets: tuple[bytes, ...],
-                 max_entries: int, admission: PairingAdmission, metrics: Any = None,
+                 max_entries: int, admission: PairingAdmission, metrics: Metrics = NO_METRICS,
                  trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.metrics = metrics
         self.store = store
@@ -99,13 +100,14 @@ class PairRoute:
         try:
             presented = single_header(request, RELAY_HEADER)
         except ValueError:
-            return relay_error(request, InvalidClientId("x-mte-relay sent more than once"))
+            return relay_error_body(request, InvalidClientId("x-mte-relay sent more than once"))
         if presented is None:
-            return relay_error(request, MissingHeader("x-mte-relay with the client id is required"))
+            return relay_error_body(
+                request, MissingHeader("x-mte-relay with the client id is required"))
         try:
             client = verify_client_id(presented.decode("latin-1").strip(" \t"), self.secrets)
         except RelayError as error:
-            return relay_error(request, error)
+            return relay_error_body(request, error)
         limit = self.max_entries * BYTES_PER_ENTRY
         length = request.requestHeaders.getRawHeaders(b"content-length", [b""])[0]
         if length.isdigit() and int(length) > limit:
@@ -134,7 +136,7 @@ class PairRoute:
         """429 naming the limit; logged at most once per limit per interval, always metered."""
         self.refusals.refused(refusal, source, request_id=request_id(request))
         # The site meters relay_errors_total{code="429", reason="pairing_<limit>_limit"}.
-        request.mterelay_refusal = f"pairing {refusal.limit} limit"
+        request.refusal = f"pairing {refusal.limit} limit"
         request.setHeader(b"retry-after", b"%d" % refusal.retry_after)
         return unlogged_error_body(request, 429, "Too many pairings", refusal.reason,
                                    limit=refusal.limit, retryAfter=refusal.retry_after)
@@ -170,7 +172,7 @@ class PairRoute:
                                         error.reason, field=error.field))
             return
         except RelayError as error:  # 567: unsupported version
-            finish_with(request, relay_error(request, error))
+            finish_with(request, relay_error_body(request, error))
             return
         blobs = [keys.to_bytes() for keys in pair_keys]
         if not await self._store_all(request, client, pair_keys, blobs):
@@ -178,8 +180,7 @@ class PairRoute:
         for keys, blob in zip(pair_keys, blobs):
             self.keys.remember(keys, blob)
         log.info("paired {count} pair(s)", count=len(pair_keys), request_id=request_id(request))
-        if self.metrics is not None:
-            self.metrics.pair_created("inbound", len(pair_keys))
+        self.metrics.pair_created("inbound", len(pair_keys))
         finish_with(request, json_body(request, 200, entries))
 
     async def _store_all(self, request: IRequest, client: str, pair_keys: list[PairKeys],

@@ -50,13 +50,16 @@ from mterelay.protocol.sealing import (SEALED_CHUNK_SIZE, BodyOpener, BodySealer
                                        sealed_length)
 from mterelay.store.interface import IPairStore, StoreUnavailable
 from mterelay.store.keycache import CachedPair, KeyCache
+from mterelay.http.bodies import has_body
+from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
 from mterelay.http.headers import (HOP_BY_HOP, RepeatedHeader, header_text, hop_by_hop_names,
                                    single_value)
-from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for, stream_body
-from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error,
+from mterelay.http.upstream import UpstreamError, UpstreamForwarder, forwarded_for
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, relay_error_body,
                                     request_id, unlogged_error_body)
 from mterelay.web.paths import path_problem
+from mterelay.web.request import RelayRequest
 from mterelay.web.routes import RoutePattern, matches_any
 from mterelay.http.h2 import request_has_body as h2_request_has_body
 from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, request_body
@@ -77,17 +80,6 @@ RESPONSE_HEADERS_CONTROL_TEXT = text(RESPONSE_HEADERS_CONTROL)
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Response headers neither sealed nor copied: framing, and CORS (the relay's own).
 NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
-
-
-def has_body(headers: Headers) -> bool:
-    """The wire request carries a body: Content-Length > 0 or any Transfer-Encoding.
-
-    The same rule the client used for the headers item's binding (spec 6.3).
-    """
-    if headers.hasHeader(b"transfer-encoding"):
-        return True
-    lengths = headers.getRawHeaders(b"content-length", [])
-    return any(value.strip() not in (b"", b"0") for value in lengths)
 
 
 def request_has_body(request: IRequest) -> bool:
@@ -292,8 +284,8 @@ def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
     It is authenticated there, and it is what the application's logs carry,
     so the upstream and this relay's later log lines use the same id.
     """
-    if not sealed or not hasattr(request, "request_id"):
-        return
+    if not sealed or not isinstance(request, RelayRequest) or request.request_id is None:
+        return  # only an id the site gave is replaced (web/responses.request_id)
     chosen = request_id_for(sealed[0].encode("latin-1", "replace"))
     if chosen != sealed[0]:
         return  # not a usable id; keep ours
@@ -306,7 +298,7 @@ class InboundProxy:
     def __init__(self, store: IPairStore, keys: KeyCache, forwarder: UpstreamForwarder,
                  secrets: tuple[bytes, ...],
                  mte_routes: tuple[RoutePattern, ...] | None = None,
-                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Any = None,
+                 mte_body_limit: int = MTE_BODY_LIMIT, metrics: Metrics = NO_METRICS,
                  stream_idle_timeout: float | None = None) -> None:
         self.metrics = metrics
         self.stream_idle_timeout = stream_idle_timeout
@@ -323,7 +315,7 @@ class InboundProxy:
             header, token, client = self._check(request)
             target = wire_target(request, header)
         except RelayError as error:
-            return relay_error(request, error)
+            return relay_error_body(request, error)
         except Refused as refused:
             return error_body(request, refused.status, refused.message, refused.reason,
                               **refused.extra)
@@ -430,7 +422,7 @@ class Exchange(BaseExchange):
         try:
             await self._exchange()
         except RelayError as error:
-            self._send(relay_error(self.request, error, self._reached(error)))
+            self._send(relay_error_body(self.request, error, self._reached(error)))
         except Refused as refused:
             self.answer_error(refused.status, refused.message, refused.reason,
                               self._reached(refused), **refused.extra)
@@ -696,19 +688,14 @@ class Exchange(BaseExchange):
             headers.setRawHeaders(b"content-length", [b"%d" % length])
         clock = self.proxy.forwarder.clock
         writer = SealingWriter(request, cipher.body_sealer(), self.encoding, clock)
-        self.streaming = stream_body(response, writer, clock, self.proxy.stream_idle_timeout)
-        try:
-            await self.streaming
-        except Exception as error:
+
+        def interrupted(error: Exception) -> None:
             writer.discard()
             log.info("upstream body interrupted: {why}", why=str(error) or type(error).__name__,
                      request_id=request_id(request))
-            if not self.gone:
-                request.loseConnection()
-            return
-        finally:
-            self.streaming = None
-        if not self.gone:
+
+        if await self.stream_answer(response, writer, clock, self.proxy.stream_idle_timeout,
+                                    interrupted):
             tail = writer.finish()
             self.encoding.report()
             request.write(tail)

@@ -43,17 +43,18 @@ from twisted.web.server import NOT_DONE_YET
 
 from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
-from mterelay.http.bodies import abandon, declared_length
+from mterelay.http.bodies import abandon, declared_length, declares_body
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
-from mterelay.http.connections import peer_agent
-from mterelay.web.outboundrules import (TOKEN_HEADER, UPSTREAM_HEADER, Origin, Refused,
-                                    seal_choices, token_matches, upstream_origin)
+from mterelay.http.observe import NO_METRICS, Metrics
+from mterelay.http.names import PEER_HEADER
+from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
+                                        token_matches)
 from mterelay.protocol.errors import RelayError
-from mterelay.http.upstream import copy_end_to_end, stream_body
+from mterelay.http.upstream import copy_end_to_end
 from mterelay.web.paths import path_problem
 from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, REACHED_HEADER, error_body,
                                     error_payload, json_body, request_id)
-from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone, read_body
+from mterelay.http.streaming import BodyTooLarge, ClientGone, read_body, streamed_body
 
 if TYPE_CHECKING:  # types only: the service layer above passes them in
     from mterelay.service.config import Config
@@ -109,14 +110,14 @@ def refuse(request: IRequest, status: int, message: str, reason: str) -> bytes:
 class OutboundProxy:
     """Everything the outbound entry needs, shared by all requests.
 
-    :param clock: the reactor (time for timeouts, and the network when no
-        ``agent`` is given).
-    :param agent: how to reach remote relays; by default a persistent-pool
-        ``Agent`` of its own (no cookies, no redirects), made on first use.
+    :param clock: the reactor's time (timeouts).
+    :param agent: how to reach remote relays: the service passes
+        ``http.connections.peer_agent`` (a persistent pool, no cookies, no
+        redirects); tests pass an in-memory or refusing one.
     """
 
-    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent | None = None,
-                 metrics: Any = None) -> None:
+    def __init__(self, clock: IReactorTime, config: Config, agent: IAgent,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.clock = clock
         self.metrics = metrics
         self.token = config.outbound_tokens
@@ -134,8 +135,7 @@ class OutboundProxy:
     def client(self) -> RelayClient:
         """The one RelayClient (pairs per remote origin), made when first needed."""
         if self._client is None:
-            agent = self._agent if self._agent is not None else peer_agent(self.clock)
-            self._client = RelayClient(self.clock, pairs=self.pairs, agent=agent,
+            self._client = RelayClient(self.clock, pairs=self.pairs, agent=self._agent,
                                        timeout=self.timeout, metrics=self.metrics,
                                        max_origins=MAX_REMEMBERED_ORIGINS)
         return self._client
@@ -159,18 +159,18 @@ class OutboundProxy:
         return NOT_DONE_YET
 
     def _origin(self, headers: Headers) -> Origin:
-        """``upstream_origin``, remembered per header value once it was allowed.
+        """``peer_origin``, remembered per header value once it was allowed.
 
         Applications name the same few remote relays on every request; the
         parse and allow-list check are done once per value.  Refused values
         are not remembered, so junk cannot fill the table.
         """
-        values = headers.getRawHeaders(UPSTREAM_HEADER)
+        values = headers.getRawHeaders(PEER_HEADER)
         if values is not None and len(values) == 1:
             known = self._origins.get(values[0])
             if known is not None:
                 return known
-        origin = upstream_origin(headers, self.patterns)
+        origin = peer_origin(headers, self.patterns)
         if len(self._origins) >= MAX_REMEMBERED_ORIGINS:
             self._origins.clear()
         self._origins[values[0]] = origin  # type: ignore[index]  (one value, or it raised)
@@ -237,11 +237,10 @@ class _Exchange(Exchange):
         """None, bytes (replayable) or the streaming BodyPipe / buffered file."""
         request = self.request
         headers = request.requestHeaders
-        if not headers.hasHeader(b"content-length") and not headers.hasHeader(
-                b"transfer-encoding"):
+        if not declares_body(headers):
             return None
-        pipe = getattr(request, "body", None)
-        if isinstance(pipe, BodyPipe):
+        pipe = streamed_body(request)
+        if pipe is not None:
             length = declared_length(headers)
             if length is not None and length <= REPLAYABLE_BODY:
                 return await read_body(request, REPLAYABLE_BODY)
@@ -265,8 +264,7 @@ class _Exchange(Exchange):
         clock, started = self.proxy.clock, self.proxy.clock.seconds()
         try:
             response = await self.pending
-            if self.proxy.metrics is not None:
-                self.proxy.metrics.observe_outbound(clock.seconds() - started)
+            self.proxy.metrics.observe_outbound(clock.seconds() - started)
         except CancelledError:
             return
         except DeferredTimeout as error:
@@ -330,22 +328,14 @@ class _Exchange(Exchange):
         if (isinstance(response.length, int) and request.method != b"HEAD"
                 and response.code not in (204, 304)):
             request.setHeader(b"content-length", b"%d" % response.length)
-        self.streaming = stream_body(response, request, self.proxy.clock,
-                                     self.proxy.stream_idle_timeout)
-        try:
-            await self.streaming
-        except Exception as error:
-            # The remote relay's connection broke, or a chunk did not
-            # authenticate: the application must not take a cut body as whole.
-            log.warn("outbound answer from {origin} interrupted: {why}",
-                     origin=self.origin.url, why=describe_failure(error),
-                     request_id=request_id(request))
-            if not self.gone:
-                request.loseConnection()
-            return
-        finally:
-            self.streaming = None
-        if not self.gone:
+        if await self.stream_answer(response, request, self.proxy.clock,
+                                    self.proxy.stream_idle_timeout, self._answer_interrupted):
             request.finish()
+
+    def _answer_interrupted(self, error: Exception) -> None:
+        # The remote relay's connection broke, or a chunk did not authenticate.
+        log.warn("outbound answer from {origin} interrupted: {why}",
+                 origin=self.origin.url, why=describe_failure(error),
+                 request_id=request_id(self.request))
 
 

@@ -28,13 +28,12 @@ from mterelay.http.refusal import Refused
 from twisted.web.http_headers import Headers
 
 __all__ = [
-    "TOKEN_HEADER", "UPSTREAM_HEADER", "ENCODE_TYPE_HEADER", "ENCODE_HEADERS_HEADER",
+    "TOKEN_HEADER", "ENCODE_TYPE_HEADER", "ENCODE_HEADERS_HEADER",
     "ENCODE_URL_HEADER", "Refused", "Origin", "OriginPattern", "token_matches",
-    "parse_origin", "upstream_origin", "allowed", "seal_choices",
+    "parse_origin", "peer_origin", "allowed", "seal_choices",
 ]
 
 TOKEN_HEADER = names.OUTBOUND_TOKEN_HEADER
-UPSTREAM_HEADER = names.PEER_HEADER
 ENCODE_TYPE_HEADER = names.ENCODE_TYPE_HEADER
 ENCODE_HEADERS_HEADER = names.ENCODE_HEADERS_HEADER
 ENCODE_URL_HEADER = names.ENCODE_URL_HEADER
@@ -200,10 +199,10 @@ def _single(headers: Headers, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1").strip()
 
 
-def upstream_origin(headers: Headers, patterns: tuple[OriginPattern, ...]) -> Origin:
-    """The remote relay named by ``x-mte-upstream``: 400 when missing or not an
-    http(s) origin, 403 when OUTBOUND_UPSTREAMS does not allow it."""
-    value = _single(headers, UPSTREAM_HEADER)
+def peer_origin(headers: Headers, patterns: tuple[OriginPattern, ...]) -> Origin:
+    """The peer (remote) relay named by ``x-mte-upstream``: 400 when missing or
+    not an http(s) origin, 403 when OUTBOUND_UPSTREAMS does not allow it."""
+    value = _single(headers, names.PEER_HEADER)
     if not value:
         raise Refused(400, "Bad request", "x-mte-upstream header is required")
     try:

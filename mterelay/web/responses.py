@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 
 from mterelay.http.names import REACHED_HEADER
 from mterelay.protocol.errors import RelayError
+from mterelay.web.request import RelayRequest
 
 log = Logger(namespace="mterelay.web")
 
@@ -87,13 +88,19 @@ def unlogged_error_body(
 
 
 def request_id(request: IRequest) -> str | None:
-    """The id :class:`~mterelay.web.site.RelaySite` gave the request (None outside a site)."""
-    return getattr(request, "request_id", None)
+    """The id :class:`~mterelay.web.site.RelaySite` gave the request.
+
+    None for a request the site has not seen, and for one the relay did not
+    make (Twisted's ``DummyRequest`` in unit tests): only a
+    :class:`~mterelay.web.request.RelayRequest` carries the relay's state.
+    """
+    return request.request_id if isinstance(request, RelayRequest) else None
 
 
 def _log_refusal(request: IRequest, status: int, message: str, reason: str | None) -> None:
     # The site counts refusals by code and message once the answer is sent.
-    request.mterelay_refusal = message  # type: ignore[attr-defined]
+    if isinstance(request, RelayRequest):
+        request.refusal = message
     log.info(
         "refused {method} {path}: {status} {message}{detail}",
         method=request.method.decode("latin-1"),
@@ -105,7 +112,7 @@ def _log_refusal(request: IRequest, status: int, message: str, reason: str | Non
     )
 
 
-def relay_error(request: IRequest, error: RelayError,
+def relay_error_body(request: IRequest, error: RelayError,
                 upstream_reached: str = NOT_REACHED) -> bytes:
     """A 55x answer in the one error shape, logged once."""
     return error_body(request, error.code, error.message, error.info, upstream_reached)

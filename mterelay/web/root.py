@@ -14,8 +14,8 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 
 from mterelay.web.routes import matches_any
-from mterelay.service.metrics import RelayMetrics
 from mterelay.web.outboundrules import TOKEN_HEADER
+from mterelay.http.observe import Metrics
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.cors import CorsPolicy
 from mterelay.store.interface import IPairStore
@@ -31,7 +31,7 @@ from mterelay.web.public import PublicFile, is_public_path, load_public_files, r
 from mterelay.protocol.errors import MissingHeader
 from mterelay.http.names import FIXED_PATH, PAIR_PATH, RELAY_HEADER, RELAY_PATH
 from mterelay.protocol.pairing import MAX_PAIRS_PER_REQUEST
-from mterelay.web.responses import error_body, relay_error
+from mterelay.web.responses import error_body, relay_error_body
 
 if TYPE_CHECKING:  # types only: the service layer above passes them in
     from mterelay.service.config import Config
@@ -42,13 +42,12 @@ class RelayRoot(Resource):
     isLeaf = True
 
     def __init__(self, config: Config, forwarder: UpstreamForwarder, clock: IReactorTime,
-                 store: IPairStore, outbound_agent: IAgent | None = None,
-                 metrics: RelayMetrics | None = None,
+                 store: IPairStore, outbound_agent: IAgent, metrics: Metrics,
                  public_files: dict[bytes, PublicFile] | None = None) -> None:
         super().__init__()
         # Loaded once: no request reads the file system (web/public.py).
         self.public_files = load_public_files() if public_files is None else public_files
-        self.metrics = metrics = metrics if metrics is not None else RelayMetrics()
+        self.metrics = metrics
         self.config = config
         self.forwarder = forwarder
         self.clock = clock
@@ -101,7 +100,7 @@ class RelayRoot(Resource):
             return b""
         if request.requestHeaders.hasHeader(TOKEN_HEADER):
             # The application's own request, to be sent encrypted to a remote relay.
-            request.mterelay_role = "outbound"
+            request.role = "outbound"
             return self.outbound.render(request)
 
         path = request.path
@@ -123,27 +122,27 @@ class RelayRoot(Resource):
             if request.method != b"POST":
                 request.setHeader(b"allow", b"POST")
                 return error_body(request, 405, "Method not allowed", "use POST /api/mte-pair")
-            request.mterelay_role = "pairing"
+            request.role = "pairing"
             return self.pairing.render(request)
         if path == FIXED_PATH:
             # Sealed-URL requests on the fixed path (spec 5.2): never a
             # pass-through route, whatever PASS_THROUGH_ROUTES says.
-            request.mterelay_role = "inbound"
+            request.role = "inbound"
             return self.inbound.render(request)
         path_text = path.decode("latin-1")
         if matches_any(self.config.pass_through_routes, path_text):
-            request.mterelay_role = "passthrough"
+            request.role = "passthrough"
             return render_passthrough(request, self.forwarder)
         if request.getHeader(RELAY_HEADER) is not None:
             # With urlEnc=1 the real path is sealed, so MTE_ROUTES is checked
             # by the proxy once the url item is open.
-            request.mterelay_role = "inbound"
+            request.role = "inbound"
             return self.inbound.render(request)
         if self.config.mte_routes is not None and not matches_any(
             self.config.mte_routes, path_text
         ):
             return error_body(request, 404, "Not found", "route is not in MTE_ROUTES")
-        return relay_error(request, MissingHeader("x-mte-relay header is required"))
+        return relay_error_body(request, MissingHeader("x-mte-relay header is required"))
 
 
 def pairing_limits(config: Config) -> PairingLimits:

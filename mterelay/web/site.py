@@ -20,11 +20,11 @@ from twisted.web.server import Site
 from mterelay.http.twistedinternals import inner_channel
 from mterelay.http.headers import REQUEST_ID_HEADER, request_id_for
 from mterelay.http.logfields import TEXT
-from mterelay.service.metrics import RelayMetrics
+from mterelay.http.observe import Metrics
 from mterelay.http.nodelay import set_no_delay
 from mterelay.web.guard import ConnectionGuard, guarded_channel_factory
 from mterelay.http.h2 import busy, close_gracefully, is_h2_connection, is_h2_request
-from mterelay.http.streaming import StreamingRequest
+from mterelay.web.request import RelayRequest
 
 log = Logger(namespace="mterelay.access")
 ACCESS_FORMAT = "{" + TEXT + "}"
@@ -39,16 +39,15 @@ class RelaySite(Site):
     protocol = guarded_channel_factory
 
     def __init__(self, resource: IResource, clock: IReactorTime,
-                 metrics: RelayMetrics | None = None, *, echo_request_id: bool = False,
+                 metrics: Metrics, *, echo_request_id: bool = False,
                  guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("requestFactory", StreamingRequest)
+        kwargs.setdefault("requestFactory", RelayRequest)
         super().__init__(resource, **kwargs)
         self.clock = clock
-        self.metrics = metrics if metrics is not None else RelayMetrics()
-        #: Header deadline, body idle timeout, connection cap (mterelay.web.guard).
-        self.guard = guard if guard is not None else ConnectionGuard(metrics=self.metrics)
-        if self.guard.metrics is None:
-            self.guard.metrics = self.metrics
+        self.metrics = metrics
+        #: Header deadline, body idle timeout, connection cap (mterelay.web.guard);
+        #: a guard passed in reports to its own metrics (the service gives both the same).
+        self.guard = guard if guard is not None else ConnectionGuard(metrics=metrics)
         self.echo_request_id = echo_request_id
         self.active: set[Any] = set()
         self.channels: set[Any] = set()
@@ -91,37 +90,36 @@ class RelaySite(Site):
 
     # --- requests
 
-    def getResourceFor(self, request: Any) -> IResource:
-        request.mterelay_started = self.clock.seconds()
+    def getResourceFor(self, request: RelayRequest) -> IResource:
+        request.started_at = self.clock.seconds()
         channel = request.channel
         if not getattr(channel, "mterelay_no_delay", False):
             # Once per connection: Nagle off for the answers (see mterelay.http.nodelay).
             set_no_delay(channel.transport)
             channel.mterelay_no_delay = True
-        request.mterelay_role = "other"
         request_id = request_id_for(request.requestHeaders.getRawHeaders(REQUEST_ID_HEADER, [None])[0])
         request.request_id = request_id
         if self.echo_request_id:
-            request.echo_request_id = True  # StreamingRequest sets it with the headers
+            request.echo_request_id = True  # RelayRequest sends it with the headers
         if self.draining and not is_h2_request(request):
             # (HTTP/2 forbids Connection; the GOAWAY of the drain says it.)
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             _http11(request.channel).persistent = False
-        request.mterelay_channel = _outer(channel)
+        request.site_channel = _outer(channel)
         self.active.add(request)
         self.metrics.request_started()
         request.notifyFinish().addBoth(self._request_done, request)
         return super().getResourceFor(request)
 
-    def _request_done(self, result: Any, request: Any) -> None:
+    def _request_done(self, result: Any, request: RelayRequest) -> None:
         self.active.discard(request)
-        if not getattr(request, "mterelay_logged", False):
+        if not request.access_logged:
             # The client went away before the answer was complete: no access
             # line was written, but the request still counts (as 499, nginx's
             # "client closed request").
             self._observe(request, 499)
         if self.draining:
-            channel = getattr(request, "mterelay_channel", None)
+            channel = request.site_channel
             if channel in self.channels:
                 # finish() only queued the bytes; they are out when the
                 # connection closes (non-persistent while draining).
@@ -132,8 +130,8 @@ class RelaySite(Site):
                 waiter.callback(None)
         self._check_drained()
 
-    def _observe(self, request: Any, status: int) -> float:
-        started = getattr(request, "mterelay_started", None)
+    def _observe(self, request: RelayRequest, status: int) -> float:
+        started = request.started_at
         if started is None:
             # Never reached getResourceFor: Twisted answers "OPTIONS *" and
             # "GET *" itself.  Counted in and out here so the in-flight gauge
@@ -142,14 +140,14 @@ class RelaySite(Site):
             seconds = 0.0
         else:
             seconds = self.clock.seconds() - started
-        self.metrics.request_finished(getattr(request, "mterelay_role", "other"), status, seconds)
-        refusal = getattr(request, "mterelay_refusal", None)
+        self.metrics.request_finished(request.role, status, seconds)
+        refusal = request.refusal
         if refusal is not None:
             self.metrics.relay_error(status, refusal)
         return seconds
 
-    def log(self, request: Any) -> None:
-        request.mterelay_logged = True
+    def log(self, request: RelayRequest) -> None:
+        request.access_logged = True
         seconds = self._observe(request, request.code)
         peer = request.getClientAddress()
         method = request.method.decode("latin-1")
@@ -166,7 +164,7 @@ class RelaySite(Site):
             duration_ms=duration_ms,
             bytes=request.sentLength,
             client=getattr(peer, "host", None),
-            request_id=getattr(request, "request_id", None),
+            request_id=request.request_id,
         )
 
     # --- draining

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -23,7 +24,8 @@ from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
-from tests.helpers.support import RecordingUpstream, relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.helpers.support import NoRemoteRelay, RecordingUpstream, relay_agent, relay_config
 
 RELAY = "http://relay.test"
 
@@ -119,7 +121,7 @@ class ClientHarness:
         upstream_agent = RequestTraversalAgent(upstream)
         clock = task.Clock()
         switch = Switch(Resource())
-        agent = RequestTraversalAgent(switch)
+        agent = relay_agent(switch)
         harness = cls(upstream, switch, agent, TamperingAgent(agent), clock, upstream_agent,
                       overrides)
         harness.restart()
@@ -134,7 +136,8 @@ class ClientHarness:
                                       upstream=config.upstream, timeout=config.upstream_timeout,
                                       extra_headers=config.headers)
         store = MemoryPairStore(self.clock, store_limits(config))
-        self.switch.root = RelayRoot(config, forwarder, self.clock, store)
+        self.switch.root = RelayRoot(config, forwarder, self.clock, store, NoRemoteRelay(),
+                                     RelayMetrics())
 
     def client(self, **options: Any) -> RelayClient:
         options.setdefault("agent", self.tamper)
@@ -146,14 +149,17 @@ class ClientHarness:
             self.upstream_agent.flush()
             self.clock.advance(0)
 
-    def wait(self, d: "Deferred[Any]") -> Any:
-        """Run ``d`` to completion; returns its result or raises its failure."""
+    def wait(self, d: "Deferred[Any]", flush: Callable[[], None] | None = None) -> Any:
+        """Run ``d`` to completion; returns its result or raises its failure.
+
+        ``flush`` (default: this harness's) moves the in-memory connections on.
+        """
         results: list[Any] = []
         d.addBoth(results.append)
         for _ in range(200):
             if results:
                 break
-            self.flush()
+            (flush or self.flush)()
         assert results, "the Deferred did not fire"
         result = results[0]
         if hasattr(result, "raiseException"):

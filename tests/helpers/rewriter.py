@@ -31,6 +31,7 @@ from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
+from mterelay.service.metrics import RelayMetrics
 from tests.helpers.support import relay_config
 
 __all__ = ["Rewriter", "RewiredRelays", "add"]
@@ -141,7 +142,8 @@ class RewiredRelays:
 
     async def rewire(self, upstream_factory: Any) -> None:
         port = await self.listen(upstream_factory)
-        b = await self.listen(self.relay_site(relay_config(UPSTREAM=f"http://127.0.0.1:{port}")))
+        b = await self.listen(self.relay_site(relay_config(UPSTREAM=f"http://127.0.0.1:{port}"),
+                                              self.agent()))
         self.rewriter = Rewriter(reactor, f"http://127.0.0.1:{b}")
         await self.rewriter.listen()
         self.addCleanup(lambda: ensureDeferred(self.rewriter.close()))
@@ -161,8 +163,10 @@ class RewiredRelays:
         self.addCleanup(pool.closeCachedConnections)
         return agent
 
-    def relay_site(self, config: Any, outbound_agent: Any = None) -> RelaySite:
+    def relay_site(self, config: Any, outbound_agent: Any) -> RelaySite:
         forwarder = UpstreamForwarder(reactor, self.agent(), config.upstream, 10.0)
         store = MemoryPairStore(reactor, store_limits(config))
+        metrics = RelayMetrics()
         return RelaySite(RelayRoot(config, forwarder, reactor, store,
-                                   outbound_agent=outbound_agent), reactor)
+                                   outbound_agent=outbound_agent, metrics=metrics),
+                         reactor, metrics)

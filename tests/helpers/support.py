@@ -15,15 +15,20 @@ from typing import Any
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import task
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from mterelay.service.config import SETTINGS, Config, load_config
 from mterelay.store.interface import StoreUnavailable
 from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
+from mterelay.service.metrics import RelayMetrics
+from mterelay.web.request import RelayRequest
 from mterelay.web.root import RelayRoot
 
 SECRET = "test-client-id-secret-0123456789abcdef"
@@ -33,6 +38,39 @@ def relay_config(**overrides: str) -> Config:
     environ = {"UPSTREAM": "http://upstream.test", "CLIENT_ID_SECRET": SECRET}
     environ.update(overrides)
     return load_config(environ)
+
+
+@implementer(IAgent)
+class NoRemoteRelay:
+    """The outbound agent of a relay that no test sends to a remote relay: every
+    connection is refused (as for a remote relay that is down)."""
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                bodyProducer: Any = None) -> "Deferred[Any]":
+        return fail(ConnectionRefusedError("this test gave the relay no remote relay"))
+
+
+def relay_agent(resource: Any) -> RequestTraversalAgent:
+    """An in-memory agent whose Site makes the relay's own requests (``RelayRequest``).
+
+    treq.testing serves ``resource`` with a plain ``Site``; a relay resource
+    must see the request class ``RelaySite`` gives it in production.
+    """
+    agent = RequestTraversalAgent(resource)
+    site = getattr(agent, "_serverFactory", None)
+    assert site is not None, "treq.testing changed: no _serverFactory"
+    site.requestFactory = RelayRequest
+    return agent
+
+
+def relay_stub(resource: Any) -> StubTreq:
+    """A StubTreq over ``resource`` whose requests are ``RelayRequest`` (see relay_agent)."""
+    client = StubTreq(resource)
+    agent = getattr(client, "_agent", None)
+    assert agent is not None and hasattr(agent, "_serverFactory"), \
+        "treq.testing changed: no _agent._serverFactory"
+    agent._serverFactory.requestFactory = RelayRequest
+    return client
 
 
 @attrs.define
@@ -110,8 +148,8 @@ class MemoryRelay:
         )
         if store is None:
             store = MemoryPairStore(clock, store_limits(config))
-        root = RelayRoot(config, forwarder, clock, store)
-        return cls(config, upstream, clock, agent, root, StubTreq(root))
+        root = RelayRoot(config, forwarder, clock, store, NoRemoteRelay(), RelayMetrics())
+        return cls(config, upstream, clock, agent, root, relay_stub(root))
 
     def flush(self) -> None:
         for _ in range(5):

@@ -17,7 +17,8 @@ from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from tests.helpers.support import relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.helpers.support import NoRemoteRelay, relay_config
 
 ORIGIN = b"https://app.example.com"
 
@@ -31,8 +32,10 @@ class BrowserTests(TestCase):
         agent, pool = persistent_agent(reactor, 2, 30, 5)
         self.addCleanup(pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 5.0)
+        metrics = RelayMetrics()
         site = RelaySite(RelayRoot(config, forwarder, reactor,
-                                   MemoryPairStore(reactor, store_limits(config))), reactor)
+                                   MemoryPairStore(reactor, store_limits(config)),
+                                   NoRemoteRelay(), metrics), reactor, metrics)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         self.url = f"http://127.0.0.1:{port.getHost().port}"

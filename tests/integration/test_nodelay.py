@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 
 from mterelay.http.connections import persistent_agent
 from mterelay.http.nodelay import NoDelayEndpoint
+from mterelay.http.observe import NO_METRICS
 from mterelay.web.site import RelaySite
 
 
@@ -46,7 +47,7 @@ class NoDelayTests(TestCase):
 
     @defer.inlineCallbacks
     def test_relay_site_and_agent_connections(self) -> Any:
-        site = RelaySite(Reporting(), reactor)
+        site = RelaySite(Reporting(), reactor, NO_METRICS)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         agent, pool = persistent_agent(reactor, 4, 30, connect_timeout=5)

@@ -22,7 +22,8 @@ from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.outbound import MAX_REMEMBERED_ORIGINS
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from tests.helpers.support import RecordingUpstream, relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.helpers.support import NoRemoteRelay, RecordingUpstream, relay_config
 from tests.unit.test_outbound import Outbound, RefusingAgent
 
 
@@ -52,11 +53,12 @@ class EvictionTests(TestCase):
         agent = make_agent(reactor)
         self.addCleanup(agent.pool.closeCachedConnections)
         root = RelayRoot(config, UpstreamForwarder(reactor, agent, config.upstream, 10.0),
-                         reactor, MemoryPairStore(reactor, store_limits(config)))
+                         reactor, MemoryPairStore(reactor, store_limits(config)),
+                         NoRemoteRelay(), RelayMetrics())
         ports = []
         for _ in range(3):  # one relay, three origins (ports)
             port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-                RelaySite(root, reactor))
+                RelaySite(root, reactor, root.metrics))
             self.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
         client = RelayClient(reactor, pairs=1, max_origins=2)

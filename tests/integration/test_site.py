@@ -31,7 +31,7 @@ from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import REQUEST_ID_HEADER, RelaySite, request_id_for
-from tests.helpers.support import relay_config
+from tests.helpers.support import NoRemoteRelay, relay_config
 
 FRESH_ID = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -125,7 +125,7 @@ class Recording(Resource):
     def render(self, request: Any) -> Any:
         self.seen.append(request)
         if self.role is not None:
-            request.mterelay_role = self.role
+            request.role = self.role
         if request.path == b"/boom":
             raise RuntimeError("resource crashed")
         if request.path.startswith(b"/slow"):
@@ -414,7 +414,8 @@ class SiteMetricsTests(SiteCase):
         config = relay_config()
         forwarder = UpstreamForwarder(clock=self.clock, agent=None, upstream=config.upstream)
         root = RelayRoot(config, forwarder, self.clock,
-                         MemoryPairStore(self.clock, store_limits(config)), metrics=self.metrics)
+                         MemoryPairStore(self.clock, store_limits(config)),
+                         outbound_agent=NoRemoteRelay(), metrics=self.metrics)
         connection = Connection(self.site(root))
         connection.send(b"/api/login", b"POST", body=b"{}")
         connection.send(b"/api/mte-echo/hi")
@@ -498,7 +499,8 @@ class SiteMetricsTests(SiteCase):
         self.assertEqual(metrics_value(self.metrics, "mterelay_in_flight_requests"), 0.0)
 
     def test_default_metrics(self) -> None:
-        site = RelaySite(self.resource, self.clock, reactor=self.clock)
+        # No default any more (the service passes its metrics): the one given is used.
+        site = RelaySite(self.resource, self.clock, RelayMetrics(), reactor=self.clock)
         self.assertIsInstance(site.metrics, RelayMetrics)
         Connection(site).send()
         self.assertEqual(metrics_value(site.metrics, "mterelay_requests_total", role="other",

@@ -16,7 +16,8 @@ from mterelay.http.upstream import UpstreamForwarder, make_agent
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
 from mterelay.http.streaming import BodyPipe, BodyTooLarge, ClientGone
-from tests.helpers.support import relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.helpers.support import NoRemoteRelay, relay_config
 from tests.helpers.transports import FakeTransport, RawClient
 
 
@@ -138,7 +139,9 @@ class StreamingIntegrationTests(TestCase):
         agent = make_agent(reactor)
         self.addCleanup(agent.pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 5.0)
-        site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor)), reactor)
+        metrics = RelayMetrics()
+        site = RelaySite(RelayRoot(config, forwarder, reactor, MemoryPairStore(reactor),
+                                   NoRemoteRelay(), metrics), reactor, metrics)
         relay_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(relay_port.stopListening)
         client = yield TCP4ClientEndpoint(

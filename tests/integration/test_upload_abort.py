@@ -28,7 +28,8 @@ from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
 from mterelay.web.site import RelaySite
-from tests.helpers.support import relay_config
+from mterelay.service.metrics import RelayMetrics
+from tests.helpers.support import NoRemoteRelay, relay_config
 from tests.helpers.transports import RawClient
 
 TOKEN = "upload-abort-token-0123456789"
@@ -75,14 +76,15 @@ class UploadAbortTests(TestCase):
     def relay(self, config: Any, outbound: bool = False) -> RelaySite:
         agent, pool = persistent_agent(reactor, 8, 30, 5)
         self.addCleanup(pool.closeCachedConnections)
-        remote = None
+        remote: Any = NoRemoteRelay()
         if outbound:
             remote, remote_pool = persistent_agent(reactor, 8, 30, 5)
             self.addCleanup(remote_pool.closeCachedConnections)
         forwarder = UpstreamForwarder(reactor, agent, config.upstream, 10.0)
         store = MemoryPairStore(reactor, store_limits(config))
-        return RelaySite(RelayRoot(config, forwarder, reactor, store, outbound_agent=remote),
-                         reactor)
+        metrics = RelayMetrics()
+        return RelaySite(RelayRoot(config, forwarder, reactor, store, outbound_agent=remote,
+                                   metrics=metrics), reactor, metrics)
 
     @defer.inlineCallbacks
     def wait_for(self, condition: Any, what: str) -> Any:

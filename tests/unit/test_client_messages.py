@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from mterelay.client.messages import (SealOptions, end_to_end, normalize_headers,
-                                      open_response, relay_error, seal_request)
+                                      open_response, parse_relay_error, seal_request)
 from mterelay.protocol.errors import DecodeFailed, EncodeFailed, StateNotFound, UnsupportedVersion
 from mterelay.protocol.header import MODE_MKE, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher
@@ -226,8 +226,8 @@ class OpenResponseTests(SynchronousTestCase):
                 open_response(self.keys, self.out.header, 200, wire)
 
     def test_relay_error_bodies(self) -> None:
-        error = relay_error(560, b'{"error":"State not found.","code":560,"info":"expired"}')
+        error = parse_relay_error(560, b'{"error":"State not found.","code":560,"info":"expired"}')
         self.assertIsInstance(error, StateNotFound)
         self.assertEqual(error.info, "expired")
-        self.assertEqual(relay_error(567, b'{"reason":"v2"}').info, "v2")
-        self.assertIsInstance(relay_error(567, b"<html>"), UnsupportedVersion)
+        self.assertEqual(parse_relay_error(567, b'{"reason":"v2"}').info, "v2")
+        self.assertIsInstance(parse_relay_error(567, b"<html>"), UnsupportedVersion)

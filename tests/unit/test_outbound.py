@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,14 +18,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from mterelay.web.outboundrules import Refused, seal_choices, token_matches, upstream_origin
+from mterelay.web.outboundrules import Refused, peer_origin, seal_choices, token_matches
 from mterelay.protocol.header import RelayHeader
 from mterelay.store.memory import MemoryPairStore
 from mterelay.service.tap import store_limits
 from mterelay.http.upstream import UpstreamForwarder
 from mterelay.web.root import RelayRoot
+from mterelay.service.metrics import RelayMetrics
 from tests.helpers.clientsupport import ClientHarness, SilentAgent
-from tests.helpers.support import RecordingUpstream, relay_config
+from tests.helpers.support import RecordingUpstream, relay_config, relay_stub
 
 TOKEN = "outbound-token-0123456789"
 REMOTE = "http://relay-b.test"
@@ -58,8 +59,9 @@ class Outbound:
                                       upstream=config.upstream, timeout=config.upstream_timeout)
         store = MemoryPairStore(self.b.clock, store_limits(config))
         self.root = RelayRoot(config, forwarder, self.b.clock, store,
-                              outbound_agent=agent if agent is not None else self.b.agent)
-        self.app = StubTreq(self.root)
+                              outbound_agent=agent if agent is not None else self.b.agent,
+                              metrics=RelayMetrics())
+        self.app = relay_stub(self.root)
 
     def flush(self) -> None:
         self.app.flush()
@@ -73,9 +75,10 @@ class Outbound:
             sent["x-mte-outbound-token"] = token
         if upstream is not None:
             sent["x-mte-upstream"] = upstream
+        # A's answer to the application travels on its own in-memory connection.
         response = self.b.wait(self.app.request(method, "http://relay-a.test" + path,
-                                                headers=sent, **kwargs))
-        body = self.b.wait(self.app.content(response))
+                                                headers=sent, **kwargs), self.flush)
+        body = self.b.wait(self.app.content(response), self.flush)
         return response, body
 
     def wire(self) -> list[tuple[bytes, bytes, dict[bytes, list[bytes]]]]:
@@ -352,9 +355,9 @@ class RuleTests(SynchronousTestCase):
                            ("http://relay.example:8080/", "http://relay.example:8080"),
                            ("HTTP://[::1]:9", "http://[::1]:9")):
             headers = Headers({b"x-mte-upstream": [value.encode()]})
-            self.assertEqual(upstream_origin(headers, ()).url, url)
+            self.assertEqual(peer_origin(headers, ()).url, url)
         with self.assertRaises(Refused):
-            upstream_origin(Headers({b"x-mte-upstream": [b"https://a", b"https://b"]}), ())
+            peer_origin(Headers({b"x-mte-upstream": [b"https://a", b"https://b"]}), ())
 
     def test_seal_choices(self) -> None:
         self.assertEqual(seal_choices(Headers()),

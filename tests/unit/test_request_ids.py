@@ -16,11 +16,13 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from mterelay.http.observe import NO_METRICS
 from mterelay.web.inbound import adopt_request_id
 from mterelay.web.outbound import OutboundProxy
+from mterelay.web.request import RelayRequest
 from mterelay.web.responses import request_id
 from mterelay.web.site import REQUEST_ID_HEADER, RelaySite
-from tests.helpers.support import MemoryRelay, relay_config
+from tests.helpers.support import MemoryRelay, NoRemoteRelay, relay_config
 from tests.helpers.sealer import Sealer, header_value
 from tests.unit.test_outbound import TOKEN, Outbound
 
@@ -28,7 +30,7 @@ FRESH_ID = re.compile(rb"[0-9a-f]{32}\Z")
 
 
 def serve_with_relay_site(client: Any, resource: Any, clock: Any, echo: bool = False,
-                          metrics: Any = None) -> RelaySite:
+                          metrics: Any = NO_METRICS) -> RelaySite:
     """Put a RelaySite in front of ``resource`` inside a StubTreq / RequestTraversalAgent."""
     agent = getattr(client, "_agent", client)
     assert hasattr(agent, "_serverFactory"), "treq.testing changed: no _serverFactory"
@@ -212,13 +214,26 @@ class InboundTests(LogCase):
         self.assertEqual([e.get("request_id") for e in refusals], ["refused-1"])
 
 
-class FakeRequest:
-    def __init__(self, request_id: str | None = "ours-1", echoed: bool = False) -> None:
-        if request_id is not None:
-            self.request_id = request_id
+class _SiteRequest(RelayRequest):
+    """The relay's request class, without a channel (only its headers and id are used)."""
+
+    def __init__(self, request_id: str) -> None:  # no Twisted channel: not super().__init__
+        self.request_id = request_id
         self.responseHeaders = Headers()
-        if echoed:
-            self.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [b"ours-1"])
+
+
+class _OtherRequest:
+    """A request the relay's Site did not make (no relay fields at all)."""
+
+    def __init__(self) -> None:
+        self.responseHeaders = Headers()
+
+
+def FakeRequest(request_id: str | None = "ours-1", echoed: bool = False) -> Any:  # noqa: N802
+    request: Any = _SiteRequest(request_id) if request_id is not None else _OtherRequest()
+    if echoed:
+        request.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [b"ours-1"])
+    return request
 
 
 class AdoptRequestIdTests(SynchronousTestCase):
@@ -255,7 +270,8 @@ class AdoptRequestIdTests(SynchronousTestCase):
 
 class OutboundHeadersTests(SynchronousTestCase):
     def proxy(self, **overrides: str) -> OutboundProxy:
-        return OutboundProxy(Clock(), relay_config(OUTBOUND_TOKEN=TOKEN, **overrides))
+        return OutboundProxy(Clock(), relay_config(OUTBOUND_TOKEN=TOKEN, **overrides),
+                             NoRemoteRelay())
 
     def incoming(self) -> Headers:
         return Headers({b"x-request-id": [b"from-app"], b"x-mte-outbound-token": [TOKEN],

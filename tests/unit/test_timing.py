@@ -11,6 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.http import timing
+from mterelay.http.observe import NO_METRICS
 from mterelay.service.metrics import RelayMetrics
 from mterelay.http.timing import Stopwatch, crypto_stopwatch
 
@@ -132,7 +133,7 @@ class CryptoStopwatchTests(StopwatchCase):
         self.assertEqual(self.histogram(metrics, "response_decode"), (0.0, 0.0))
 
     def test_without_metrics(self) -> None:
-        watch = crypto_stopwatch(None, "request_encode")
+        watch = crypto_stopwatch(NO_METRICS, "request_encode")
         self.assertEqual(watch.time(self.taking(0.5, result="sealed")), "sealed")
         watch.report()
         self.assertEqual(watch.total, 0.5)
