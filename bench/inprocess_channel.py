@@ -85,9 +85,10 @@ def hello(kind: str) -> tuple[Any, StringTransport]:
 
 
 def relay_site(kind: str) -> tuple[Any, StringTransport]:
+    from mterelay.http.observe import NO_METRICS
     from mterelay.web.site import RelaySite
     clock = Clock()
-    site = RelaySite(Hello(), clock, reactor=clock)
+    site = RelaySite(Hello(), clock, NO_METRICS, reactor=clock)
     if kind == "lean":
         site.protocol = lean_channel_factory
     channel = site.buildProtocol(None)
