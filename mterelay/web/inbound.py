@@ -276,14 +276,16 @@ class SealingWriter:
 
     def finish(self) -> bytes:
         """The last sealed bytes: whatever is pending, sealed as the end of the body."""
-        tail = self.pending.take() if self.pending is not None else b""
+        pending, self.pending = self.pending, None  # it holds self._seal: no cycle left
+        tail = pending.take() if pending is not None else b""
         if isinstance(self.sealer, RecordSealer):
             return self.stopwatch.time(self.sealer.finish, tail)
         return self.stopwatch.time(self.sealer.finish)
 
     def discard(self) -> None:
-        if self.pending is not None:
-            self.pending.discard()
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.discard()
 
 
 def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
