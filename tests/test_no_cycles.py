@@ -133,3 +133,20 @@ class NoCycleTests(SynchronousTestCase):
         ref = weakref.ref(producer)
         del producer, done
         self.assertFreed(ref)
+
+    def test_body_opened_for_a_consumer_that_holds_its_producer(self) -> None:
+        # Twisted's LengthEnforcingConsumer keeps the producer it consumes.
+        seal = cipher(MODE_MKE)
+        sealed = seal.seal_body(b"hello")
+        pipe = BodyPipe(len(sealed), Sink())
+        producer = OpeningProducer(pipe, seal.body_opener(), 5)
+        upstream = Sink()
+        upstream.producer = producer  # type: ignore[attr-defined]
+        done = producer.startProducing(upstream)
+        pipe.write(sealed)
+        pipe.finish()
+        self.successResultOf(done)
+        refs = weakref.ref(producer), weakref.ref(upstream)
+        del pipe, producer, upstream, done
+        for ref in refs:
+            self.assertFreed(ref)

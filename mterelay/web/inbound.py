@@ -218,10 +218,12 @@ class OpeningProducer:
         if tail:
             self._consumer.write(tail)
         self._result.callback(None)
+        self._let_go()
 
     def _source_failed(self, failure: Failure) -> None:
         if not self._result.called:
             self._result.errback(failure)
+            self._let_go()
 
     def _fail(self, error: DecodeFailed) -> None:
         self.failure = error
@@ -229,6 +231,13 @@ class OpeningProducer:
         if stop is not None:
             stop()  # keep reading (and dropping) the client's body
         self._result.errback(Failure(error))
+        self._let_go()
+
+    def _let_go(self) -> None:
+        # The agent's consumer holds its producer (us, wrapped): dropping it
+        # once the outcome is told frees both by reference counting instead of
+        # leaving a cycle per request for the garbage collector.
+        self._consumer = None
 
     def pauseProducing(self) -> None:
         self.source.pauseProducing()
