@@ -1,4 +1,4 @@
-"""service/gcfreeze: start-up objects leave the collector's generations."""
+"""service/gctuning: start-up objects frozen, the youngest threshold raised."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 from twisted.trial import unittest
 
-from mterelay.service.gcfreeze import freeze_now, freeze_when_running
+from mterelay.service.gctuning import YOUNG_THRESHOLD, freeze_now, tune_now, tune_when_running
 
 
 class _Node:
@@ -18,6 +18,7 @@ class FreezeTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
 
     def test_existing_objects_leave_the_scanned_generations(self) -> None:
         kept = [_Node()]
@@ -50,5 +51,19 @@ class FreezeTests(unittest.TestCase):
             def callWhenRunning(self, f, *args):  # noqa: N802 (Twisted's name)
                 calls.append(f)
 
-        freeze_when_running(Reactor())
-        self.assertEqual(calls, [freeze_now])
+        tune_when_running(Reactor())
+        self.assertEqual(calls, [tune_now])
+
+    def test_threshold_raised_never_lowered(self) -> None:
+        gc.set_threshold(700, 10, 10)
+        tune_now()
+        self.assertEqual(gc.get_threshold(), (YOUNG_THRESHOLD, 10, 10))
+        self.assertGreater(gc.get_freeze_count(), 0)
+        gc.set_threshold(YOUNG_THRESHOLD * 2, 5, 5)
+        tune_now()
+        self.assertEqual(gc.get_threshold(), (YOUNG_THRESHOLD * 2, 5, 5))
+
+    def test_disabled_collection_stays_disabled(self) -> None:
+        gc.set_threshold(0, 10, 10)
+        tune_now()
+        self.assertEqual(gc.get_threshold()[0], 0)
