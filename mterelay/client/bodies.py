@@ -85,6 +85,7 @@ class _ReaderSource:
 
     def stop(self) -> None:
         self._stopped = True
+        self._sink = None  # the sink holds this source: no cycle left once stopped
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -109,24 +110,24 @@ class _ReaderSource:
                 return
             want = READ_SIZE if self._left is None else min(READ_SIZE, self._left)
             if want == 0:
-                self._stopped = True
+                self._stopped, self._sink = True, None
                 sink.done()
                 return
             try:
                 chunk = self._read(want)
             except Exception:
-                self._stopped = True
+                self._stopped, self._sink = True, None
                 sink.fail(Failure())
                 return
             if not chunk:
-                self._stopped = True
+                self._stopped, self._sink = True, None
                 if self._left is None:
                     sink.done()
                 else:
                     sink.fail(Failure(BodyError(f"request body ended {self._left} bytes early")))
                 return
             if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                self._stopped = True
+                self._stopped, self._sink = True, None
                 sink.fail(Failure(TypeError("the body file must be opened in binary mode")))
                 return
             if self._left is not None:
@@ -317,6 +318,7 @@ class SealingProducer:
             return
         self._stopwatch.report()
         self._over = True
+        self._pending = None  # it holds self._seal: no cycle left
         self._consumer.write(tail)
         self._finished.callback(None)
 
@@ -324,8 +326,9 @@ class SealingProducer:
         if self._over:
             return
         self._over = True
-        if self._pending is not None:
-            self._pending.discard()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.discard()
         self._finished.errback(failure)
 
     # IPushProducer, driven by the transport
@@ -341,8 +344,9 @@ class SealingProducer:
         """Stop reading; per IBodyProducer the Deferred then never fires."""
         if not self._over:
             self._over = True
-            if self._pending is not None:
-                self._pending.discard()
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending.discard()
             self._source.stop()
 
     abandon = stopProducing

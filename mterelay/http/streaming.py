@@ -63,6 +63,8 @@ class BodyPipe:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._consumer: Any = None
+        #: A consumer took the body (kept after ``_consumer`` is let go, see _let_go).
+        self._taken = False
         self._finished: Deferred[None] = Deferred()
         self._outcome: Failure | None | bool = False  # False: body still arriving
         self._paused_by_us = False
@@ -88,6 +90,8 @@ class BodyPipe:
         if self._consumer is not None:
             self._consumer.write(data)
             return
+        if self._taken:
+            return  # the consumer has been told the body ended
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered > self.high_water:
@@ -100,6 +104,7 @@ class BodyPipe:
         self._release()
         if self._consumer is not None and not self._stopped:
             self._finished.callback(None)
+            self._let_go()
 
     def fail(self, reason: Failure) -> None:
         if self.complete:
@@ -108,23 +113,34 @@ class BodyPipe:
         self._release()
         if self._consumer is not None and not self._stopped:
             self._finished.errback(Failure(ClientGone(reason.getErrorMessage())))
+            self._let_go()
+
+    def _let_go(self) -> None:
+        # The consumer (an opener, a collector) holds this pipe too: dropping
+        # it once told the outcome frees both by reference counting, instead
+        # of leaving a cycle per request for the garbage collector.
+        self._consumer = None
 
     # --- IBodyProducer, for the agent sending it upstream
 
     def startProducing(self, consumer: Any) -> "Deferred[None]":
-        if self._consumer is not None or self._discarding:
+        if self._taken or self._discarding:
             raise RuntimeError("a request body can be consumed only once")
         self._consumer = consumer
+        self._taken = True
         buffered, self._buffer, self._buffered = self._buffer, [], 0
         for chunk in buffered:
             consumer.write(chunk)
+        finished = self._finished
         if self._outcome is None:
-            self._finished.callback(None)
+            finished.callback(None)
+            self._let_go()
         elif isinstance(self._outcome, Failure):
-            self._finished.errback(Failure(ClientGone(self._outcome.getErrorMessage())))
+            finished.errback(Failure(ClientGone(self._outcome.getErrorMessage())))
+            self._let_go()
         else:
             self._release()
-        return self._finished
+        return finished
 
     def pauseProducing(self) -> None:
         self._pause()

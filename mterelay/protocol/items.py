@@ -78,8 +78,12 @@ def encode_headers(headers: Mapping[str, str | Sequence[str]], headers_enc: bool
             raise ItemFormatError(f"header {lower} given twice")
         normalized[lower] = [values] if isinstance(values, str) else list(values)
     _check_headers(normalized, headers_enc)
-    return json.dumps(normalized, separators=(",", ":"), sort_keys=True,
-                      ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(normalized).encode("utf-8")
+
+
+#: What ``json.dumps(..., separators=(",", ":"), sort_keys=True, ensure_ascii=False)``
+#: builds on every call, built once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

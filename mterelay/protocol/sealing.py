@@ -69,6 +69,10 @@ MAX_MTE_BODY = 2**30
 _NONCE = struct.Struct(">QI")
 _AAD_HEAD = struct.Struct(">8sHBBBBQB")
 _AAD_LABEL = b"mterelay"
+#: _AAD_HEAD cut around its kind and final bytes (MessageCipher builds four at once).
+_AAD_VERSION_DIRECTION = struct.Struct(">HB")
+_AAD_FLAGS_SEQ = struct.Struct(">BQB")
+_KIND_FINAL = {(kind, final): bytes((kind, final)) for kind in (1, 2, 3) for final in (0, 1)}
 
 
 # ------------------------------------------------------------- lengths
@@ -335,13 +339,15 @@ class MessageCipher:
         self.direction = direction
         self._aead = keys.aead(direction is Direction.C2S)
         self._seq = header.seq
-        flags = header.flags_byte()
-        args = (keys.version, direction)
-        tail = (flags, header.seq, header.pair_id)
-        self._aad_url = item_aad(*args, Kind.URL, True, *tail)
-        self._aad_headers = item_aad(*args, Kind.HEADERS, True, *tail)
-        self._aad_body = (item_aad(*args, Kind.BODY, False, *tail),
-                          item_aad(*args, Kind.BODY, True, *tail))
+        # The four AADs of item_aad, sharing everything but kind and final
+        # (one message builds them for every request and every response).
+        pair = header.pair_id.encode("ascii")
+        head = _AAD_LABEL + _AAD_VERSION_DIRECTION.pack(keys.version, direction)
+        tail = _AAD_FLAGS_SEQ.pack(header.flags_byte(), header.seq, len(pair)) + pair
+        self._aad_url = head + _KIND_FINAL[Kind.URL, True] + tail
+        self._aad_headers = head + _KIND_FINAL[Kind.HEADERS, True] + tail
+        self._aad_body = (head + _KIND_FINAL[Kind.BODY, False] + tail,
+                          head + _KIND_FINAL[Kind.BODY, True] + tail)
 
     # -- low level, shared with the body sealer/opener
     def _seal_body_chunk(self, index: int, final: bool, plain: bytes | memoryview) -> bytes:

@@ -28,6 +28,7 @@ from mterelay import __version__
 from mterelay.http.twistedinternals import fail_start_synchronously, waiting_for_port
 from mterelay.service.config import SETTINGS, Config, ConfigError, load_config, parse_yaml
 from mterelay.service.emf import EmfReporter, emf_dimensions, line_writer
+from mterelay.service.gctuning import tune_when_running
 from mterelay.service.logs import (
     LogDestination,
     LogDestinationError,
@@ -439,6 +440,7 @@ def makeService(options: Options) -> RelayService:
         observer = observer_for(options.config, destination, reactor)
         service = build_service(options.config, reactor, observer, worker_command=command)
         service.handle_sigterm = True
+        tune_when_running(reactor)
         return service
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")

@@ -210,10 +210,12 @@ class OpeningProducer:
         if tail:
             self._consumer.write(tail)
         self._result.callback(None)
+        self._let_go()
 
     def _source_failed(self, failure: Failure) -> None:
         if not self._result.called:
             self._result.errback(failure)
+            self._let_go()
 
     def _fail(self, error: DecodeFailed) -> None:
         self.failure = error
@@ -221,6 +223,13 @@ class OpeningProducer:
         if stop is not None:
             stop()  # keep reading (and dropping) the client's body
         self._result.errback(Failure(error))
+        self._let_go()
+
+    def _let_go(self) -> None:
+        # The agent's consumer holds its producer (us, wrapped): dropping it
+        # once the outcome is told frees both by reference counting instead of
+        # leaving a cycle per request for the garbage collector.
+        self._consumer = None
 
     def pauseProducing(self) -> None:
         self.source.pauseProducing()
@@ -268,14 +277,16 @@ class SealingWriter:
 
     def finish(self) -> bytes:
         """The last sealed bytes: whatever is pending, sealed as the end of the body."""
-        tail = self.pending.take() if self.pending is not None else b""
+        pending, self.pending = self.pending, None  # it holds self._seal: no cycle left
+        tail = pending.take() if pending is not None else b""
         if isinstance(self.sealer, RecordSealer):
             return self.stopwatch.time(self.sealer.finish, tail)
         return self.stopwatch.time(self.sealer.finish)
 
     def discard(self) -> None:
-        if self.pending is not None:
-            self.pending.discard()
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.discard()
 
 
 def adopt_request_id(request: IRequest, sealed: list[str] | None) -> None:
