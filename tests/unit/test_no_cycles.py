@@ -26,7 +26,7 @@ from mterelay.http.timing import Stopwatch
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher
 from mterelay.web.inbound import OpeningProducer, SealingWriter
-from tests.clientsupport import paired_keys
+from tests.helpers.clientsupport import paired_keys
 
 
 class Sink:

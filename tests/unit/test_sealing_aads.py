@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.protocol.header import MODES, RelayHeader
 from mterelay.protocol.sealing import Direction, Kind, MessageCipher, item_aad
-from tests.clientsupport import paired_keys
+from tests.helpers.clientsupport import paired_keys
 
 
 class AadTests(SynchronousTestCase):
