@@ -116,6 +116,10 @@ def _check_seq(instance: object, attribute: object, value: object) -> None:
         raise ValueError("seq must be an int in 0..2**53-1")
 
 
+_new = object.__new__
+_set = object.__setattr__  # how attrs' own __init__ fills a frozen instance
+
+
 @attrs.frozen
 class RelayHeader:
     """A parsed ``x-mte-relay`` header; always valid once constructed."""
@@ -174,8 +178,32 @@ class RelayHeader:
             raise MalformedHeader("streaming must be 0, 1 or 2")
         if _SEQ_RE.fullmatch(seq) is None or int(seq) > MAX_SEQ:
             raise MalformedHeader("seq must be a decimal in 0..2^53-1 without leading zeros")
-        return cls(client_id, pair_id, mode, flags[0], flags[1], flags[2], streaming != "0",
-                   int(seq), streaming == "2")
+        # Every field was just checked against the grammar, which implies
+        # every attrs validator: build without running them a second time.
+        return cls._checked(client_id, pair_id, mode, flags[0], flags[1], flags[2],
+                            streaming != "0", int(seq), streaming == "2")
+
+    @classmethod
+    def _checked(cls, client_id: str, pair_id: str, mode: str, url_enc: bool,
+                 headers_enc: bool, body_enc: bool, streaming: bool, seq: int,
+                 records: bool) -> "RelayHeader":
+        """An instance of values the caller already validated (no validators run).
+
+        Only for :meth:`parse` (which checked the wire text field by field)
+        and :meth:`for_response` (fields of a valid header plus arguments it
+        checks itself); anything else goes through the attrs ``__init__``.
+        """
+        header = _new(cls)
+        _set(header, "client_id", client_id)
+        _set(header, "pair_id", pair_id)
+        _set(header, "mode", mode)
+        _set(header, "url_enc", url_enc)
+        _set(header, "headers_enc", headers_enc)
+        _set(header, "body_enc", body_enc)
+        _set(header, "streaming", streaming)
+        _set(header, "seq", seq)
+        _set(header, "records", records)
+        return header
 
     def format(self) -> str:
         """The canonical header value (``parse(h.format()) == h``)."""
@@ -218,8 +246,15 @@ class RelayHeader:
             raise ValueError("an MKE response needs a request with streaming=1")
         if mode == MODE_MKR and not self.records:
             raise ValueError("an MKR response needs a request with streaming=2")
-        return attrs.evolve(self, mode=mode, url_enc=False,
-                            headers_enc=headers_enc, body_enc=body_enc)
+        # The other fields are this (valid) header's: only the new values
+        # need the validators' checks, not the client id and pair id again.
+        _check_mode(self, None, mode)
+        if type(headers_enc) is not bool:
+            raise ValueError("headers_enc must be a bool")
+        if type(body_enc) is not bool:
+            raise ValueError("body_enc must be a bool")
+        return self._checked(self.client_id, self.pair_id, mode, False, headers_enc,
+                             body_enc, self.streaming, self.seq, self.records)
 
 
 def parse_fixed_path(value: str | bytes | None) -> str | None:

@@ -315,6 +315,28 @@ class RequestIdTests(SiteCase):
         self.assertEqual(line["request_id"], "{status}{0}")
         self.assertIn("GET / 200", formatEvent(line))
 
+    def test_access_event_is_the_one_logger_info_would_emit(self) -> None:
+        # The site builds the event itself (no Logger.emit): same keys, same
+        # values, same order as ``log.info(ACCESS_FORMAT, **fields)``.
+        from twisted.logger import Logger
+
+        from mterelay.web import site as site_module
+
+        seen: list[dict[str, Any]] = []
+        access = Logger(namespace="mterelay.access", observer=seen.append)
+        self.patch(site_module, "log", access)
+        connection = Connection(self.site())
+        connection.send(b"/things", headers=((b"x-request-id", b"rid-8"),))
+        [line] = seen
+        fields = {k: v for k, v in line.items() if not k.startswith("log_")}
+        access.info(site_module.ACCESS_FORMAT, **fields)
+        reference = seen[1]
+        for event in (line, reference):
+            self.assertIs(event.pop("log_logger"), access)
+            event["log_time"] = round(event["log_time"])
+        self.assertEqual(list(line.items()), list(reference.items()))
+        self.assertEqual(fields["mterelay_text"], "GET /things 200 0.0ms")
+
 
 class InFlightTests(SiteCase):
     def test_idle_at_start(self) -> None:

@@ -117,6 +117,44 @@ class RelayHeaderTests(SynchronousTestCase):
         self.assertRaises(ValueError, attrs.evolve(h, streaming=False).for_response,
                           mode="MKE", body_enc=True)
 
+    def test_for_response_checks_its_own_arguments(self) -> None:
+        h = RelayHeader(CLIENT_ID, PAIR, "MTE", True, True, True, True, 5, True)
+        for bad in (dict(mode="ABC", body_enc=True), dict(mode="MKE", body_enc=1),
+                    dict(mode="MKE", body_enc=True, headers_enc=None)):
+            self.assertRaises(ValueError, h.for_response, **bad)
+
+    def test_built_without_validators_equals_validated(self) -> None:
+        # parse and for_response skip the attrs validators: the instances
+        # must still be indistinguishable from validated ones.
+        wire = RelayHeader.parse(value("MKR", "1", "1", "1", "2", "77"))
+        built = RelayHeader(CLIENT_ID, PAIR, "MKR", True, True, True, True, 77, True)
+        self.assertEqual(wire, built)
+        self.assertEqual(hash(wire), hash(built))
+        self.assertEqual(attrs.asdict(wire), attrs.asdict(built))
+        response = wire.for_response(mode="MKR", body_enc=False)
+        self.assertEqual(response, attrs.evolve(built, url_enc=False, body_enc=False))
+        self.assertEqual(hash(response), hash(attrs.evolve(built, url_enc=False, body_enc=False)))
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, wire, "seq", 1)
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, response, "seq", 1)
+
+    def test_client_id_checked_once(self) -> None:
+        # The client-id grammar (the costliest check) runs once per parsed
+        # header and not again when the relay builds its answer's header.
+        import mterelay.protocol.header as header_module
+
+        calls: list[object] = []
+        real = header_module.is_client_id
+
+        def counting(value: object) -> bool:
+            calls.append(value)
+            return real(value)
+
+        self.patch(header_module, "is_client_id", counting)
+        h = RelayHeader.parse(value("MKE", "1", "1", "1", "1", "9"))
+        self.assertEqual(len(calls), 1)
+        h.for_response(mode="MKE", body_enc=True)
+        self.assertEqual(len(calls), 1)
+
     def test_pair_id(self) -> None:
         self.assertTrue(is_pair_id("a" * 16))
         self.assertTrue(is_pair_id("A-_" * 21 + "z"))
