@@ -17,53 +17,26 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import treq
-from twisted.internet import defer
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
+
+try:  # run as a script (bench/ on sys.path) or imported as bench.bare_proxy
+    from baseline_proxy import ProxyResource, pooled_client
+except ImportError:  # pragma: no cover - the package form
+    from bench.baseline_proxy import ProxyResource, pooled_client
 
 
-class BareProxy(Resource):
-    """Forwards method, path+query, body and content-type to one upstream."""
+class BareProxy(ProxyResource):
+    """The heavy chain's hop with only content-type copied each way."""
 
-    isLeaf = True
-
-    def __init__(self, upstream: str, client: treq.client.HTTPClient) -> None:
-        super().__init__()
-        self.upstream = upstream.rstrip("/")
-        self.client = client
-
-    def render(self, request: Any) -> Any:
-        defer.ensureDeferred(self.forward(request))
-        return NOT_DONE_YET
-
-    async def forward(self, request: Any) -> None:
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+    def outgoing_headers(self, request: Any) -> Headers | None:
         kind = request.getHeader(b"content-type")
-        try:
-            response = await self.client.request(
-                request.method.decode("ascii"), self.upstream + request.uri.decode("ascii"),
-                headers=Headers({b"content-type": [kind]}) if kind else None,
-                data=request.content.read() or None, allow_redirects=False)
-            body = await response.content()
-        except Exception as error:  # upstream unreachable / broke: 502 like any proxy
-            if not gone:
-                request.setResponseCode(502)
-                request.write(f"bad gateway: {error}".encode())
-                request.finish()
-            return
-        if gone:
-            return
-        request.setResponseCode(response.code)
-        answer_kind = response.headers.getRawHeaders(b"content-type")
-        if answer_kind:
-            request.setHeader(b"content-type", answer_kind[0])
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+        return Headers({b"content-type": [kind]}) if kind else None
+
+    def copy_answer_headers(self, request: Any, response: Any) -> None:
+        kind = response.headers.getRawHeaders(b"content-type")
+        if kind:
+            request.setHeader(b"content-type", kind[0])
 
 
 class QuietSite(Site):
@@ -78,11 +51,8 @@ def main(argv: list[str]) -> int:
 
     reactor: Any = _reactor
     port, upstream = int(argv[1]), argv[2]
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 256  # >= the highest concurrency the bench drives
-    client = treq.client.HTTPClient(Agent(reactor, pool=pool))
-    reactor.listenTCP(port, QuietSite(BareProxy(upstream, client)), backlog=1024,
-                      interface="127.0.0.1")
+    reactor.listenTCP(port, QuietSite(BareProxy(upstream, pooled_client(reactor))),
+                      backlog=1024, interface="127.0.0.1")
     reactor.run()
     return 0
 

@@ -52,6 +52,14 @@ class ProxyResource(Resource):
         defer.ensureDeferred(self.forward(request))
         return NOT_DONE_YET
 
+    def outgoing_headers(self, request: Any) -> Headers | None:
+        """The headers sent upstream: every end-to-end one."""
+        return end_to_end(request.requestHeaders)
+
+    def copy_answer_headers(self, request: Any, response: Any) -> None:
+        """The answer's end-to-end headers, all of them."""
+        request.responseHeaders = end_to_end(response.headers)
+
     async def forward(self, request: Any) -> None:
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
@@ -59,7 +67,7 @@ class ProxyResource(Resource):
             response = await self.client.request(
                 request.method.decode("ascii"),
                 self.upstream + request.uri.decode("ascii"),
-                headers=end_to_end(request.requestHeaders),
+                headers=self.outgoing_headers(request),
                 data=request.content.read() or None,
                 allow_redirects=False,
             )
@@ -73,10 +81,17 @@ class ProxyResource(Resource):
         if gone:
             return
         request.setResponseCode(response.code)
-        request.responseHeaders = end_to_end(response.headers)
+        self.copy_answer_headers(request, response)
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
+
+
+def pooled_client(reactor: Any) -> treq.client.HTTPClient:
+    """treq over one persistent pool, as large as the bench's highest concurrency."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 256
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))
 
 
 def main(argv: list[str]) -> int:
@@ -87,11 +102,7 @@ def main(argv: list[str]) -> int:
     # Access lines go to stdout (redirected to a file), as the relay's do.
     observer: Any = textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer])
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 256  # >= the highest concurrency the bench drives
-    agent: Any = Agent(reactor, pool=pool)
-    client = treq.client.HTTPClient(agent)
-    site = Site(ProxyResource(upstream, client))
+    site = Site(ProxyResource(upstream, pooled_client(reactor)))
     reactor.listenTCP(port, site, backlog=1024, interface="127.0.0.1")
     reactor.run()
     return 0
