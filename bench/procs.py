@@ -402,22 +402,8 @@ def nginx_conf(directory: Path, port: int, body: bytes) -> str:
     text = body.decode("ascii")
     if "'" in text or "\\" in text:
         raise ValueError("body must not contain quotes or backslashes")
-    d = str(directory)
-    return f"""\
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
-    client_max_body_size 10m;
+    from bench.sidecar import nginx_http_head
+    return nginx_http_head(directory) + f"""\
     default_type application/json;
     server {{
         listen 127.0.0.1:{port} backlog=4096;

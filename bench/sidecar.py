@@ -49,7 +49,8 @@ def self_signed(host: str = "127.0.0.1", days: int = 2) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _common(directory: Path) -> str:
+def nginx_http_head(directory: Path) -> str:
+    """The top of every bench nginx.conf: one worker, files in ``directory``, long keep-alive."""
     d = str(directory)
     return f"""\
 worker_processes 1;
@@ -71,7 +72,7 @@ http {{
 
 def inner_conf(directory: Path, port: int, upstream_port: int, cert: Path, key: Path) -> str:
     """sidecar-in: terminates TLS 1.3 on ``port``, proxies plain HTTP to the upstream."""
-    return _common(directory) + f"""\
+    return nginx_http_head(directory) + f"""\
     upstream app {{
         server 127.0.0.1:{upstream_port};
         keepalive {KEEPALIVE_POOL};
@@ -94,7 +95,7 @@ def inner_conf(directory: Path, port: int, upstream_port: int, cert: Path, key: 
 
 def outer_conf(directory: Path, port: int, inner_port: int, cert: Path) -> str:
     """sidecar-out: plain HTTP on ``port``, TLS 1.3 (certificate checked) to sidecar-in."""
-    return _common(directory) + f"""\
+    return nginx_http_head(directory) + f"""\
     upstream inner {{
         server 127.0.0.1:{inner_port};
         keepalive {KEEPALIVE_POOL};
