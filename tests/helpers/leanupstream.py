@@ -13,6 +13,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from tests.helpers.transports import take_request
+
 
 @implementer(IPushProducer)
 class _Stream:
@@ -80,16 +82,8 @@ class RawHTTP(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._disarm()
         self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(rest) < length:
-                return
-            self.buffer = rest[length:]
+        while (request := take_request(self.buffer)) is not None:
+            head, self.buffer = request
             self.factory.requests.append(head.split(b"\r\n", 1)[0])
             self.answer()
 

@@ -14,6 +14,22 @@ from twisted.internet import protocol
 __all__ = ["FakeTransport", "RawClient"]
 
 
+def take_request(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """(request head, what follows its Content-Length body) once a whole request is in
+    ``buffer``; None while it is still arriving.  For the tests' raw HTTP/1.1 upstreams."""
+    if b"\r\n\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(rest) < length:
+        return None
+    return head, rest[length:]
+
+
 class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []

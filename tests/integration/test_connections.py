@@ -19,6 +19,7 @@ from mterelay.http.bodies import DRAIN_LIMIT, BytesProducer, abandon
 from mterelay.http.connections import agent_pool, persistent_agent
 from mterelay.http.nodelay import NoDelayEndpointFactory
 from mterelay.http.upstream import make_agent
+from tests.helpers.transports import take_request
 
 
 class OneWriteHTTP(Protocol):
@@ -30,16 +31,8 @@ class OneWriteHTTP(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(rest) < length:
-                return
-            self.buffer = rest[length:]
+        while (request := take_request(self.buffer)) is not None:
+            self.buffer = request[1]
             body = self.factory.body  # type: ignore[attr-defined]
             self.factory.requests += 1  # type: ignore[attr-defined]
             self.transport.write(  # type: ignore[union-attr]
