@@ -25,7 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 
-from mterelay.http.connections import POOL_SIZE, upstream_agent
+from mterelay.http.connections import upstream_agent
 from mterelay.http.failures import describe_failure
 from mterelay.http.headers import HOP_BY_HOP, copy_end_to_end
 from mterelay.http.observe import NO_METRICS, Metrics

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import DeferredList, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest

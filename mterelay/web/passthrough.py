@@ -17,7 +17,7 @@ from mterelay.http.upstream import (
     forwarded_for,
     stream_body,
 )
-from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, error_body, request_id,
+from mterelay.web.responses import (MAYBE_REACHED, NOT_REACHED, request_id,
                                     unlogged_error_body)
 from mterelay.http.streaming import request_body
 

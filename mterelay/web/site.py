@@ -8,7 +8,6 @@ lets a stopping relay close idle connections and wait for busy ones.
 
 from __future__ import annotations
 
-import re
 from time import time
 from typing import Any
 
