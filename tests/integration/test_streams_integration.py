@@ -38,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 import tests.integration.test_inbound_integration as inbound
 from mterelay.cli import build_parser, run
+from mterelay.http.bodies import Still
 from mterelay.client import RelayClient
 from mterelay.wiretap import WireTap
 from tests.helpers.redisserver import RedisServer, started_redis
@@ -415,8 +416,8 @@ class RelayClientStreamTests(StreamCase):
         pieces = [b"piece %d\n" % i for i in range(5)]
 
         @implementer(IBodyProducer)
-        class Producer:
-            """The caller's body: a piece every INTERVAL, length unknown."""
+        class Producer(Still):
+            """The caller's body: a piece every INTERVAL, length unknown (never paused)."""
 
             length = UNKNOWN_LENGTH
 
@@ -436,15 +437,6 @@ class RelayClientStreamTests(StreamCase):
                 self.sent.append(time.monotonic())
                 self.consumer.write(b"piece %d\n" % index)
                 reactor.callLater(INTERVAL, self.step, index + 1)
-
-            def pauseProducing(self) -> None:
-                pass
-
-            def resumeProducing(self) -> None:
-                pass
-
-            def stopProducing(self) -> None:
-                pass
 
         # B streams request bodies to the upstream; see each piece land there.
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
