@@ -461,11 +461,15 @@ class BrowserClientTests(MethodsMixin, SuiteCase):
         self.assertEqual(second["status"], 200, second)
         self.assertEqual(second["answer"]["size"], 4000)
         # Chromium refused the streamed body once (never sent); the client sent it
-        # buffered, and buffers this origin's streamed uploads from then on.
-        self.assertEqual(len(failed), 1, failed)
+        # buffered, and buffers this origin's streamed uploads from then on.  Under load
+        # Chromium may also report that refused fetch as "net::ERR_ABORTED" (the event
+        # naming, not another request: the upstream count below shows none was resent).
+        refused = [f for f in failed if f == "net::ERR_ALPN_NEGOTIATION_FAILED"]
+        self.assertEqual(len(refused), 1, failed)
+        self.assertEqual([f for f in failed if f not in refused and f != "net::ERR_ABORTED"], [])
         uploads = [r for r in self.upstream.received if r["target"] == "/stream-up"]
         self.assertEqual([r["size"] for r in uploads], [32 * 65536, 4000])
-        print(f"\nHTTP/1.1 streamed body: Chromium failed it with {failed[0]}; sent buffered")
+        print(f"\nHTTP/1.1 streamed body: Chromium failed it with {failed}; sent buffered")
 
     @defer.inlineCallbacks
     def test_download_streams_to_the_page(self) -> Any:
