@@ -243,7 +243,7 @@ async def start_stack(reactor: Any, api: Resource | None = None, page_port: int 
 
 async def run(reactor: Any, once: bool, page_port: int = 0) -> None:
     stack = await start_stack(reactor, page_port=page_port)
-    api_url, relay_url, relay = stack.api_url, stack.relay_url, stack.relay
+    api_url, relay_url = stack.api_url, stack.relay_url
     print(f"sample API : {api_url}\nrelay B    : {relay_url}  (store: in-memory)"
           f"\ndemo page  : {stack.page_url}  (open it in a browser: Login and File Upload"
           " through relay B with the browser client; relay B's CORS_ORIGINS allows this origin)")
