@@ -591,6 +591,41 @@ class LeanPoolTests(ServerCase):
         self.assertEqual(len(self.server.requests), 2)
 
     @inlineCallbacks
+    def test_warm_connection_is_used_without_the_pool_deferred(self) -> Any:
+        """The fast path: an idle connection is taken synchronously, never via ``pool.get``."""
+        base = yield self.listen([OK_2, OK_2])
+        agent = self.agent("lean")
+        yield collect(agent, b"GET", base.encode() + b"/")
+        key = (b"http", b"127.0.0.1", self.port.getHost().port)
+        (warm,) = agent.pool._idle[key]
+
+        def no_get(*args: Any) -> Any:
+            raise AssertionError("pool.get called for a warm connection")
+
+        agent.pool.get = no_get
+        result = collect(agent, b"GET", base.encode() + b"/")
+        self.assertTrue(warm.busy)  # written before agent.request returned
+        got = yield result
+        self.assertEqual(got.body, b"hi")
+        self.assertEqual(len(self.server.connections), 1)
+        self.assertEqual(agent.pool.idle_connections(key), (warm,))
+
+    @inlineCallbacks
+    def test_fast_path_refusal_is_resent_on_a_new_connection(self) -> Any:
+        """A warm connection refusing the request (RequestNotSent) still gets the one resend."""
+        base = yield self.listen([OK_2, OK_2])
+        agent = self.agent("lean")
+        yield collect(agent, b"GET", base.encode() + b"/")
+        key = (b"http", b"127.0.0.1", self.port.getHost().port)
+        (refusing,) = agent.pool._idle[key]
+        refusing._request = object()  # looks busy: request() fails with RequestNotSent
+        got = yield collect(agent, b"POST", base.encode() + b"/")
+        self.assertEqual(got.body, b"hi")
+        self.assertEqual(len(self.server.connections), 2)
+        self.assertEqual(len(self.server.requests), 2)
+        refusing._request = None
+
+    @inlineCallbacks
     def test_never_resends_a_written_request(self) -> Any:
         """Lost after the request was written (a relay killed): fails, runs once upstream."""
         base = yield self.listen([OK_2])
