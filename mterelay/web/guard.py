@@ -117,6 +117,10 @@ class GuardedHTTPChannel(HTTPChannel):
     _awaiting_headers = True
     _header_bytes = 0
     _reading_body = False
+    #: Headers are in and a body follows, but the body idle timeout is not set
+    #: yet: :meth:`dataReceived` sets it once the bytes at hand are parsed,
+    #: and only if the body is still incomplete then.
+    _body_timer_due = False
 
     #: The factory's ConnectionGuard, looked up once per connection.
     _limits: ConnectionGuard | None = None
@@ -154,6 +158,16 @@ class GuardedHTTPChannel(HTTPChannel):
             if not self._armed and not self._handlingRequest:
                 self._arm()  # a later request on a kept-alive connection
         super().dataReceived(data)
+        if self._body_timer_due:
+            # The body did not end in these bytes: from now on Twisted's idle
+            # timer measures silence in it.  (A small body that came with its
+            # headers - the usual request - never moves the timer: moving it
+            # sooner costs the reactor a linear search of its timer heap.)
+            self._body_timer_due = False
+            guard = self._limits
+            if self._reading_body and guard is not None:
+                self._idle_timeout = self.timeOut
+                self.setTimeout(guard.body_timeout)
 
     def allHeadersReceived(self) -> None:
         self._armed = False  # the timer stays, disarmed, for the next request
@@ -161,16 +175,19 @@ class GuardedHTTPChannel(HTTPChannel):
         self._header_bytes = 0
         guard = self._limits
         if self.length != 0 and guard is not None and guard.body_timeout:
-            # A body follows: Twisted's idle timer now measures silence in it.
+            # A body follows: Twisted's idle timer is to measure silence in
+            # it, set when this segment is parsed (see dataReceived).
             self._reading_body = True
-            self._idle_timeout = self.timeOut
-            self.setTimeout(guard.body_timeout)
+            self._body_timer_due = True
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         if self._reading_body:
             self._reading_body = False
-            self.setTimeout(self._idle_timeout)
+            if self._body_timer_due:
+                self._body_timer_due = False  # never set: nothing to restore
+            else:
+                self.setTimeout(self._idle_timeout)
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -236,6 +253,7 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
+        self._body_timer_due = False  # a closed connection gets no new timer
         super().connectionLost(reason)
 
 

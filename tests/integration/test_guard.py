@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mterelay.service.config import ConfigError
 from mterelay.service.metrics import RelayMetrics
+from mterelay.http.twistedinternals import inner_channel
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.site import RelaySite
 from tests.helpers.support import relay_config
@@ -195,6 +196,66 @@ class BodyIdleTimeoutTests(GuardCase):
         self.clock.advance(1)
         self.assertTrue(connection.closed_by_server)
         self.assertEqual(cut(self.metrics, "body_timeout"), 0.0)
+
+
+    def body_timer_moves(self, connection: Connection) -> list[Any]:
+        """Every setTimeout(body_timeout) the channel makes from now on."""
+        channel = inner_channel(connection.channel)
+        moves: list[Any] = []
+        real = channel.setTimeout
+
+        def set_timeout(period: Any) -> Any:
+            if period == 5.0:
+                moves.append(period)
+            return real(period)
+
+        channel.setTimeout = set_timeout
+        return moves
+
+    def test_body_with_its_headers_leaves_the_timer_alone(self) -> None:
+        """The fast path: a whole small body in the headers' segment never sets the body timeout."""
+        site = self.site()
+        connection = Connection(site)
+        moves = self.body_timer_moves(connection)
+        connection.send(b"/slow-small", b"POST", body=b"x" * 1024)
+        [request] = self.resource.held
+        self.assertEqual(moves, [])
+        self.clock.advance(30)  # answering slowly: no timeout while handling
+        Recording.release(request)
+        self.clock.advance(59)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(1)
+        self.assertTrue(connection.closed_by_server)  # Twisted's 60 s keep-alive idle
+        self.assertEqual(cut(self.metrics, "body_timeout"), 0.0)
+
+    def test_body_after_the_headers_segment_gets_the_body_timeout(self) -> None:
+        """The slow path still runs when the body is not complete in the headers' segment."""
+        site = self.site()
+        connection = Connection(site)
+        moves = self.body_timer_moves(connection)
+        connection.channel.dataReceived(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        self.assertEqual(moves, [5.0])
+        self.clock.advance(4.9)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(0.1)
+        self.assertTrue(connection.closed_by_server)
+        self.assertEqual(cut(self.metrics, "body_timeout"), 1.0)
+
+    def test_lost_in_the_headers_segment_sets_no_timer(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        channel = inner_channel(connection.channel)
+        real = channel.allHeadersReceived
+
+        def then_lost() -> None:
+            real()
+            connection.drop()
+
+        channel.allHeadersReceived = then_lost
+        connection.channel.dataReceived(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
 
 
 class ConnectionCapTests(GuardCase):
