@@ -749,6 +749,8 @@ class LeanPool:
         self.idle_timeout = idle_timeout
         self._idle: dict[Any, deque[LeanClientProtocol]] = {}
         self._timers: dict[LeanClientProtocol, Any] = {}
+        #: When each idle connection's idle spell ends (its timer may fire earlier, see _returned).
+        self._until: dict[LeanClientProtocol, float] = {}
         self._all: set[LeanClientProtocol] = set()
 
     def get(self, key: Any, endpoint: IStreamClientEndpoint) -> "Deferred[LeanClientProtocol]":
@@ -766,11 +768,13 @@ class LeanPool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: its TCP state is warmest
-            self._cancel(connection)
+            # Its idle timer keeps running (see _returned); out of the idle
+            # deque, the connection is not expired by it.
             if not idle:
                 del self._idle[key]
             if not connection.is_closing():
                 return connection
+            self._cancel(connection)
             connection.close()
             idle = self._idle.get(key)
         return None
@@ -806,14 +810,34 @@ class LeanPool:
                 del self._idle[key]
             return
         idle.append(connection)
-        self._timers[connection] = self._reactor.callLater(limit, self._expire, connection)
+        # One timer per connection, kept across its requests: a new timer and
+        # a cancellation for every request cost the reactor more than the
+        # request's own bookkeeping.  A timer still running from an earlier
+        # idle spell fires early and waits out the rest (_expire); only a
+        # spell shorter than that (the server's Keep-Alive hint shrank) moves it.
+        until = self._reactor.seconds() + limit
+        self._until[connection] = until
+        timer = self._timers.get(connection)
+        if timer is None or not timer.active():
+            self._timers[connection] = self._reactor.callLater(limit, self._expire, connection)
+        elif timer.getTime() > until:
+            timer.reset(limit)
 
     def _expire(self, connection: LeanClientProtocol) -> None:
         self._timers.pop(connection, None)
+        idle = self._idle.get(connection.key)
+        if idle is None or connection not in idle:
+            return  # busy (taken since this timer was set): _returned arms it again
+        remaining = self._until.get(connection, 0.0) - self._reactor.seconds()
+        if remaining > 0:
+            self._timers[connection] = self._reactor.callLater(remaining, self._expire,
+                                                               connection)
+            return
         self._forget(connection)
         connection.close()
 
     def _cancel(self, connection: LeanClientProtocol) -> None:
+        self._until.pop(connection, None)
         timer = self._timers.pop(connection, None)
         if timer is not None and timer.active():
             timer.cancel()
