@@ -125,6 +125,14 @@ class GuardedHTTPChannel(HTTPChannel):
     #: The factory's ConnectionGuard, looked up once per connection.
     _limits: ConnectionGuard | None = None
 
+    #: Twisted's channel turns its idle timer off for every request it
+    #: handles (``setTimeout(None)`` in ``allContentReceived``: a cancellation)
+    #: and on again after the answer (a new timer).  Here the next such call
+    #: only suspends the timer: it stays scheduled, firing is ignored while
+    #: suspended, and the answer's ``setTimeout`` moves it on (a cheap reset).
+    _suspend_next = False
+    _timer_suspended = False
+
     # --- header deadline
 
     def connectionMade(self) -> None:
@@ -188,7 +196,22 @@ class GuardedHTTPChannel(HTTPChannel):
                 self._body_timer_due = False  # never set: nothing to restore
             else:
                 self.setTimeout(self._idle_timeout)
-        super().allContentReceived()
+        # Twisted's first step is setTimeout(None) when there is an idle timeout.
+        self._suspend_next = bool(self.timeOut)
+        try:
+            super().allContentReceived()
+        finally:
+            self._suspend_next = False
+
+    def setTimeout(self, period: float | None) -> float | None:  # noqa: N802 (Twisted's)
+        if period is None and self._suspend_next:
+            self._suspend_next = False
+            self._timer_suspended = True
+            previous, self.timeOut = self.timeOut, None
+            return previous
+        self._suspend_next = False
+        self._timer_suspended = False
+        return super().setTimeout(period)
 
     def requestDone(self, request: Any) -> None:
         if self.persistent:
@@ -227,6 +250,8 @@ class GuardedHTTPChannel(HTTPChannel):
     # --- body idle timeout
 
     def timeoutConnection(self) -> None:
+        if self._timer_suspended:
+            return  # a request is being handled: Twisted's timer would have been off
         if self._reading_body and self.requests:
             body = getattr(self.requests[-1], "body", None)
             if body is not None and getattr(body, "paused", False):

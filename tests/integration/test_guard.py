@@ -258,6 +258,42 @@ class BodyIdleTimeoutTests(GuardCase):
         self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
 
 
+class TimerChurnTests(GuardCase):
+    """Keep-alive requests reuse the connection's timers instead of making new ones."""
+
+    def test_no_new_timer_per_request(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/first", b"POST", body=b"x" * 100)
+        timers = list(self.clock.getDelayedCalls())
+        for n in range(3):
+            connection.send(b"/again", b"POST", body=b"x" * 100)
+            self.assertEqual(self.clock.getDelayedCalls(), timers)  # the same timer objects
+            connection.send(b"/get")
+            self.assertEqual(self.clock.getDelayedCalls(), timers)
+        self.assertEqual(len(connection.responses()), 7)
+
+    def test_suspended_timer_firing_during_a_slow_answer_is_ignored(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/slow")
+        [request] = self.resource.held
+        self.clock.advance(120)  # past Twisted's 60 s idle timeout: the kept timer fires
+        self.assertFalse(connection.closed_by_server)
+        Recording.release(request)
+        self.clock.advance(59)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(1)
+        self.assertTrue(connection.closed_by_server)  # idle again: 60 s from the answer
+
+    def test_lost_while_suspended_leaves_no_timer(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/slow")
+        connection.drop()
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+
 class ConnectionCapTests(GuardCase):
     def test_connections_past_the_cap_refused(self) -> None:
         site = self.site(max_connections=2)
