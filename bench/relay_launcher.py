@@ -54,6 +54,10 @@ def where() -> dict[str, object]:
 #: "asyncio" is ``twistd --reactor=asyncio``; "uvloop" the same with uvloop's
 #: event loop policy set first; empty (the default) is twistd's own choice (epoll).
 REACTOR_KNOB = "MTERELAY_BENCH_REACTOR"
+#: With it set, only relays whose ``mterelay`` is imported from under this
+#: directory take that reactor, so one ``--compare`` run sets the same code
+#: on both reactors side by side (``relay`` on the knob's, ``relay@REV`` on epoll).
+REACTOR_TREE_KNOB = "MTERELAY_BENCH_REACTOR_TREE"
 
 
 def choose_reactor(choice: str) -> str:
@@ -80,7 +84,11 @@ def main() -> None:
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
         del sys.path[0]
     found = where()
-    found["reactor"] = choose_reactor(os.environ.get(REACTOR_KNOB, ""))
+    choice = os.environ.get(REACTOR_KNOB, "")
+    tree = os.environ.get(REACTOR_TREE_KNOB, "")
+    if tree and not str(found.get("mterelay", "")).startswith(tree):
+        choice = ""  # another target's relay (relay@REV): the default reactor
+    found["reactor"] = choose_reactor(choice)
     print(f"{MARKER} {json.dumps(found)}", flush=True)
     sys.argv[0] = "twistd"
     from twisted.scripts.twistd import run
