@@ -50,13 +50,46 @@ def where() -> dict[str, object]:
     return found
 
 
+#: Bench-only: run the relays on another reactor (issue 18's uvloop question).
+#: "asyncio" is ``twistd --reactor=asyncio``; "uvloop" the same with uvloop's
+#: event loop policy set first; empty (the default) is twistd's own choice (epoll).
+REACTOR_KNOB = "MTERELAY_BENCH_REACTOR"
+#: With it set, only relays whose ``mterelay`` is imported from under this
+#: directory take that reactor, so one ``--compare`` run sets the same code
+#: on both reactors side by side (``relay`` on the knob's, ``relay@REV`` on epoll).
+REACTOR_TREE_KNOB = "MTERELAY_BENCH_REACTOR_TREE"
+
+
+def choose_reactor(choice: str) -> str:
+    """Put ``--reactor=asyncio`` on twistd's command line if asked; say which reactor runs."""
+    if not choice:
+        return "default"
+    if choice not in ("asyncio", "uvloop"):
+        raise SystemExit(f"{REACTOR_KNOB} must be asyncio or uvloop, not {choice!r}")
+    if choice == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    sys.argv[1:1] = ["--reactor=asyncio"]
+    return choice
+
+
 def main() -> None:
     # Like the twistd console script, do not let this script's own directory (bench/,
     # with modules such as report.py) shadow anything the relay imports.
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
         del sys.path[0]
-    print(f"{MARKER} {json.dumps(where())}", flush=True)
+    found = where()
+    choice = os.environ.get(REACTOR_KNOB, "")
+    tree = os.environ.get(REACTOR_TREE_KNOB, "")
+    if tree and not str(found.get("mterelay", "")).startswith(tree):
+        choice = ""  # another target's relay (relay@REV): the default reactor
+    found["reactor"] = choose_reactor(choice)
+    print(f"{MARKER} {json.dumps(found)}", flush=True)
     sys.argv[0] = "twistd"
     from twisted.scripts.twistd import run
 

@@ -177,13 +177,30 @@ class BodyStreamer(Protocol):
         self.idle_timeout = idle_timeout
         self._timer: IDelayedCall | None = None
         self._stopped = False
+        #: Inside ``deliverBody`` (stream_body): the clock starts once it returns.
+        self._starting = False
+        self._paused = False
 
     def connectionMade(self) -> None:
         self.consumer.registerProducer(_Watched(self), True)
         self._arm()
 
+    def start_clock(self) -> None:
+        """The body's delivery began (``deliverBody`` returned): start the idle clock.
+
+        A small body usually is complete by then - it arrived with its
+        headers and ``deliverBody`` handed it over at once - and then needs
+        no timer at all (a timer made and cancelled per response was a
+        visible part of the reactor's work).  Otherwise the clock starts now,
+        at the same reactor time as before, unless the consumer paused it.
+        """
+        self._starting = False
+        if not self._paused:
+            self._arm()
+
     def _arm(self) -> None:
-        if self.clock is None or self.idle_timeout is None or self._stopped:
+        if (self.clock is None or self.idle_timeout is None or self._stopped
+                or self._starting):
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.idle_timeout)
@@ -235,10 +252,12 @@ class _Watched:
         self._streamer = streamer
 
     def pauseProducing(self) -> None:
+        self._streamer._paused = True
         self._streamer._disarm()
         self._streamer.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
+        self._streamer._paused = False
         self._streamer.transport.resumeProducing()  # type: ignore[union-attr]
         self._streamer._arm()
 
@@ -260,7 +279,11 @@ def stream_body(response: IResponse, consumer: Any, clock: IReactorTime | None =
 
     finished: Deferred[None] = Deferred(cancel)
     streamer = BodyStreamer(consumer, finished, clock, idle_timeout)
-    response.deliverBody(streamer)
+    streamer._starting = True
+    try:
+        response.deliverBody(streamer)
+    finally:
+        streamer.start_clock()
     return finished
 
 

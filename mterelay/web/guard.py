@@ -117,9 +117,21 @@ class GuardedHTTPChannel(HTTPChannel):
     _awaiting_headers = True
     _header_bytes = 0
     _reading_body = False
+    #: Headers are in and a body follows, but the body idle timeout is not set
+    #: yet: :meth:`dataReceived` sets it once the bytes at hand are parsed,
+    #: and only if the body is still incomplete then.
+    _body_timer_due = False
 
     #: The factory's ConnectionGuard, looked up once per connection.
     _limits: ConnectionGuard | None = None
+
+    #: Twisted's channel turns its idle timer off for every request it
+    #: handles (``setTimeout(None)`` in ``allContentReceived``: a cancellation)
+    #: and on again after the answer (a new timer).  Here the next such call
+    #: only suspends the timer: it stays scheduled, firing is ignored while
+    #: suspended, and the answer's ``setTimeout`` moves it on (a cheap reset).
+    _suspend_next = False
+    _timer_suspended = False
 
     # --- header deadline
 
@@ -154,6 +166,16 @@ class GuardedHTTPChannel(HTTPChannel):
             if not self._armed and not self._handlingRequest:
                 self._arm()  # a later request on a kept-alive connection
         super().dataReceived(data)
+        if self._body_timer_due:
+            # The body did not end in these bytes: from now on Twisted's idle
+            # timer measures silence in it.  (A small body that came with its
+            # headers - the usual request - never moves the timer: moving it
+            # sooner costs the reactor a linear search of its timer heap.)
+            self._body_timer_due = False
+            guard = self._limits
+            if self._reading_body and guard is not None:
+                self._idle_timeout = self.timeOut
+                self.setTimeout(guard.body_timeout)
 
     def allHeadersReceived(self) -> None:
         self._armed = False  # the timer stays, disarmed, for the next request
@@ -161,17 +183,35 @@ class GuardedHTTPChannel(HTTPChannel):
         self._header_bytes = 0
         guard = self._limits
         if self.length != 0 and guard is not None and guard.body_timeout:
-            # A body follows: Twisted's idle timer now measures silence in it.
+            # A body follows: Twisted's idle timer is to measure silence in
+            # it, set when this segment is parsed (see dataReceived).
             self._reading_body = True
-            self._idle_timeout = self.timeOut
-            self.setTimeout(guard.body_timeout)
+            self._body_timer_due = True
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         if self._reading_body:
             self._reading_body = False
-            self.setTimeout(self._idle_timeout)
-        super().allContentReceived()
+            if self._body_timer_due:
+                self._body_timer_due = False  # never set: nothing to restore
+            else:
+                self.setTimeout(self._idle_timeout)
+        # Twisted's first step is setTimeout(None) when there is an idle timeout.
+        self._suspend_next = bool(self.timeOut)
+        try:
+            super().allContentReceived()
+        finally:
+            self._suspend_next = False
+
+    def setTimeout(self, period: float | None) -> float | None:  # noqa: N802 (Twisted's)
+        if period is None and self._suspend_next:
+            self._suspend_next = False
+            self._timer_suspended = True
+            previous, self.timeOut = self.timeOut, None
+            return previous
+        self._suspend_next = False
+        self._timer_suspended = False
+        return super().setTimeout(period)
 
     def requestDone(self, request: Any) -> None:
         if self.persistent:
@@ -210,6 +250,8 @@ class GuardedHTTPChannel(HTTPChannel):
     # --- body idle timeout
 
     def timeoutConnection(self) -> None:
+        if self._timer_suspended:
+            return  # a request is being handled: Twisted's timer would have been off
         if self._reading_body and self.requests:
             body = getattr(self.requests[-1], "body", None)
             if body is not None and getattr(body, "paused", False):
@@ -236,6 +278,7 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
+        self._body_timer_due = False  # a closed connection gets no new timer
         super().connectionLost(reason)
 
 

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mterelay.service.config import ConfigError
 from mterelay.service.metrics import RelayMetrics
+from mterelay.http.twistedinternals import inner_channel
 from mterelay.web.guard import ConnectionGuard, default_max_connections
 from mterelay.web.site import RelaySite
 from tests.helpers.support import relay_config
@@ -195,6 +196,102 @@ class BodyIdleTimeoutTests(GuardCase):
         self.clock.advance(1)
         self.assertTrue(connection.closed_by_server)
         self.assertEqual(cut(self.metrics, "body_timeout"), 0.0)
+
+
+    def body_timer_moves(self, connection: Connection) -> list[Any]:
+        """Every setTimeout(body_timeout) the channel makes from now on."""
+        channel = inner_channel(connection.channel)
+        moves: list[Any] = []
+        real = channel.setTimeout
+
+        def set_timeout(period: Any) -> Any:
+            if period == 5.0:
+                moves.append(period)
+            return real(period)
+
+        channel.setTimeout = set_timeout
+        return moves
+
+    def test_body_with_its_headers_leaves_the_timer_alone(self) -> None:
+        """The fast path: a whole small body in the headers' segment never sets the body timeout."""
+        site = self.site()
+        connection = Connection(site)
+        moves = self.body_timer_moves(connection)
+        connection.send(b"/slow-small", b"POST", body=b"x" * 1024)
+        [request] = self.resource.held
+        self.assertEqual(moves, [])
+        self.clock.advance(30)  # answering slowly: no timeout while handling
+        Recording.release(request)
+        self.clock.advance(59)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(1)
+        self.assertTrue(connection.closed_by_server)  # Twisted's 60 s keep-alive idle
+        self.assertEqual(cut(self.metrics, "body_timeout"), 0.0)
+
+    def test_body_after_the_headers_segment_gets_the_body_timeout(self) -> None:
+        """The slow path still runs when the body is not complete in the headers' segment."""
+        site = self.site()
+        connection = Connection(site)
+        moves = self.body_timer_moves(connection)
+        connection.channel.dataReceived(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        self.assertEqual(moves, [5.0])
+        self.clock.advance(4.9)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(0.1)
+        self.assertTrue(connection.closed_by_server)
+        self.assertEqual(cut(self.metrics, "body_timeout"), 1.0)
+
+    def test_lost_in_the_headers_segment_sets_no_timer(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        channel = inner_channel(connection.channel)
+        real = channel.allHeadersReceived
+
+        def then_lost() -> None:
+            real()
+            connection.drop()
+
+        channel.allHeadersReceived = then_lost
+        connection.channel.dataReceived(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
+
+
+class TimerChurnTests(GuardCase):
+    """Keep-alive requests reuse the connection's timers instead of making new ones."""
+
+    def test_no_new_timer_per_request(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/first", b"POST", body=b"x" * 100)
+        timers = list(self.clock.getDelayedCalls())
+        for n in range(3):
+            connection.send(b"/again", b"POST", body=b"x" * 100)
+            self.assertEqual(self.clock.getDelayedCalls(), timers)  # the same timer objects
+            connection.send(b"/get")
+            self.assertEqual(self.clock.getDelayedCalls(), timers)
+        self.assertEqual(len(connection.responses()), 7)
+
+    def test_suspended_timer_firing_during_a_slow_answer_is_ignored(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/slow")
+        [request] = self.resource.held
+        self.clock.advance(120)  # past Twisted's 60 s idle timeout: the kept timer fires
+        self.assertFalse(connection.closed_by_server)
+        Recording.release(request)
+        self.clock.advance(59)
+        self.assertFalse(connection.closed_by_server)
+        self.clock.advance(1)
+        self.assertTrue(connection.closed_by_server)  # idle again: 60 s from the answer
+
+    def test_lost_while_suspended_leaves_no_timer(self) -> None:
+        site = self.site()
+        connection = Connection(site)
+        connection.send(b"/slow")
+        connection.drop()
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
 
 
 class ConnectionCapTests(GuardCase):

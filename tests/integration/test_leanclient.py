@@ -555,6 +555,64 @@ class LeanPoolTests(ServerCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     @inlineCallbacks
+    def test_one_idle_timer_kept_across_requests(self) -> Any:
+        """No timer per request: the first one fires early and waits out the rest of the spell."""
+        clock = Clock()
+        base = yield self.listen([OK_2, OK_2])
+        agent = self.agent("lean", clock=clock, idle=30)
+        yield collect(agent, b"GET", base.encode() + b"/")
+        [timer] = clock.getDelayedCalls()
+        clock.advance(10)
+        yield collect(agent, b"GET", base.encode() + b"/")
+        self.assertEqual(clock.getDelayedCalls(), [timer])  # the same timer, not moved
+        self.assertEqual(len(self.server.connections), 1)
+        clock.advance(20)  # 30 s after the first answer, 20 s after the second
+        self.assertFalse(self.server.connections[0].lost.called)
+        clock.advance(9.5)
+        self.assertFalse(self.server.connections[0].lost.called)
+        clock.advance(0.5)
+        yield self.server.connections[0].lost
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @inlineCallbacks
+    def test_shorter_keep_alive_hint_moves_the_idle_timer(self) -> Any:
+        clock = Clock()
+        hinted = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nhi"
+        base = yield self.listen([OK_2, hinted])
+        agent = self.agent("lean", clock=clock, idle=30)
+        yield collect(agent, b"GET", base.encode() + b"/")
+        clock.advance(10)
+        yield collect(agent, b"GET", base.encode() + b"/")
+        clock.advance(3.9)  # the hint: 5 s, closed 1 s before the server would
+        self.assertFalse(self.server.connections[0].lost.called)
+        clock.advance(0.1)
+        yield self.server.connections[0].lost
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @inlineCallbacks
+    def test_busy_connection_is_not_expired_by_its_old_timer(self) -> Any:
+        clock = Clock()
+        base = yield self.listen([OK_2])
+        agent = self.agent("lean", clock=clock, idle=30)
+        yield collect(agent, b"GET", base.encode() + b"/")
+        held: Deferred[None] = Deferred()
+
+        def answer_later(connection: Any, head: bytes, body: bytes) -> None:
+            held.addCallback(lambda _: connection.transport.write(OK_2))
+
+        self.server.answers = answer_later
+        result = collect(agent, b"GET", base.encode() + b"/")
+        clock.advance(31)  # the old timer fires while the request is in flight
+        self.assertFalse(self.server.connections[0].lost.called)
+        held.callback(None)
+        got = yield result
+        self.assertEqual(got.body, b"hi")
+        clock.advance(29.9)  # a full idle spell from the answer
+        self.assertFalse(self.server.connections[0].lost.called)
+        clock.advance(0.1)
+        yield self.server.connections[0].lost
+
+    @inlineCallbacks
     def test_max_idle_per_origin(self) -> Any:
         base = yield self.listen([OK_2, OK_2, OK_2])
         agent = self.agent("lean", size=1)
@@ -589,6 +647,41 @@ class LeanPoolTests(ServerCase):
         self.assertEqual(got.body, b"hi")
         self.assertEqual(len(self.server.connections), 2)
         self.assertEqual(len(self.server.requests), 2)
+
+    @inlineCallbacks
+    def test_warm_connection_is_used_without_the_pool_deferred(self) -> Any:
+        """The fast path: an idle connection is taken synchronously, never via ``pool.get``."""
+        base = yield self.listen([OK_2, OK_2])
+        agent = self.agent("lean")
+        yield collect(agent, b"GET", base.encode() + b"/")
+        key = (b"http", b"127.0.0.1", self.port.getHost().port)
+        (warm,) = agent.pool._idle[key]
+
+        def no_get(*args: Any) -> Any:
+            raise AssertionError("pool.get called for a warm connection")
+
+        agent.pool.get = no_get
+        result = collect(agent, b"GET", base.encode() + b"/")
+        self.assertTrue(warm.busy)  # written before agent.request returned
+        got = yield result
+        self.assertEqual(got.body, b"hi")
+        self.assertEqual(len(self.server.connections), 1)
+        self.assertEqual(agent.pool.idle_connections(key), (warm,))
+
+    @inlineCallbacks
+    def test_fast_path_refusal_is_resent_on_a_new_connection(self) -> Any:
+        """A warm connection refusing the request (RequestNotSent) still gets the one resend."""
+        base = yield self.listen([OK_2, OK_2])
+        agent = self.agent("lean")
+        yield collect(agent, b"GET", base.encode() + b"/")
+        key = (b"http", b"127.0.0.1", self.port.getHost().port)
+        (refusing,) = agent.pool._idle[key]
+        refusing._request = object()  # looks busy: request() fails with RequestNotSent
+        got = yield collect(agent, b"POST", base.encode() + b"/")
+        self.assertEqual(got.body, b"hi")
+        self.assertEqual(len(self.server.connections), 2)
+        self.assertEqual(len(self.server.requests), 2)
+        refusing._request = None
 
     @inlineCallbacks
     def test_never_resends_a_written_request(self) -> Any:

@@ -160,6 +160,63 @@ class StreamBodyTests(SynchronousTestCase):
         self.assertEqual(consumer.writes, [b"abc"])
 
 
+class _CountingClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        self.made += 1
+        return super().callLater(*args, **kwargs)
+
+
+class _Buffered(FakeResponse):
+    """A response whose body is all there when ``deliverBody`` runs (the usual small answer)."""
+
+    def __init__(self, pause: bool = False, end: bool = True) -> None:
+        super().__init__()
+        self.pause, self.end = pause, end
+
+    def deliverBody(self, protocol: Any) -> None:
+        super().deliverBody(protocol)
+        protocol.dataReceived(b"all")
+        if self.pause:
+            protocol.consumer.producer.pauseProducing()
+        if self.end:
+            protocol.connectionLost(Failure(ResponseDone()))
+
+
+class StreamBodyClockTests(SynchronousTestCase):
+    """The idle clock starts after ``deliverBody``: a body complete by then needs no timer."""
+
+    def test_complete_at_delivery_makes_no_timer(self) -> None:
+        clock, consumer = _CountingClock(), Sink()
+        finished = stream_body(_Buffered(), consumer, clock, 5)
+        self.assertIsNone(self.successResultOf(finished))
+        self.assertEqual((consumer.writes, clock.made, clock.getDelayedCalls()),
+                         ([b"all"], 0, []))
+
+    def test_incomplete_at_delivery_starts_the_clock_then(self) -> None:
+        clock, consumer = _CountingClock(), Sink()
+        response = _Buffered(end=False)
+        finished = stream_body(response, consumer, clock, 5)
+        self.assertEqual(clock.made, 1)
+        clock.advance(4.9)
+        self.assertFalse(finished.called)
+        clock.advance(0.1)
+        self.failureResultOf(finished, StreamIdle)
+
+    def test_paused_at_delivery_waits_for_the_resume(self) -> None:
+        clock, consumer = _CountingClock(), Sink()
+        finished = stream_body(_Buffered(pause=True, end=False), consumer, clock, 5)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertFalse(finished.called)
+        consumer.producer.resumeProducing()
+        clock.advance(5)
+        self.failureResultOf(finished, StreamIdle)
+
+
 class SealingProducerTests(SynchronousTestCase):
     def test_writes_of_one_turn_become_one_record(self) -> None:
         seal, open_ = ciphers()
