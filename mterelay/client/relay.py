@@ -36,8 +36,8 @@ from twisted.web.client import RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 
-from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, SealingProducer,
-                                    body_data, discard, read_limited)
+from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, SealedBytes,
+                                    SealingProducer, body_data, discard, read_limited, seal_whole)
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
 from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
                                       end_to_end, normalize_headers, open_response,
@@ -375,15 +375,22 @@ class RelayClient:
                                  target, headers, has_body=body is not None, options=options,
                                  records=records, fixed_path=fixed_path,
                                  body_length=None if body is None else body.length)
-        producer = None
+        producer: SealingProducer | SealedBytes | None = None
         if body is not None:
             mode = outgoing.header.mode
             # Records are sent chunked: their split is made as data comes.
             length = (None if body.length is None or mode == MODE_MKR
                       else sealed_length(body.length, mode))
-            producer = SealingProducer(body.open(self.reactor),
-                                       outgoing.cipher.body_sealer(), length, encoding,
-                                       clock=self.reactor)
+            small = body.small
+            if small is not None:
+                # Sealed now, in one call: the same bytes the pump would write.
+                sealed = encoding.time(seal_whole, outgoing.cipher.body_sealer(), small)
+                encoding.report()
+                producer = SealedBytes(sealed, length)
+            else:
+                producer = SealingProducer(body.open(self.reactor),
+                                           outgoing.cipher.body_sealer(), length, encoding,
+                                           clock=self.reactor)
         else:
             encoding.report()
         try:
