@@ -319,15 +319,16 @@ class RelayClient:
         if (body is not None and body.length is not None
                 and options.framing == MODE_MTE and body.length > MAX_MTE_BODY):
             raise EncodeFailed("an MTE body is at most 2**30 bytes; use MKE framing")
-        request_headers = Headers()
-        for name, value in plain_headers:
-            request_headers.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        # Its Headers are built only if the caller reads response.request.headers.
         plain_request = PlainRequest(method.encode("ascii"), (origin + target).encode("ascii"),
-                                     request_headers)
+                                     plain_headers)
         after, retried = 0, False
         while True:
             try:
-                lease = await state.pool.acquire(after)
+                # A pair ready (the common case) is leased without a Deferred.
+                lease = state.pool.lease_now(after)
+                if lease is None:
+                    lease = await state.pool.acquire(after)
             except InvalidClientId:
                 # Refused while pairing: the pool already dropped the id.
                 if retried:
@@ -441,11 +442,10 @@ class RelayClient:
         except DecodeFailed:
             discard(wire)
             raise
-        headers, clear = Headers(), Headers()
+        headers = Headers()
         for name, value in opened.headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
-        for name, value in opened.clear:
-            clear.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        clear = opened.clear  # unauthenticated, for inspection: Headers made when read
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,

@@ -7,10 +7,9 @@ decrypted upstream answer (True) from a relay-made clear error (False).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
@@ -22,14 +21,39 @@ from mterelay.http.bodies import Still
 __all__ = ["RelayResponse", "PlainRequest", "deliver_bytes"]
 
 
-@implementer(IClientRequest)
-@attrs.define
-class PlainRequest:
-    """What the caller asked for, in clear (not what went over the wire)."""
+def _as_headers(headers: Headers | Sequence[tuple[str, str]]) -> Headers:
+    """twisted ``Headers`` of a ``(name, text)`` list (values UTF-8)."""
+    if isinstance(headers, Headers):
+        return headers
+    built = Headers()
+    for name, value in headers:
+        built.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+    return built
 
-    method: bytes
-    absoluteURI: bytes
-    headers: Headers
+
+@implementer(IClientRequest)
+class PlainRequest:
+    """What the caller asked for, in clear (not what went over the wire).
+
+    ``headers`` may be given as a ``(name, text)`` list: the twisted
+    ``Headers`` are built when first read (most callers never do).
+    """
+
+    def __init__(self, method: bytes, absoluteURI: bytes,  # noqa: N803 (IClientRequest)
+                 headers: Headers | Sequence[tuple[str, str]]) -> None:
+        self.method = method
+        self.absoluteURI = absoluteURI
+        self._headers = headers
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if not isinstance(headers, Headers):
+            headers = self._headers = _as_headers(headers)
+        return headers
+
+    def __repr__(self) -> str:
+        return f"PlainRequest(method={self.method!r}, absoluteURI={self.absoluteURI!r})"
 
 
 @implementer(IResponse)
@@ -52,15 +76,25 @@ class RelayResponse:
 
     def __init__(self, code: int, phrase: bytes, headers: Headers, length: int | object,
                  request: IClientRequest, deliver: Callable[[Any], None], *,
-                 sealed: bool, clear_headers: Headers | None = None) -> None:
+                 sealed: bool,
+                 clear_headers: Headers | Sequence[tuple[str, str]] | None = None) -> None:
         self.code = code
         self.phrase = phrase
         self.headers = headers
-        self.clear_headers = headers if clear_headers is None else clear_headers
+        #: Headers, or a ``(name, text)`` list made into Headers when first read.
+        self._clear: Headers | Sequence[tuple[str, str]] = (
+            headers if clear_headers is None else clear_headers)
         self.length = length
         self.request = request
         self.sealed = sealed
         self._deliver: Callable[[Any], None] | None = deliver
+
+    @property
+    def clear_headers(self) -> Headers:
+        clear = self._clear
+        if not isinstance(clear, Headers):
+            clear = self._clear = _as_headers(clear)
+        return clear
 
     def deliverBody(self, protocol: Any) -> None:
         """Stream the (decrypted) body into ``protocol``; only once."""

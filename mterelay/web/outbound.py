@@ -45,6 +45,8 @@ from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length, declares_body
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
+from mterelay.client.messages import PlainHeaders
+from mterelay.http.headers import header_text, hop_by_hop_names
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.names import PEER_HEADER
 from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
@@ -124,6 +126,9 @@ class OutboundProxy:
         self.patterns = config.outbound_upstreams
         self.extra_headers = [(name.encode("ascii"), value.encode("latin-1"))
                               for name, value in config.headers]
+        #: The same as the client reads them (normalize_headers' form).
+        self._extra_text = [(name.decode("latin-1").strip().lower(), header_text(value))
+                            for name, value in self.extra_headers]
         self.pairs = min(config.max_pool_size, MAX_PAIRS)
         self.timeout = config.upstream_timeout
         self.stream_idle_timeout = config.stream_idle_timeout
@@ -190,6 +195,30 @@ class OutboundProxy:
         for name, value in self.extra_headers:
             headers.setRawHeaders(name, [value])
         return headers
+
+    def outgoing_plain(self, incoming: Headers, request_id: str | None = None
+                       ) -> PlainHeaders:
+        """:meth:`outgoing_headers` in the client's own form, built in one pass.
+
+        What ``normalize_headers(outgoing_headers(...))`` gives - lowercase
+        names, text values, in the order of a copy into twisted ``Headers``
+        followed by ``setRawHeaders`` of the id and HEADERS (a name set again
+        keeps its place and takes the one new value) - without the Headers
+        the client would only read back.
+        """
+        skip = hop_by_hop_names(incoming)
+        grouped: dict[str, list[str]] = {}
+        for name, values in incoming.getAllRawHeaders():
+            lower = name.lower()
+            if lower in skip or lower in _NOT_FORWARDED or lower.startswith(b"x-mte-"):
+                continue
+            grouped[lower.decode("latin-1")] = [header_text(value) for value in values]
+        if request_id is not None:
+            grouped["x-request-id"] = [request_id]
+        for text, value in self._extra_text:
+            grouped[text] = [value]
+        return PlainHeaders((name, value) for name, values in grouped.items()
+                            for value in values)
 
 
 class _Exchange(Exchange):
@@ -258,7 +287,7 @@ class _Exchange(Exchange):
         if self.gone:
             return
         url = self.origin.url + request.uri.decode("ascii")
-        headers = self.proxy.outgoing_headers(request.requestHeaders, request_id(request))
+        headers = self.proxy.outgoing_plain(request.requestHeaders, request_id(request))
         self.pending = self.proxy.client.request(request.method, url, headers, data,
                                                  options=self.options)
         clock, started = self.proxy.clock, self.proxy.clock.seconds()

@@ -20,9 +20,14 @@ from zope.interface import implementer
 
 from mterelay.client.bodies import (READ_SIZE, SealedBytes, SealingProducer, body_data,
                                     seal_whole)
+from mterelay.client.messages import PlainHeaders, normalize_headers
+from mterelay.client.pool import Pair, PairPool
+from mterelay.client.response import PlainRequest, RelayResponse
+from mterelay.web.outbound import OutboundProxy
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
-from tests.helpers.clientsupport import RELAY, ClientHarness, paired_keys
+from tests.helpers.clientsupport import ClientHarness, paired_keys
+from tests.helpers.support import NoRemoteRelay, relay_config
 
 
 class Consumer:
@@ -130,3 +135,113 @@ class ClientBodyPathTests(SynchronousTestCase):
         self.assertEqual(self.post(big), big)
         self.assertEqual(self.post(io.BytesIO(b"a file")), b"a file")
         self.assertEqual(self.spy.producers, ["SealingProducer"] * 2)
+
+
+class OutgoingHeadersTests(SynchronousTestCase):
+    """OutboundProxy.outgoing_plain: one pass, the list outgoing_headers' copy gives."""
+
+    CASES = [
+        [(b"Host", b"relay-a"), (b"User-Agent", b"wrk"), (b"Content-Length", b"3"),
+         (b"Content-Type", b"application/json"), (b"X-Mte-Outbound-Token", b"t"),
+         (b"X-Mte-Upstream", b"http://b"), (b"Accept", b"*/*")],
+        # repeated names keep apart, in order; Connection-nominated names and hop-by-hop go
+        [(b"Set-Cookie", b"a=1"), (b"Accept", b"x"), (b"Set-Cookie", b"b=2"),
+         (b"Connection", b"keep-alive, X-Secret-Hop"), (b"X-Secret-Hop", b"1"),
+         (b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers"), (b"Expect", b"100-continue"),
+         (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c")],
+        # the caller's own request id is replaced in place; HEADERS replace and add
+        [(b"X-Request-Id", b"callers-id"), (b"X-Tenant", b"app"), (b"X-Other", b"o")],
+        # values that are not UTF-8 stay Latin-1 text, UTF-8 ones are decoded
+        [(b"X-Latin", b"caf\xe9"), (b"X-Utf8", "café".encode()), (b"X-Empty", b"")],
+    ]
+
+    def proxy(self, headers: str = "") -> Any:
+        config = relay_config(OUTBOUND_TOKEN="outbound-token-0123456789", HEADERS=headers)
+        return OutboundProxy(task.Clock(), config, NoRemoteRelay())
+
+    def test_same_list_as_the_headers_copy(self) -> None:
+        for extra in ("", '{"x-tenant": "relay-a", "x-added": "1"}'):
+            proxy = self.proxy(extra)
+            for raw in self.CASES:
+                incoming = Headers()
+                for name, value in raw:
+                    incoming.addRawHeader(name, value)
+                for request_id in (None, "0123abcd"):
+                    with self.subTest(raw=raw, extra=extra, request_id=request_id):
+                        built = proxy.outgoing_plain(incoming, request_id)
+                        self.assertIsInstance(built, PlainHeaders)
+                        self.assertEqual(list(built), normalize_headers(
+                            proxy.outgoing_headers(incoming, request_id)))
+                        # The client takes it as it is.
+                        self.assertIs(normalize_headers(built), built)
+
+
+class LeaseNowTests(SynchronousTestCase):
+    """PairPool.lease_now: acquire's immediate answer, or None and nothing changed."""
+
+    def pool(self) -> tuple[PairPool, list[Any]]:
+        pairings: list[Any] = []
+
+        def make_pairs(client: str, count: int) -> "Deferred[list[Any]]":
+            d: Deferred[list[Any]] = Deferred()
+            pairings.append((count, d))
+            return d
+
+        pool = PairPool(2, lambda: Deferred(), make_pairs)
+        pool.client_id = "c"
+        return pool, pairings
+
+    def test_none_without_a_pair_and_nothing_started(self) -> None:
+        pool, pairings = self.pool()
+        self.assertIsNone(pool.lease_now())
+        self.assertEqual((pairings, pool._turn, pool._batches), ([], 0, 0))
+
+    def test_same_leases_as_acquire_and_tops_up_once(self) -> None:
+        fast, fast_pairings = self.pool()
+        slow, slow_pairings = self.pool()
+        for pool in (fast, slow):
+            pool.pairs.extend([Pair(_PAIR[1], "c", 1)])
+            pool._batches = 1
+        leases = [fast.lease_now() for _ in range(3)]
+        acquired = [self.successResultOf(slow.acquire()) for _ in range(3)]
+        self.assertEqual([lease.seq for lease in leases], [lease.seq for lease in acquired])
+        self.assertEqual([lease.seq for lease in leases], [0, 1, 2])
+        # One top-up batch (for the missing pair) in both, started at the first lease.
+        self.assertEqual(([c for c, _ in fast_pairings], [c for c, _ in slow_pairings]),
+                         ([1], [1]))
+
+    def test_after_mark_is_honoured(self) -> None:
+        pool, _ = self.pool()
+        pool.pairs.append(Pair(_PAIR[1], "c", 1))
+        self.assertIsNone(pool.lease_now(after=1))
+
+
+class LazyHeadersTests(SynchronousTestCase):
+    """PlainRequest and RelayResponse make their Headers only when read, the same ones."""
+
+    PAIRS = [("content-type", "text/plain"), ("set-cookie", "a=1"), ("set-cookie", "b=2"),
+             ("x-name", "café")]
+
+    def eager(self) -> Headers:
+        headers = Headers()
+        for name, value in self.PAIRS:
+            headers.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        return headers
+
+    def test_plain_request_headers(self) -> None:
+        request = PlainRequest(b"GET", b"http://h:80/", list(self.PAIRS))
+        self.assertEqual(list(request.headers.getAllRawHeaders()),
+                         list(self.eager().getAllRawHeaders()))
+        self.assertIs(request.headers, request.headers)
+        given = Headers({b"a": [b"1"]})
+        self.assertIs(PlainRequest(b"GET", b"http://h:80/", given).headers, given)
+
+    def test_clear_headers(self) -> None:
+        own = Headers()
+        response = RelayResponse(200, b"OK", own, 0, None, lambda p: None,  # type: ignore
+                                 sealed=True, clear_headers=list(self.PAIRS))
+        self.assertEqual(list(response.clear_headers.getAllRawHeaders()),
+                         list(self.eager().getAllRawHeaders()))
+        self.assertIs(response.clear_headers, response.clear_headers)
+        clear = RelayResponse(502, b"", own, 0, None, lambda p: None, sealed=False)  # type: ignore
+        self.assertIs(clear.clear_headers, own)
