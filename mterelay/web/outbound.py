@@ -49,8 +49,9 @@ from mterelay.client.messages import PlainHeaders
 from mterelay.http.headers import header_text, hop_by_hop_names
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.names import PEER_HEADER
-from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
-                                        token_matches)
+from mterelay.web.outboundrules import (ENCODE_HEADERS_HEADER, ENCODE_TYPE_HEADER,
+                                        ENCODE_URL_HEADER, TOKEN_HEADER, Origin, Refused,
+                                        TokenCheck, peer_origin, seal_choices)
 from mterelay.protocol.errors import RelayError
 from mterelay.http.upstream import copy_end_to_end
 from mterelay.web.paths import path_problem
@@ -73,6 +74,10 @@ MAX_PAIRS = 64
 #: and remote relays whose pairs and idle connections are kept (least recently
 #: used dropped first).
 MAX_REMEMBERED_ORIGINS = 256
+#: Distinct x-mte-encode-* value combinations whose SealOptions are remembered.
+MAX_REMEMBERED_OPTIONS = 64
+#: The control headers SealOptions are made of (seal_choices reads these only).
+_CONTROL_HEADERS = (ENCODE_TYPE_HEADER, ENCODE_URL_HEADER, ENCODE_HEADERS_HEADER)
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
 #: Failures of the connection to the remote relay: 502, "unreachable".
@@ -135,6 +140,9 @@ class OutboundProxy:
         self._agent = agent
         self._client: RelayClient | None = None
         self._origins: dict[bytes, Origin] = {}
+        self._token_check = TokenCheck(self.token)
+        self._token_of_check = self.token
+        self._options: dict[tuple[Any, ...], SealOptions] = {}
 
     @property
     def client(self) -> RelayClient:
@@ -148,11 +156,11 @@ class OutboundProxy:
     def render(self, request: IRequest) -> Any:
         """Refuse at once (401/400/403) or start the exchange with the remote relay."""
         headers = request.requestHeaders
-        if not token_matches(headers.getRawHeaders(TOKEN_HEADER, []), self.token):
+        if not self.token_ok(headers.getRawHeaders(TOKEN_HEADER, [])):
             return refuse(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
         try:
             origin = self._origin(headers)
-            options = SealOptions.build(**seal_choices(headers))
+            options = self.seal_options(headers)
         except Refused as refused:
             return refuse(request, refused.status, refused.message, refused.reason)
         problem = path_problem(request.path)
@@ -162,6 +170,28 @@ class OutboundProxy:
             return refuse(request, 400, "Bad request", problem)
         _Exchange(self, request, origin, options).start()
         return NOT_DONE_YET
+
+    def token_ok(self, given: list[bytes]) -> bool:
+        """``token_matches(given, self.token)``, the accepted digests hashed once."""
+        if self._token_of_check is not self.token:
+            self._token_check, self._token_of_check = TokenCheck(self.token), self.token
+        return self._token_check(given)
+
+    def seal_options(self, headers: Headers) -> SealOptions:
+        """``SealOptions.build(**seal_choices(headers))``, remembered per control-header values.
+
+        Applications send the same few choices (most none at all); a refused
+        value raises and is not remembered, and the table is bounded.
+        """
+        key = tuple(None if values is None else tuple(values)
+                    for values in map(headers.getRawHeaders, _CONTROL_HEADERS))
+        options = self._options.get(key)
+        if options is None:
+            options = SealOptions.build(**seal_choices(headers))
+            if len(self._options) >= MAX_REMEMBERED_OPTIONS:
+                self._options.clear()
+            self._options[key] = options
+        return options
 
     def _origin(self, headers: Headers) -> Origin:
         """``peer_origin``, remembered per header value once it was allowed.

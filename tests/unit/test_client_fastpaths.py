@@ -23,7 +23,11 @@ from mterelay.client.bodies import (READ_SIZE, SealedBytes, SealingProducer, bod
 from mterelay.client.messages import PlainHeaders, normalize_headers
 from mterelay.client.pool import Pair, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse
+from mterelay.client.messages import SealOptions
+from mterelay.protocol import urls
+from mterelay.protocol.urls import split_url
 from mterelay.web.outbound import OutboundProxy
+from mterelay.web.outboundrules import Refused, TokenCheck, seal_choices, token_matches
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
 from tests.helpers.clientsupport import ClientHarness, paired_keys
@@ -245,3 +249,85 @@ class LazyHeadersTests(SynchronousTestCase):
         self.assertIs(response.clear_headers, response.clear_headers)
         clear = RelayResponse(502, b"", own, 0, None, lambda p: None, sealed=False)  # type: ignore
         self.assertIs(clear.clear_headers, own)
+
+
+class SplitUrlTests(SynchronousTestCase):
+    """split_url's shortcut for an origin already seen gives the full split's answer."""
+
+    TARGETS = ["/", "/api/echo", "/a?b=1&c=2", "/a?", "/a??", "/a?b?", "/p#frag", "/sp ace",
+               "/caf\u00e9", "/%41%zz", "/[x]:@!$'()*+,;~-._", "/a\tb", "/a\nb", '/q"<>{}|^`',
+               "//double", "/a\\b", "/a?#", "/?"]
+
+    def full(self, url: str) -> Any:
+        urls._CANONICAL.clear()
+        try:
+            return split_url(url)
+        except ValueError as error:
+            return str(error)
+
+    def test_same_as_the_full_split(self) -> None:
+        for base in ("http://127.0.0.1:8082", "https://relay.example:443", "http://[::1]:9000"):
+            for target in self.TARGETS:
+                with self.subTest(url=base + target):
+                    want = self.full(base + target)
+                    split_url(base + "/")
+                    self.assertIn(base, urls._CANONICAL)
+                    self.assertEqual(split_url(base + target), want)
+
+    def test_only_origins_spelled_as_split_are_remembered(self) -> None:
+        urls._CANONICAL.clear()
+        for url in ("http://h/x", "HTTP://h:80/x", "http://H:80/x", "http://h:80?x",
+                    "http://h:8"):
+            try:
+                split_url(url)
+            except ValueError:
+                pass
+        self.assertEqual(urls._CANONICAL, set())
+        self.assertEqual(split_url("http://h:80/x"), ("http://h:80", "/x"))
+        self.assertEqual(urls._CANONICAL, {"http://h:80"})
+        with self.assertRaises(ValueError):
+            split_url("http://user:pw@h:80/x")
+
+
+class OutboundCachesTests(SynchronousTestCase):
+    """The outbound entry's per-request checks, with their work done once, decide the same."""
+
+    def proxy(self, **settings: str) -> OutboundProxy:
+        settings.setdefault("OUTBOUND_TOKEN", "outbound-token-0123456789")
+        return OutboundProxy(task.Clock(), relay_config(**settings), NoRemoteRelay())
+
+    def test_token_check_is_token_matches(self) -> None:
+        expected_sets: list[Any] = [None, "", "outbound-token-0123456789",
+                                    ("outbound-token-0123456789", "previous-token-0123456789")]
+        given_sets = [[], [b""], [b"outbound-token-0123456789"], [b" outbound-token-0123456789 "],
+                      [b"previous-token-0123456789"], [b"outbound-token-012345678"],
+                      [b"outbound-token-0123456789", b"outbound-token-0123456789"]]
+        for expected in expected_sets:
+            check = TokenCheck(expected)
+            for given in given_sets:
+                with self.subTest(expected=expected, given=given):
+                    self.assertEqual(check(given), token_matches(given, expected))
+
+    def test_token_ok_follows_the_proxy_token(self) -> None:
+        proxy = self.proxy()
+        self.assertTrue(proxy.token_ok([b"outbound-token-0123456789"]))
+        proxy.token = ("another-token-0123456789abc",)
+        self.assertFalse(proxy.token_ok([b"outbound-token-0123456789"]))
+        self.assertTrue(proxy.token_ok([b"another-token-0123456789abc"]))
+
+    def test_seal_options_as_built_and_refusals_every_time(self) -> None:
+        proxy = self.proxy()
+        cases: list[dict[bytes, list[bytes]]] = [
+            {}, {b"x-mte-encode-type": [b"MTE"]}, {b"x-mte-encode-url": [b"false"]},
+            {b"x-mte-encode-headers": [b"x-a, x-b"]}, {b"x-mte-encode-headers": [b"false"]},
+            {b"x-mte-encode-type": [b"mke"], b"x-mte-encode-headers": [b"true"]}]
+        for raw in cases * 2:
+            headers = Headers(raw)
+            self.assertEqual(proxy.seal_options(headers),
+                             SealOptions.build(**seal_choices(headers)))
+        for bad in ({b"x-mte-encode-type": [b"XYZ"]}, {b"x-mte-encode-url": [b"yes"]},
+                    {b"x-mte-encode-type": [b"MTE", b"MKE"]}):
+            for _ in range(2):
+                with self.assertRaises(Refused):
+                    proxy.seal_options(Headers(bad))
+        self.assertEqual(len(proxy._options), 6)
