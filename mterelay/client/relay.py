@@ -442,10 +442,9 @@ class RelayClient:
         except DecodeFailed:
             discard(wire)
             raise
-        headers = Headers()
-        for name, value in opened.headers:
-            headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
-        clear = opened.clear  # unauthenticated, for inspection: Headers made when read
+        # Both become twisted Headers only if read (the outbound relay copies
+        # header_pairs straight into its answer; clear ones are for inspection).
+        headers, clear = opened.headers, opened.clear
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,

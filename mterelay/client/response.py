@@ -21,13 +21,14 @@ from mterelay.http.bodies import Still
 __all__ = ["RelayResponse", "PlainRequest", "deliver_bytes"]
 
 
-def _as_headers(headers: Headers | Sequence[tuple[str, str]]) -> Headers:
-    """twisted ``Headers`` of a ``(name, text)`` list (values UTF-8)."""
+def _as_headers(headers: Headers | Sequence[tuple[str, str]], names: str = "latin-1"
+                ) -> Headers:
+    """twisted ``Headers`` of a ``(name, text)`` list (names in ``names``, values UTF-8)."""
     if isinstance(headers, Headers):
         return headers
     built = Headers()
     for name, value in headers:
-        built.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        built.addRawHeader(name.encode(names), value.encode("utf-8"))
     return built
 
 
@@ -74,24 +75,41 @@ class RelayResponse:
     version = (b"HTTP", 1, 1)
     previousResponse = None
 
-    def __init__(self, code: int, phrase: bytes, headers: Headers, length: int | object,
-                 request: IClientRequest, deliver: Callable[[Any], None], *,
-                 sealed: bool,
+    def __init__(self, code: int, phrase: bytes, headers: Headers | Sequence[tuple[str, str]],
+                 length: int | object, request: IClientRequest,
+                 deliver: Callable[[Any], None], *, sealed: bool,
                  clear_headers: Headers | Sequence[tuple[str, str]] | None = None) -> None:
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        #: ``headers`` as given when it is a ``(lowercase name, text)`` list
+        #: (a decrypted answer's): a caller that copies them elsewhere reads
+        #: these and the twisted ``Headers`` are never made.  Else None.
+        self.header_pairs: Sequence[tuple[str, str]] | None = (
+            None if isinstance(headers, Headers) else headers)
         #: Headers, or a ``(name, text)`` list made into Headers when first read.
-        self._clear: Headers | Sequence[tuple[str, str]] = (
-            headers if clear_headers is None else clear_headers)
+        self._headers = headers
+        self._clear = clear_headers
         self.length = length
         self.request = request
         self.sealed = sealed
         self._deliver: Callable[[Any], None] | None = deliver
 
     @property
+    def headers(self) -> Headers:  # type: ignore[override]
+        headers = self._headers
+        if not isinstance(headers, Headers):
+            headers = self._headers = _as_headers(headers, "ascii")
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        self._headers, self.header_pairs = headers, None
+
+    @property
     def clear_headers(self) -> Headers:
         clear = self._clear
+        if clear is None:
+            return self.headers
         if not isinstance(clear, Headers):
             clear = self._clear = _as_headers(clear)
         return clear

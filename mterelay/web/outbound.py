@@ -26,6 +26,7 @@ twice: a 55x then reaches the application as a 502 naming the relay error.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError
@@ -46,7 +47,7 @@ from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length, declares_body
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
 from mterelay.client.messages import PlainHeaders
-from mterelay.http.headers import header_text, hop_by_hop_names
+from mterelay.http.headers import HOP_BY_HOP, header_text, hop_by_hop_names
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.names import PEER_HEADER
 from mterelay.web.outboundrules import (ENCODE_HEADERS_HEADER, ENCODE_TYPE_HEADER,
@@ -78,6 +79,10 @@ MAX_REMEMBERED_ORIGINS = 256
 MAX_REMEMBERED_OPTIONS = 64
 #: The control headers SealOptions are made of (seal_choices reads these only).
 _CONTROL_HEADERS = (ENCODE_TYPE_HEADER, ENCODE_URL_HEADER, ENCODE_HEADERS_HEADER)
+#: Answer headers never copied to the application (x-mte-*, access-control-*),
+#: and the names skipped besides a Connection header's (hop-by-hop, Content-Length).
+_ANSWER_DROP_PREFIXES = (b"x-mte-", b"access-control-")
+_ANSWER_SKIP = HOP_BY_HOP | {b"content-length"}
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
 #: Failures of the connection to the remote relay: 502, "unreachable".
@@ -251,6 +256,40 @@ class OutboundProxy:
                             for value in values)
 
 
+def copy_answer_pairs(pairs: Sequence[tuple[str, str]], target: Headers) -> None:
+    """A decrypted answer's ``(name, text)`` headers into the application's answer.
+
+    What the Headers path does - the origin's Date and Server replace
+    twisted.web's, then ``copy_end_to_end`` without Content-Length, x-mte-*
+    and access-control-* - read straight from the list: names grouped in
+    first-seen order as twisted ``Headers`` group them, values UTF-8, the
+    names a Connection header nominates found on its bytes.
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values = grouped.get(name)
+        if values is None:
+            grouped[name] = [value]
+        else:
+            values.append(value)
+    skip = _ANSWER_SKIP
+    nominated = grouped.get("connection")
+    if nominated:
+        skip = set(skip)
+        for value in nominated:
+            skip.update(token.strip().lower() for token in value.encode("utf-8").split(b",")
+                        if token.strip())
+    for own in ("date", "server"):
+        if own in grouped:
+            target.removeHeader(own.encode("ascii"))
+    for name, values in grouped.items():
+        raw = name.encode("ascii")
+        if raw in skip or raw.startswith(_ANSWER_DROP_PREFIXES):
+            continue
+        for value in values:
+            target.addRawHeader(raw, value.encode("utf-8"))
+
+
 class _Exchange(Exchange):
     """One outbound request, from reading its body to the decrypted answer."""
 
@@ -365,12 +404,16 @@ class _Exchange(Exchange):
         request = self.request
         request.setResponseCode(response.code, response.phrase or None)
         if getattr(response, "sealed", True):
-            for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
-                if response.headers.hasHeader(own):
-                    request.responseHeaders.removeHeader(own)
-            copy_end_to_end(response.headers, request.responseHeaders,
-                            drop=(b"content-length",),
-                            drop_prefixes=(b"x-mte-", b"access-control-"))
+            pairs = getattr(response, "header_pairs", None)
+            if pairs is not None:
+                copy_answer_pairs(pairs, request.responseHeaders)
+            else:
+                for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
+                    if response.headers.hasHeader(own):
+                        request.responseHeaders.removeHeader(own)
+                copy_end_to_end(response.headers, request.responseHeaders,
+                                drop=(b"content-length",),
+                                drop_prefixes=_ANSWER_DROP_PREFIXES)
         else:
             kind = response.headers.getRawHeaders(b"content-type")
             if kind:

@@ -26,7 +26,8 @@ from mterelay.client.response import PlainRequest, RelayResponse
 from mterelay.client.messages import SealOptions
 from mterelay.protocol import urls
 from mterelay.protocol.urls import split_url
-from mterelay.web.outbound import OutboundProxy
+from mterelay.http.headers import copy_end_to_end
+from mterelay.web.outbound import OutboundProxy, copy_answer_pairs
 from mterelay.web.outboundrules import Refused, TokenCheck, seal_choices, token_matches
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
@@ -331,3 +332,53 @@ class OutboundCachesTests(SynchronousTestCase):
                 with self.assertRaises(Refused):
                     proxy.seal_options(Headers(bad))
         self.assertEqual(len(proxy._options), 6)
+
+
+class AnswerHeadersTests(SynchronousTestCase):
+    """copy_answer_pairs puts into the answer what the Headers path put there."""
+
+    CASES = [
+        [("content-type", "application/json"), ("x-total", "9")],
+        [("set-cookie", "a=1"), ("vary", "accept"), ("set-cookie", "b=2"),
+         ("date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("server", "origin")],
+        [("connection", "close, X-Hop"), ("x-hop", "1"), ("keep-alive", "5"),
+         ("content-length", "3"), ("transfer-encoding", "chunked"), ("x-mte-relay", "x"),
+         ("access-control-allow-origin", "*"), ("x-name", "caf\u00e9"), ("x-empty", "")],
+    ]
+
+    def target(self) -> Headers:
+        own = Headers()  # what twisted.web put in before the copy
+        own.addRawHeader(b"date", b"Tue, 02 Jan 2024 00:00:00 GMT")
+        own.addRawHeader(b"server", b"TwistedWeb")
+        own.addRawHeader(b"x-mte-upstream-reached", b"maybe")
+        return own
+
+    def test_same_answer_headers_as_the_headers_path(self) -> None:
+        for pairs in self.CASES:
+            with self.subTest(pairs=pairs):
+                source = Headers()
+                for name, value in pairs:
+                    source.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+                slow = self.target()
+                for own in (b"date", b"server"):
+                    if source.hasHeader(own):
+                        slow.removeHeader(own)
+                copy_end_to_end(source, slow, drop=(b"content-length",),
+                                drop_prefixes=(b"x-mte-", b"access-control-"))
+                fast = self.target()
+                copy_answer_pairs(pairs, fast)
+                self.assertEqual(list(fast.getAllRawHeaders()), list(slow.getAllRawHeaders()))
+
+    def test_sealed_answer_carries_pairs_and_the_same_headers(self) -> None:
+        h = ClientHarness.build()
+        h.upstream.headers.extend([(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")])
+        response, _ = h.call(h.client(pairs=1), "GET", "/api/items")
+        self.assertTrue(response.sealed)
+        pairs = list(response.header_pairs)
+        self.assertIn(("set-cookie", "b=2"), pairs)
+        eager = Headers()
+        for name, value in pairs:
+            eager.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        self.assertEqual(list(response.headers.getAllRawHeaders()),
+                         list(eager.getAllRawHeaders()))
+        self.assertIs(response.headers, response.headers)
