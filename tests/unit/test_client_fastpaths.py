@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
@@ -31,7 +32,7 @@ from mterelay.web.outbound import OutboundProxy, copy_answer_pairs
 from mterelay.web.outboundrules import Refused, TokenCheck, seal_choices, token_matches
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
-from tests.helpers.clientsupport import ClientHarness, paired_keys
+from tests.helpers.clientsupport import RELAY, ClientHarness, SilentAgent, paired_keys
 from tests.helpers.support import NoRemoteRelay, relay_config
 
 
@@ -382,3 +383,53 @@ class AnswerHeadersTests(SynchronousTestCase):
         self.assertEqual(list(response.headers.getAllRawHeaders()),
                          list(eager.getAllRawHeaders()))
         self.assertIs(response.headers, response.headers)
+
+
+class FirstAttemptTests(SynchronousTestCase):
+    """A request with a pair ready runs without the _send coroutine; the rest still use it."""
+
+    def setUp(self) -> None:
+        self.h = ClientHarness.build()
+        self.client = self.h.client(pairs=1)
+        self.sends: list[tuple[int, bool]] = []
+        send = self.client._send
+
+        def counting(prepared: Any, after: int = 0, retried: bool = False) -> Any:
+            self.sends.append((after, retried))
+            return send(prepared, after, retried)
+
+        self.client._send = counting  # type: ignore[method-assign]
+
+    def test_only_a_request_without_a_ready_pair_uses_send(self) -> None:
+        self.h.call(self.client, "GET", "/first")
+        self.assertEqual(self.sends, [(0, False)])
+        response, _ = self.h.call(self.client, "POST", "/second", data=b"2")
+        self.assertEqual((response.code, response.sealed), (200, True))
+        self.assertEqual(self.sends, [(0, False)])
+
+    def test_a_refused_first_attempt_is_retried_in_send(self) -> None:
+        self.h.call(self.client, "GET", "/first")
+        pool = self.client.origin_pool(RELAY)
+        self.h.switch.inject.append((560, {"error": "State not found.", "code": 560,
+                                           "upstreamReached": "no"}, {}))
+        response, _ = self.h.call(self.client, "POST", "/again", data=b"1")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.sends[1:], [(pool._batches - 1, True)])
+        self.assertEqual([r.uri for r in self.h.upstream.received], [b"/first", b"/again"])
+
+    def test_timeout_cancels_the_first_attempt(self) -> None:
+        self.h.call(self.client, "GET", "/first")
+        silent = SilentAgent()
+        self.client.agent = silent
+        self.client.timeout = 5.0
+        d = self.client.request("GET", RELAY + "/slow")
+        self.h.clock.advance(5)
+        self.failureResultOf(d, DeferredTimeout)
+        self.assertEqual(silent.cancelled, 1)
+        self.assertEqual(self.sends, [(0, False)])
+
+    def test_bad_input_fails_the_deferred(self) -> None:
+        self.h.call(self.client, "GET", "/first")
+        self.failureResultOf(self.client.request("GET", "ftp://x/"), ValueError)
+        self.failureResultOf(self.client.request("GET", RELAY + "/", headers=[("a", "b")]),
+                             TypeError)
