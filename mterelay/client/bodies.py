@@ -32,7 +32,7 @@ from mterelay.protocol.sealing import BodyOpener, BodySealer
 from mterelay.http.timing import Stopwatch
 
 __all__ = ["READ_SIZE", "BodyData", "body_data", "SealingProducer", "BytesProducer",
-           "OpeningProtocol", "read_limited", "discard"]
+           "SealedBytes", "seal_whole", "OpeningProtocol", "read_limited", "discard"]
 
 READ_SIZE = 64 * 1024
 #: Reads done in one reactor turn before yielding (1 MiB), so a fast disk
@@ -191,11 +191,26 @@ class BodyData:
     """
 
     def __init__(self, length: int | None, replayable: bool,
-                 opener: Callable[[IReactorTime], _Source]) -> None:
+                 opener: Callable[[IReactorTime], _Source], raw: bytes | None = None) -> None:
         self.length = length
         self.replayable = replayable
         self._opener = opener
         self._opened = False
+        #: The whole plaintext when the caller passed bytes (else None).
+        self.raw = raw
+
+    @property
+    def small(self) -> bytes | None:
+        """The plaintext when it is bytes of at most one read (READ_SIZE), else None.
+
+        Such a body is sealed in one call (:func:`seal_whole`) instead of
+        being pumped through a :class:`SealingProducer`: the pump would read
+        it in one go and seal it at the end of the same turn anyway, so the
+        sealed bytes are the same - only the reader, the turn coalescer and
+        their scheduled call are saved.
+        """
+        raw = self.raw
+        return raw if raw is not None and len(raw) <= READ_SIZE else None
 
     @property
     def can_open(self) -> bool:
@@ -231,7 +246,7 @@ def body_data(data: object) -> BodyData | None:
         def open_bytes(clock: IReactorTime) -> _Source:
             return _ReaderSource(clock, io.BytesIO(raw).read, len(raw))
 
-        return BodyData(len(raw), True, open_bytes)
+        return BodyData(len(raw), True, open_bytes, raw)
     if isinstance(data, str):
         raise TypeError("data must be bytes, a binary file or an IBodyProducer, not str")
     if IBodyProducer.providedBy(data):
@@ -251,6 +266,35 @@ def body_data(data: object) -> BodyData | None:
 
         return BodyData(length, True, open_file)
     raise TypeError("data must be bytes, a binary file or an IBodyProducer")
+
+
+def seal_whole(sealer: BodySealer | RecordSealer, plain: bytes) -> bytes:
+    """The whole sealed body of ``plain``, as :class:`SealingProducer` would write it.
+
+    Records: one final record (the pump hands a body of one read to
+    ``finish``); MKE and MTE: ``feed`` then ``finish``, whose output does not
+    depend on how the plaintext was split.
+    """
+    if isinstance(sealer, RecordSealer):
+        return sealer.finish(plain)
+    return sealer.feed(plain) + sealer.finish()
+
+
+@implementer(IBodyProducer)
+class SealedBytes(BytesProducer):
+    """A body sealed before sending: written in one go, with Content-Length or chunked.
+
+    ``length`` None sends it chunked (one chunk), as records always are, so
+    the wire is what a :class:`SealingProducer` of the same body sends.
+    """
+
+    def __init__(self, body: bytes, length: int | None) -> None:
+        super().__init__(body)
+        if length is None:
+            self.length = UNKNOWN_LENGTH  # type: ignore[assignment]
+
+    def abandon(self) -> None:
+        """Nothing to stop: it was written whole."""
 
 
 @implementer(IBodyProducer)

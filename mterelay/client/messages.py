@@ -26,7 +26,8 @@ from mterelay.http.headers import RepeatedHeader, header_text, nominated_text, s
 
 __all__ = [
     "RELAY_HEADER", "ITEM_HEADER", "RESPONSE_HEADERS_CONTROL", "SEALED_CONTENT_TYPE",
-    "HeaderList", "HeadersInput", "SealOptions", "OutgoingRequest", "OpenedResponse",
+    "HeaderList", "HeadersInput", "PlainHeaders", "SealOptions", "OutgoingRequest",
+    "OpenedResponse",
     "normalize_headers", "end_to_end", "seal_request", "open_response", "parse_relay_error",
 ]
 
@@ -42,8 +43,20 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
 #: ``[(lowercase name, value), ...]`` in field-line order.
 HeaderList = list[tuple[str, str]]
 HeaderValue = Union[str, bytes, Sequence[Union[str, bytes]]]
-#: twisted ``Headers``, or a mapping of str/bytes names to values (like treq).
-HeadersInput = Union[Headers, Mapping[Any, HeaderValue], None]
+
+
+class PlainHeaders(list):  # type: ignore[type-arg]
+    """A :data:`HeaderList` already in :func:`normalize_headers` form.
+
+    A caller that builds the request's headers itself (the outbound relay,
+    from the application's request) hands them over as is instead of
+    through a twisted ``Headers`` that would only be read back.
+    """
+
+
+#: twisted ``Headers``, a mapping of str/bytes names to values (like treq),
+#: or :class:`PlainHeaders`.
+HeadersInput = Union[Headers, Mapping[Any, HeaderValue], PlainHeaders, None]
 
 
 def _name(name: str | bytes) -> str:
@@ -60,6 +73,8 @@ def normalize_headers(headers: HeadersInput) -> HeaderList:
     """
     if headers is None:
         return []
+    if isinstance(headers, PlainHeaders):
+        return headers
     if isinstance(headers, Headers):
         items: Iterable[tuple[Any, Any]] = headers.getAllRawHeaders()
     elif isinstance(headers, Mapping):

@@ -103,12 +103,10 @@ class PairPool:
         ``after=0`` accepts any pair; a retry passes what :meth:`drop`
         returned.  Cancelling the Deferred only withdraws this caller.
         """
-        lease = self._lease(after)
-        held = self._held()
+        lease = self.lease_now(after)
         if lease is not None:
-            if len(self.pairs) < self.size and not self._pairing and held is None:
-                self._start_batch()  # top the pool up in the background
             return succeed(lease)
+        held = self._held()
         if held is not None:
             return fail(held)
 
@@ -120,6 +118,20 @@ class PairPool:
         if not self._pairing:
             self._start_batch()
         return waiter.deferred
+
+    def lease_now(self, after: int = 0) -> Lease | None:
+        """What :meth:`acquire` would fire with at once, or None (without waiting).
+
+        The common case - a pair ready - needs no Deferred: the caller tries
+        this first and calls :meth:`acquire` only on None, which then finds
+        the pool in the same state (a None lease changes nothing).
+        """
+        lease = self._lease(after)
+        held = self._held()
+        if lease is not None:
+            if len(self.pairs) < self.size and not self._pairing and held is None:
+                self._start_batch()  # top the pool up in the background
+        return lease
 
     def _lease(self, after: int) -> Lease | None:
         usable = [pair for pair in self.pairs if pair.batch > after]

@@ -25,23 +25,27 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+import attrs
+
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import RequestGenerationFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 
-from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, SealingProducer,
-                                    body_data, discard, read_limited)
+from mterelay.client.bodies import (BodyData, BytesProducer, OpeningProtocol, SealedBytes,
+                                    SealingProducer, body_data, discard, read_limited, seal_whole)
 from mterelay.client.errors import NotARelay, PairingFailed, retry_after_seconds
-from mterelay.client.messages import (HeaderList, HeadersInput, OutgoingRequest, SealOptions,
-                                      end_to_end, normalize_headers, open_response,
-                                      parse_relay_error, seal_request)
+from mterelay.client.messages import (HeaderList, HeadersInput, OpenedResponse,
+                                      OutgoingRequest, SealOptions, end_to_end,
+                                      normalize_headers, open_response, parse_relay_error,
+                                      seal_request)
 from mterelay.client.pool import Lease, PairPool
 from mterelay.client.response import PlainRequest, RelayResponse, deliver_bytes
 from mterelay.http import names
@@ -61,7 +65,7 @@ from mterelay.http.connections import LeanPool, persistent_agent
 from mterelay.http.failures import wrapped
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.timeouts import with_timeout
-from mterelay.http.timing import crypto_stopwatch
+from mterelay.http.timing import Stopwatch, crypto_stopwatch
 
 __all__ = ["RelayClient", "RETRY_REPAIR", "RETRY_REVALIDATE"]
 
@@ -284,8 +288,20 @@ class RelayClient:
         that each choose what is sealed (the outbound relay's control headers).
         """
         method_text = (method.decode("ascii") if isinstance(method, bytes) else method).upper()
-        done = ensureDeferred(self._request(method_text, url, headers, data,
-                                            options or self.options))
+        try:
+            prepared = self._prepare(method_text, url, headers, data, options or self.options)
+            # The common case - a pair ready - is sent as a Deferred chain, not
+            # a coroutine; a refused first attempt goes on in _send, as any
+            # request without a ready pair does from the start.
+            lease = prepared.state.pool.lease_now(0)
+            if lease is None:
+                done = ensureDeferred(self._send(prepared))
+            else:
+                done = self._attempt(prepared, lease).addCallbacks(
+                    self._first_outcome, self._first_failed,
+                    callbackArgs=(prepared, lease), errbackArgs=(prepared, lease))
+        except Exception:
+            done = fail()
         if self.timeout is not None:
             done = timed(done, self.timeout, self.reactor, "request")
         return done
@@ -308,8 +324,9 @@ class RelayClient:
     def delete(self, url: str | bytes, **kwargs: Any) -> "Deferred[IResponse]":
         return self.request("DELETE", url, **kwargs)
 
-    async def _request(self, method: str, url: str | bytes, headers: HeadersInput,
-                       data: Any, options: SealOptions) -> IResponse:
+    def _prepare(self, method: str, url: str | bytes, headers: HeadersInput, data: Any,
+                 options: SealOptions) -> _Prepared:
+        """Everything of a request that does not depend on the pair it is sent on."""
         origin, target = split_url(url)
         state = self._origin(origin)
         plain_headers = end_to_end(normalize_headers(headers))
@@ -319,15 +336,36 @@ class RelayClient:
         if (body is not None and body.length is not None
                 and options.framing == MODE_MTE and body.length > MAX_MTE_BODY):
             raise EncodeFailed("an MTE body is at most 2**30 bytes; use MKE framing")
-        request_headers = Headers()
-        for name, value in plain_headers:
-            request_headers.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        # Its Headers are built only if the caller reads response.request.headers.
         plain_request = PlainRequest(method.encode("ascii"), (origin + target).encode("ascii"),
-                                     request_headers)
-        after, retried = 0, False
+                                     plain_headers)
+        return _Prepared(origin, target, method, state, plain_headers, body, options,
+                         plain_request)
+
+    def _first_outcome(self, outcome: IResponse | RelayError, prepared: _Prepared,
+                       lease: Lease) -> Any:
+        """The first attempt's answer: a response, or a refusal retried in _send."""
+        if not isinstance(outcome, RelayError):
+            return outcome
+        after = self._refused(prepared, lease, outcome, 0, retried=False)
+        return ensureDeferred(self._send(prepared, after, retried=True))
+
+    def _first_failed(self, failure: Failure, prepared: _Prepared, lease: Lease) -> Failure:
+        if failure.check(DecodeFailed):
+            # As in _send: the upstream may have run it (never resent), and
+            # the pair's response keys may not be the relay's: drop it.
+            prepared.state.pool.drop(lease.pair)
+        return failure
+
+    async def _send(self, prepared: _Prepared, after: int = 0, retried: bool = False
+                    ) -> IResponse:
+        state = prepared.state
         while True:
             try:
-                lease = await state.pool.acquire(after)
+                # A pair ready (the common case) is leased without a Deferred.
+                lease = state.pool.lease_now(after)
+                if lease is None:
+                    lease = await state.pool.acquire(after)
             except InvalidClientId:
                 # Refused while pairing: the pool already dropped the id.
                 if retried:
@@ -335,9 +373,7 @@ class RelayClient:
                 retried, after = True, 0
                 continue
             try:
-                outcome = await self._attempt(origin, method, target, plain_headers, body,
-                                              lease, plain_request, options, state.records,
-                                              state.fixed_path if self.fixed_path else None)
+                outcome = await self._attempt(prepared, lease)
             except DecodeFailed:
                 # The answer did not authenticate: the upstream may have run
                 # the request (never resent), and the pair's response keys
@@ -346,64 +382,90 @@ class RelayClient:
                 raise
             if not isinstance(outcome, RelayError):
                 return outcome
-            code = outcome.code
-            # _attempt has filled upstream_reached in (spec 10.1), so
-            # ``streamed`` does not matter here.
-            can_retry = not retried and may_resend(
-                code, outcome.upstream_reached, method, body is None or body.can_open,
-                streamed=body is not None)
-            if code == RETRY_REVALIDATE:
-                state.pool.forget_client(lease.client_id)
-                after = 0
-            elif code in RETRY_REPAIR:
-                after = state.pool.drop(lease.pair)
-            if not can_retry:
-                if not retried and outcome.upstream_reached != "no":
-                    log.info("relay answered {code} after the request may have reached the "
-                             "upstream; {method} is not resent", code=code, method=method)
-                raise outcome
-            log.info("relay answered {code}; retrying once on a new pair", code=code)
+            after = self._refused(prepared, lease, outcome, after, retried)
             retried = True
 
-    async def _attempt(self, origin: str, method: str, target: str, headers: HeaderList,
-                       body: BodyData | None, lease: Lease, plain_request: PlainRequest,
-                       options: SealOptions, records: bool = False,
-                       fixed_path: str | None = None) -> IResponse | RelayError:
+    def _refused(self, prepared: _Prepared, lease: Lease, outcome: RelayError, after: int,
+                 retried: bool) -> int:
+        """A relay-made 55x: recover the pool; raise it, or return the retry's mark."""
+        state, method, body = prepared.state, prepared.method, prepared.body
+        code = outcome.code
+        # _attempt has filled upstream_reached in (spec 10.1), so
+        # ``streamed`` does not matter here.
+        can_retry = not retried and may_resend(
+            code, outcome.upstream_reached, method, body is None or body.can_open,
+            streamed=body is not None)
+        if code == RETRY_REVALIDATE:
+            state.pool.forget_client(lease.client_id)
+            after = 0
+        elif code in RETRY_REPAIR:
+            after = state.pool.drop(lease.pair)
+        if not can_retry:
+            if not retried and outcome.upstream_reached != "no":
+                log.info("relay answered {code} after the request may have reached the "
+                         "upstream; {method} is not resent", code=code, method=method)
+            raise outcome
+        log.info("relay answered {code}; retrying once on a new pair", code=code)
+        return after
+
+    def _attempt(self, prepared: _Prepared, lease: Lease
+                 ) -> "Deferred[IResponse | RelayError]":
         """Send once; a relay-made 55x comes back as a value, for the retry logic."""
+        method, body, options = prepared.method, prepared.body, prepared.options
+        state = prepared.state
         encoding = crypto_stopwatch(self.metrics, "request_encode")
         outgoing = encoding.time(seal_request, lease.keys, lease.client_id, lease.seq, method,
-                                 target, headers, has_body=body is not None, options=options,
-                                 records=records, fixed_path=fixed_path,
+                                 prepared.target, prepared.headers, has_body=body is not None,
+                                 options=options, records=state.records,
+                                 fixed_path=state.fixed_path if self.fixed_path else None,
                                  body_length=None if body is None else body.length)
-        producer = None
+        producer: SealingProducer | SealedBytes | None = None
         if body is not None:
             mode = outgoing.header.mode
             # Records are sent chunked: their split is made as data comes.
             length = (None if body.length is None or mode == MODE_MKR
                       else sealed_length(body.length, mode))
-            producer = SealingProducer(body.open(self.reactor),
-                                       outgoing.cipher.body_sealer(), length, encoding,
-                                       clock=self.reactor)
+            small = body.small
+            if small is not None:
+                # Sealed now, in one call: the same bytes the pump would write.
+                sealed = encoding.time(seal_whole, outgoing.cipher.body_sealer(), small)
+                encoding.report()
+                producer = SealedBytes(sealed, length)
+            else:
+                producer = SealingProducer(body.open(self.reactor),
+                                           outgoing.cipher.body_sealer(), length, encoding,
+                                           clock=self.reactor)
         else:
             encoding.report()
         try:
-            wire = await self.agent.request(method.encode("ascii"),
-                                            (origin + outgoing.target).encode("ascii"),
-                                            outgoing.wire_headers(), producer)
+            sent = self.agent.request(method.encode("ascii"),
+                                      (prepared.origin + outgoing.target).encode("ascii"),
+                                      outgoing.wire_headers(), producer)
         except Exception as error:
             raise _agent_error(error) from None
+        return sent.addCallbacks(self._answered, _not_answered,
+                                 callbackArgs=(prepared, lease, outgoing, producer))
+
+    def _answered(self, wire: IResponse, prepared: _Prepared, lease: Lease,
+                  outgoing: OutgoingRequest, producer: Any) -> Any:
         if not wire.headers.hasHeader(b"x-mte-relay"):
-            result = await self._clear_answer(wire, plain_request)
-            if isinstance(result, RelayError):
-                if producer is not None:
-                    producer.abandon()  # the relay refused it: stop reading the body
-                if result.upstream_reached is None:
-                    # A relay without upstreamReached (spec 10.1): only a
-                    # streamed (MKE) body can have failed after forwarding began.
-                    result.upstream_reached = assumed_upstream_reached(
-                        result.code, body is not None and outgoing.header.mode != MODE_MTE)
-            return result
-        return await self._open(wire, outgoing, lease, plain_request)
+            return ensureDeferred(self._clear_outcome(wire, prepared, outgoing, producer))
+        return self._open(wire, outgoing, lease, prepared.plain_request)
+
+    async def _clear_outcome(self, wire: IResponse, prepared: _Prepared,
+                             outgoing: OutgoingRequest, producer: Any
+                             ) -> IResponse | RelayError:
+        body = prepared.body
+        result = await self._clear_answer(wire, prepared.plain_request)
+        if isinstance(result, RelayError):
+            if producer is not None:
+                producer.abandon()  # the relay refused it: stop reading the body
+            if result.upstream_reached is None:
+                # A relay without upstreamReached (spec 10.1): only a
+                # streamed (MKE) body can have failed after forwarding began.
+                result.upstream_reached = assumed_upstream_reached(
+                    result.code, body is not None and outgoing.header.mode != MODE_MTE)
+        return result
 
     async def _clear_answer(self, wire: IResponse, plain_request: PlainRequest
                             ) -> IResponse | RelayError:
@@ -417,9 +479,13 @@ class RelayClient:
         discard(wire)
         raise DecodeFailed(f"a {wire.code} answer without x-mte-relay is not authentic")
 
-    async def _open(self, wire: IResponse, outgoing: OutgoingRequest, lease: Lease,
-                    plain_request: PlainRequest) -> IResponse:
-        """Check and open a sealed answer; the body is opened as it is read."""
+    def _open(self, wire: IResponse, outgoing: OutgoingRequest, lease: Lease,
+              plain_request: PlainRequest) -> Any:
+        """Check and open a sealed answer; the body is opened as it is read.
+
+        Returns the response, or a Deferred of it when the body must be read
+        first (no body item, or an empty one).
+        """
         wire_headers = normalize_headers(wire.headers)
         decoding = crypto_stopwatch(self.metrics, "response_decode")
         try:
@@ -434,16 +500,26 @@ class RelayClient:
         except DecodeFailed:
             discard(wire)
             raise
-        headers, clear = Headers(), Headers()
-        for name, value in opened.headers:
-            headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
-        for name, value in opened.clear:
-            clear.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+        # Both become twisted Headers only if read (the outbound relay copies
+        # header_pairs straight into its answer; clear ones are for inspection).
+        headers, clear = opened.headers, opened.clear
 
         def response(length: int | object, deliver: Any) -> RelayResponse:
             return RelayResponse(wire.code, wire.phrase, headers, length, plain_request,
                                  deliver, sealed=True, clear_headers=clear)
 
+        if not opened.body_enc or length == 0:
+            return ensureDeferred(self._open_now(wire, opened, decoding, response))
+
+        def deliver(protocol: Any) -> None:
+            opener = opened.cipher.body_opener(opened.body_length)
+            wire.deliverBody(OpeningProtocol(opener, protocol, decoding))
+
+        return response(length, deliver)
+
+    async def _open_now(self, wire: IResponse, opened: OpenedResponse, decoding: Stopwatch,
+                        response: Callable[[int, Any], RelayResponse]) -> IResponse:
+        """An answer without a body item, or with an empty one: checked before it is handed on."""
         if not opened.body_enc:
             # HEAD, 1xx, 204, 304: no body item; clear bytes here would be unauthenticated.
             extra, _ = await read_limited(wire, 0)
@@ -451,19 +527,33 @@ class RelayClient:
                 raise DecodeFailed("body bytes with bodyEnc=0")
             decoding.report()
             return response(0, deliver_bytes(b""))
-        if length == 0:
-            # Authenticate the empty body now: treq never reads a 0-length body.
-            records = opened.header.mode == MODE_MKR
-            sealed, too_long = await read_limited(wire, RECORD_OVERHEAD if records else 16)
-            if too_long:
-                raise DecodeFailed("body longer than its declared length")
-            opener = opened.cipher.body_opener(opened.body_length)
-            plain = decoding.time(lambda: opener.feed(sealed) + opener.finish())
-            decoding.report()
-            return response(0, deliver_bytes(plain))
+        # Authenticate the empty body now: treq never reads a 0-length body.
+        records = opened.header.mode == MODE_MKR
+        sealed, too_long = await read_limited(wire, RECORD_OVERHEAD if records else 16)
+        if too_long:
+            raise DecodeFailed("body longer than its declared length")
+        opener = opened.cipher.body_opener(opened.body_length)
+        plain = decoding.time(lambda: opener.feed(sealed) + opener.finish())
+        decoding.report()
+        return response(0, deliver_bytes(plain))
 
-        def deliver(protocol: Any) -> None:
-            opener = opened.cipher.body_opener(opened.body_length)
-            wire.deliverBody(OpeningProtocol(opener, protocol, decoding))
 
-        return response(length, deliver)
+def _not_answered(failure: Failure) -> Failure:
+    """The agent's failure, our own sealing error (561) taken out of it."""
+    if isinstance(failure.value, Exception):
+        raise _agent_error(failure.value) from None
+    return failure
+
+
+@attrs.frozen
+class _Prepared:
+    """One request as _prepare made it, for every attempt."""
+
+    origin: str
+    target: str
+    method: str
+    state: _PeerRelay
+    headers: HeaderList
+    body: BodyData | None
+    options: SealOptions
+    plain_request: PlainRequest

@@ -8,12 +8,20 @@ path+query the url item carries.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlsplit
 
 __all__ = ["split_url"]
 
 #: Kept literal in a path+query; everything else is percent-encoded.
 _URL_SAFE = "/?&=%:@!$'()*+,;~-._[]"
+#: A path+query that ``quote(..., safe=_URL_SAFE)`` leaves as it is.
+_PLAIN_TARGET = re.compile(r"/[A-Za-z0-9/?&=%:@!$'()*+,;~\-._\[\]]*")
+#: Origins split_url returned that were also spelled so in the URL given:
+#: such a URL followed by a plain target splits at its first slash, with no
+#: urllib parse (a client sends every request to one of a few origins).
+_CANONICAL: set[str] = set()
+_MAX_CANONICAL = 256
 
 
 def split_url(url: str | bytes) -> tuple[str, str]:
@@ -25,6 +33,12 @@ def split_url(url: str | bytes) -> tuple[str, str]:
     """
     if isinstance(url, bytes):
         url = url.decode("utf-8")
+    slash = url.find("/", url.find("://") + 3)
+    if slash > 0 and url[:slash] in _CANONICAL:
+        target = url[slash:]
+        # "/p?" has an empty query, which the full split drops with its "?".
+        if _PLAIN_TARGET.fullmatch(target) and target.find("?") != len(target) - 1:
+            return url[:slash], target
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -38,4 +52,9 @@ def split_url(url: str | bytes) -> tuple[str, str]:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    return f"{scheme}://{host}:{port}", quote(target, safe=_URL_SAFE)
+    origin = f"{scheme}://{host}:{port}"
+    if url.startswith(origin + "/") and origin not in _CANONICAL:
+        if len(_CANONICAL) >= _MAX_CANONICAL:
+            _CANONICAL.clear()
+        _CANONICAL.add(origin)
+    return origin, quote(target, safe=_URL_SAFE)

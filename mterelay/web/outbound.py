@@ -26,6 +26,7 @@ twice: a 55x then reaches the application as a 502 naming the relay error.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError
@@ -45,10 +46,13 @@ from mterelay.http.exchange import Exchange, finish_with
 from mterelay.http.failures import describe_failure
 from mterelay.http.bodies import abandon, declared_length, declares_body
 from mterelay.client import NotARelay, PairingFailed, RelayClient, SealOptions
+from mterelay.client.messages import PlainHeaders
+from mterelay.http.headers import HOP_BY_HOP, header_text, hop_by_hop_names
 from mterelay.http.observe import NO_METRICS, Metrics
 from mterelay.http.names import PEER_HEADER
-from mterelay.web.outboundrules import (TOKEN_HEADER, Origin, Refused, peer_origin, seal_choices,
-                                        token_matches)
+from mterelay.web.outboundrules import (ENCODE_HEADERS_HEADER, ENCODE_TYPE_HEADER,
+                                        ENCODE_URL_HEADER, TOKEN_HEADER, Origin, Refused,
+                                        TokenCheck, peer_origin, seal_choices)
 from mterelay.protocol.errors import RelayError
 from mterelay.http.upstream import copy_end_to_end
 from mterelay.web.paths import path_problem
@@ -71,6 +75,14 @@ MAX_PAIRS = 64
 #: and remote relays whose pairs and idle connections are kept (least recently
 #: used dropped first).
 MAX_REMEMBERED_ORIGINS = 256
+#: Distinct x-mte-encode-* value combinations whose SealOptions are remembered.
+MAX_REMEMBERED_OPTIONS = 64
+#: The control headers SealOptions are made of (seal_choices reads these only).
+_CONTROL_HEADERS = (ENCODE_TYPE_HEADER, ENCODE_URL_HEADER, ENCODE_HEADERS_HEADER)
+#: Answer headers never copied to the application (x-mte-*, access-control-*),
+#: and the names skipped besides a Connection header's (hop-by-hop, Content-Length).
+_ANSWER_DROP_PREFIXES = (b"x-mte-", b"access-control-")
+_ANSWER_SKIP = HOP_BY_HOP | {b"content-length"}
 #: Request headers not sent on: this hop's (the relay answered Expect itself).
 _NOT_FORWARDED = (b"host", b"content-length", b"expect")
 #: Failures of the connection to the remote relay: 502, "unreachable".
@@ -124,12 +136,18 @@ class OutboundProxy:
         self.patterns = config.outbound_upstreams
         self.extra_headers = [(name.encode("ascii"), value.encode("latin-1"))
                               for name, value in config.headers]
+        #: The same as the client reads them (normalize_headers' form).
+        self._extra_text = [(name.decode("latin-1").strip().lower(), header_text(value))
+                            for name, value in self.extra_headers]
         self.pairs = min(config.max_pool_size, MAX_PAIRS)
         self.timeout = config.upstream_timeout
         self.stream_idle_timeout = config.stream_idle_timeout
         self._agent = agent
         self._client: RelayClient | None = None
         self._origins: dict[bytes, Origin] = {}
+        self._token_check = TokenCheck(self.token)
+        self._token_of_check = self.token
+        self._options: dict[tuple[Any, ...], SealOptions] = {}
 
     @property
     def client(self) -> RelayClient:
@@ -143,11 +161,11 @@ class OutboundProxy:
     def render(self, request: IRequest) -> Any:
         """Refuse at once (401/400/403) or start the exchange with the remote relay."""
         headers = request.requestHeaders
-        if not token_matches(headers.getRawHeaders(TOKEN_HEADER, []), self.token):
+        if not self.token_ok(headers.getRawHeaders(TOKEN_HEADER, [])):
             return refuse(request, 401, "Unauthorized", "x-mte-outbound-token is not valid")
         try:
             origin = self._origin(headers)
-            options = SealOptions.build(**seal_choices(headers))
+            options = self.seal_options(headers)
         except Refused as refused:
             return refuse(request, refused.status, refused.message, refused.reason)
         problem = path_problem(request.path)
@@ -157,6 +175,28 @@ class OutboundProxy:
             return refuse(request, 400, "Bad request", problem)
         _Exchange(self, request, origin, options).start()
         return NOT_DONE_YET
+
+    def token_ok(self, given: list[bytes]) -> bool:
+        """``token_matches(given, self.token)``, the accepted digests hashed once."""
+        if self._token_of_check is not self.token:
+            self._token_check, self._token_of_check = TokenCheck(self.token), self.token
+        return self._token_check(given)
+
+    def seal_options(self, headers: Headers) -> SealOptions:
+        """``SealOptions.build(**seal_choices(headers))``, remembered per control-header values.
+
+        Applications send the same few choices (most none at all); a refused
+        value raises and is not remembered, and the table is bounded.
+        """
+        key = tuple(None if values is None else tuple(values)
+                    for values in map(headers.getRawHeaders, _CONTROL_HEADERS))
+        options = self._options.get(key)
+        if options is None:
+            options = SealOptions.build(**seal_choices(headers))
+            if len(self._options) >= MAX_REMEMBERED_OPTIONS:
+                self._options.clear()
+            self._options[key] = options
+        return options
 
     def _origin(self, headers: Headers) -> Origin:
         """``peer_origin``, remembered per header value once it was allowed.
@@ -190,6 +230,64 @@ class OutboundProxy:
         for name, value in self.extra_headers:
             headers.setRawHeaders(name, [value])
         return headers
+
+    def outgoing_plain(self, incoming: Headers, request_id: str | None = None
+                       ) -> PlainHeaders:
+        """:meth:`outgoing_headers` in the client's own form, built in one pass.
+
+        What ``normalize_headers(outgoing_headers(...))`` gives - lowercase
+        names, text values, in the order of a copy into twisted ``Headers``
+        followed by ``setRawHeaders`` of the id and HEADERS (a name set again
+        keeps its place and takes the one new value) - without the Headers
+        the client would only read back.
+        """
+        skip = hop_by_hop_names(incoming)
+        grouped: dict[str, list[str]] = {}
+        for name, values in incoming.getAllRawHeaders():
+            lower = name.lower()
+            if lower in skip or lower in _NOT_FORWARDED or lower.startswith(b"x-mte-"):
+                continue
+            grouped[lower.decode("latin-1")] = [header_text(value) for value in values]
+        if request_id is not None:
+            grouped["x-request-id"] = [request_id]
+        for text, value in self._extra_text:
+            grouped[text] = [value]
+        return PlainHeaders((name, value) for name, values in grouped.items()
+                            for value in values)
+
+
+def copy_answer_pairs(pairs: Sequence[tuple[str, str]], target: Headers) -> None:
+    """A decrypted answer's ``(name, text)`` headers into the application's answer.
+
+    What the Headers path does - the origin's Date and Server replace
+    twisted.web's, then ``copy_end_to_end`` without Content-Length, x-mte-*
+    and access-control-* - read straight from the list: names grouped in
+    first-seen order as twisted ``Headers`` group them, values UTF-8, the
+    names a Connection header nominates found on its bytes.
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values = grouped.get(name)
+        if values is None:
+            grouped[name] = [value]
+        else:
+            values.append(value)
+    skip = _ANSWER_SKIP
+    nominated = grouped.get("connection")
+    if nominated:
+        skip = set(skip)
+        for value in nominated:
+            skip.update(token.strip().lower() for token in value.encode("utf-8").split(b",")
+                        if token.strip())
+    for own in ("date", "server"):
+        if own in grouped:
+            target.removeHeader(own.encode("ascii"))
+    for name, values in grouped.items():
+        raw = name.encode("ascii")
+        if raw in skip or raw.startswith(_ANSWER_DROP_PREFIXES):
+            continue
+        for value in values:
+            target.addRawHeader(raw, value.encode("utf-8"))
 
 
 class _Exchange(Exchange):
@@ -258,7 +356,7 @@ class _Exchange(Exchange):
         if self.gone:
             return
         url = self.origin.url + request.uri.decode("ascii")
-        headers = self.proxy.outgoing_headers(request.requestHeaders, request_id(request))
+        headers = self.proxy.outgoing_plain(request.requestHeaders, request_id(request))
         self.pending = self.proxy.client.request(request.method, url, headers, data,
                                                  options=self.options)
         clock, started = self.proxy.clock, self.proxy.clock.seconds()
@@ -306,12 +404,16 @@ class _Exchange(Exchange):
         request = self.request
         request.setResponseCode(response.code, response.phrase or None)
         if getattr(response, "sealed", True):
-            for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
-                if response.headers.hasHeader(own):
-                    request.responseHeaders.removeHeader(own)
-            copy_end_to_end(response.headers, request.responseHeaders,
-                            drop=(b"content-length",),
-                            drop_prefixes=(b"x-mte-", b"access-control-"))
+            pairs = getattr(response, "header_pairs", None)
+            if pairs is not None:
+                copy_answer_pairs(pairs, request.responseHeaders)
+            else:
+                for own in (b"date", b"server"):  # twisted.web set its own; the origin's win
+                    if response.headers.hasHeader(own):
+                        request.responseHeaders.removeHeader(own)
+                copy_end_to_end(response.headers, request.responseHeaders,
+                                drop=(b"content-length",),
+                                drop_prefixes=_ANSWER_DROP_PREFIXES)
         else:
             kind = response.headers.getRawHeaders(b"content-type")
             if kind:

@@ -29,7 +29,7 @@ from twisted.web.http_headers import Headers
 
 __all__ = [
     "TOKEN_HEADER", "ENCODE_TYPE_HEADER", "ENCODE_HEADERS_HEADER",
-    "ENCODE_URL_HEADER", "Refused", "Origin", "OriginPattern", "token_matches",
+    "ENCODE_URL_HEADER", "Refused", "Origin", "OriginPattern", "token_matches", "TokenCheck",
     "parse_origin", "peer_origin", "allowed", "seal_choices",
 ]
 
@@ -59,14 +59,28 @@ def token_matches(given: list[bytes], expected: str | Sequence[str] | None) -> b
     taken reveals neither a token, nor its length, nor which one matched; an
     unset OUTBOUND_TOKEN goes through the same work and fails.
     """
-    tokens = [expected] if isinstance(expected, str) or expected is None else list(expected)
-    candidate = given[0].strip() if len(given) == 1 else b""
-    digest = hashlib.sha256(candidate).digest()
-    same = False
-    for token in tokens or [None]:
-        reference = (token or "").encode("utf-8")
-        same |= hmac.compare_digest(digest, hashlib.sha256(reference).digest()) and bool(token)
-    return same and bool(candidate)
+    return TokenCheck(expected)(given)
+
+
+class TokenCheck:
+    """:func:`token_matches` against fixed tokens, their digests made once.
+
+    Only the candidate is hashed per request; every accepted token's digest
+    is still compared, with ``hmac.compare_digest`` and no early exit.
+    """
+
+    def __init__(self, expected: str | Sequence[str] | None) -> None:
+        tokens = [expected] if isinstance(expected, str) or expected is None else list(expected)
+        self._references = [(hashlib.sha256((token or "").encode("utf-8")).digest(), bool(token))
+                            for token in tokens or [None]]
+
+    def __call__(self, given: list[bytes]) -> bool:
+        candidate = given[0].strip() if len(given) == 1 else b""
+        digest = hashlib.sha256(candidate).digest()
+        same = False
+        for reference, usable in self._references:
+            same |= hmac.compare_digest(digest, reference) and usable
+        return same and bool(candidate)
 
 
 @attrs.frozen
