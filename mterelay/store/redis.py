@@ -408,7 +408,12 @@ class RedisPairStore:
             conn = self._connection()
         except StoreUnavailable:
             return fail()
-        d = maybeDeferred(call, conn, False)
+        try:
+            d = call(conn, False)
+        except Exception:
+            # What maybeDeferred did, without its per-call cost on the hot
+            # path: ``call`` returns a Deferred (execute_command never raises).
+            d = fail()
         return d.addErrback(self._unavailable, op)
 
     def _script(self, conn: RedisConnection, script: _Script, key: bytes,
@@ -423,14 +428,7 @@ class RedisPairStore:
             _asking(conn)
             return conn.execute_command("EVAL", script.source, 1, key, *args)
         d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
-
-        def no_script(failure: Failure) -> Any:
-            if failure.check(RedisReplyError) and \
-                    str(failure.value).startswith("NOSCRIPT"):
-                return conn.execute_command("EVAL", script.source, 1, key, *args)
-            return failure
-
-        return d.addErrback(no_script)
+        return d.addErrback(_no_script, conn, script, key, args)
 
     def _unavailable(self, failure: Failure, op: str) -> Failure:
         if failure.check(*RedisError):
@@ -467,6 +465,18 @@ def _asking(conn: RedisConnection) -> None:
     command's redirect or error anyway, so it is swallowed here.
     """
     conn.execute_command("ASKING").addErrback(lambda failure: None)
+
+
+def _no_script(failure: Failure, conn: RedisConnection, script: _Script, key: bytes,
+               args: tuple) -> Any:
+    """NOSCRIPT (the server lost its script cache): the script again, as EVAL.
+
+    A module function with its arguments rather than a closure per call:
+    ``accept`` runs it on every request.
+    """
+    if failure.check(RedisReplyError) and str(failure.value).startswith("NOSCRIPT"):
+        return conn.execute_command("EVAL", script.source, 1, key, *args)
+    return failure
 
 
 def _verdict(code: int) -> Verdict:
