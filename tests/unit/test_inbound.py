@@ -326,3 +326,36 @@ class AbandonedExchangeTests(SynchronousTestCase):
 
     def test_live_client_still_warned(self) -> None:
         self.assertEqual(len(self.run_failing(gone=False)), 1)
+
+
+class ReturnedNamesTests(SynchronousTestCase):
+    """The memo of response header names gives what the uncached rule gives."""
+
+    def test_memo_matches_the_rule_and_is_bounded(self) -> None:
+        from twisted.web.http_headers import Headers
+
+        from mterelay.web import inbound
+
+        names = [b"Server", b"Content-Type", b"Content-Length", b"Connection", b"Keep-Alive",
+                 b"Transfer-Encoding", b"Access-Control-Allow-Origin", b"X-Mte-Relay",
+                 b"X-Custom", b"Set-Cookie", b"\xffOdd"]
+        self.patch(inbound, "_returned_names", {})
+        self.patch(inbound, "RETURNED_NAMES_MAX", 4)
+        for _ in range(2):  # first computed, then (partly) remembered
+            for name in names:
+                lower = name.lower()
+                skipped = (lower in inbound.NOT_RETURNED
+                           or lower.startswith((b"access-control-", b"x-mte-")))
+                expected = None if skipped else (lower, lower.decode("ascii", "replace"))
+                self.assertEqual(inbound._returned_name(name), expected, name)
+                self.assertLessEqual(len(inbound._returned_names), 4)
+        headers = Headers({b"Server": [b"nginx"], b"Connection": [b"close"],
+                           b"Set-Cookie": [b"a=1", b"b=2"], b"X-Custom": [b"\xe9"]})
+        sealed, clear = inbound.split_response_headers(headers, frozenset({"server"}))
+        self.assertEqual(sealed, {"server": ["nginx"]})
+        self.assertEqual(sorted(clear), [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                                         (b"x-custom", b"\xe9")])
+        sealed, clear = inbound.split_response_headers(headers, None)
+        self.assertEqual(sealed, {"server": ["nginx"], "set-cookie": ["a=1", "b=2"],
+                                  "x-custom": ["\xe9"]})
+        self.assertEqual(clear, [])
