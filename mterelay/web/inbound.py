@@ -121,6 +121,45 @@ def response_selection(clear: Headers, sealed: dict[str, list[str]],
     return None
 
 
+#: Largest number of header names each of the name memos below remembers.
+NAMES_MAX = 1024
+_clear_names: dict[bytes, bytes | None] = {}
+_sealed_names: dict[str, bytes | None] = {}
+
+
+def _clear_name(name: bytes) -> bytes | None:
+    """The lowercase name of a clear request header, None if it is never forwarded.
+
+    Never forwarded: the relay's own (``x-mte-*``) and this hop's framing
+    (Host, Content-Length: the upstream request gets its own, and
+    ``outgoing_headers`` drops them anyway).  The names of every request
+    are the same few, so each is worked out once (bounded, emptied when full).
+    """
+    known = _clear_names.get(name, False)
+    if known is not False:
+        return known  # type: ignore[return-value]
+    lower = name.lower()
+    result = None if lower in (b"host", b"content-length") or lower.startswith(b"x-mte-") \
+        else lower
+    if len(_clear_names) >= NAMES_MAX:
+        _clear_names.clear()
+    _clear_names[name] = result
+    return result
+
+
+def _sealed_name(name: str) -> bytes | None:
+    """A sealed header's name as bytes, None if it is never forwarded (memo as above)."""
+    known = _sealed_names.get(name, False)
+    if known is not False:
+        return known  # type: ignore[return-value]
+    raw = name.encode("ascii")
+    result = None if raw in NOT_FORWARDED or raw.startswith(b"x-mte-") else raw
+    if len(_sealed_names) >= NAMES_MAX:
+        _sealed_names.clear()
+    _sealed_names[name] = result
+    return result
+
+
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
                              body_enc: bool) -> Headers:
     """Clear headers, minus this hop's and the relay's own, with the sealed ones over them.
@@ -128,19 +167,19 @@ def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
     Hop-by-hop rules (including the names a clear ``Connection`` nominates)
     apply to the clear headers of this hop only: a ``Connection`` header
     added on the way must not strip an authenticated header.  The result
-    carries no ``Connection`` header, so nothing later re-applies them.
+    carries no ``Connection`` header, so nothing later re-applies them,
+    and no Host or Content-Length (the upstream request sets its own).
     """
     merged = Headers()
     hop = hop_by_hop_names(clear)
     for name, values in clear.getAllRawHeaders():
-        lower = name.lower()
-        if (lower in hop or lower.startswith(b"x-mte-")
-                or (body_enc and lower == b"content-type")):
+        lower = _clear_name(name)
+        if lower is None or lower in hop or (body_enc and lower == b"content-type"):
             continue
         merged.setRawHeaders(name, list(values))
     for name, values in sealed.items():
-        raw = name.encode("ascii")
-        if raw in NOT_FORWARDED or raw.startswith(b"x-mte-"):
+        raw = _sealed_name(name)
+        if raw is None:
             continue
         merged.setRawHeaders(raw, [value.encode("utf-8") for value in values])
     return merged
