@@ -10,6 +10,7 @@ from mterelay.protocol.replay import Verdict
 from mterelay.store.interface import StoreUnavailable
 from mterelay.store.redis import RedisPairStore
 from mterelay.store.redisclient import RedisConnection
+from mterelay.store.resp import encode_arguments, encode_command
 
 CID = "0123abcd-0123-4abc-8def-0123456789ab"
 PID = "pair000000000000001"
@@ -33,6 +34,22 @@ class DispatchTests(SynchronousTestCase):
         self.assertTrue(conn.transport.value().startswith(b"*10\r\n$7\r\nEVALSHA\r\n"))
         conn.dataReceived(b":1\r\n")
         self.assertEqual(verdicts, [Verdict.REPLAYED])
+
+    def test_the_pre_encoded_evalsha_is_encode_commands_bytes(self) -> None:
+        from mterelay.store import redis
+
+        store, conn = store_on_a_string_transport()
+        store.accept(CID, PID, 5, GEN)
+        key = store._key(CID, PID)
+        args = (5, store._now_ms(), store._max_age_ms(), store.limits.max_messages,
+                store._idle_ms(), GEN)
+        self.assertEqual(conn.transport.value(),
+                         encode_command(("EVALSHA", redis._ACCEPT.sha, 1, key, *args)))
+        for args in ((), (b"k", "v", 7, bytearray(b"b"), memoryview(b"m"))):
+            self.assertEqual(encode_command(args), b"*%d\r\n" % len(args)
+                             + encode_arguments(args))
+        with self.assertRaises(TypeError):
+            encode_arguments((1.5,))
 
     def test_noscript_falls_back_to_eval_on_the_same_connection(self) -> None:
         store, conn = store_on_a_string_transport()
