@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from .errors import InvalidClientId
 
 __all__ = ["CLIENT_ID_LENGTH", "UUID_LENGTH", "new_client_id", "sign_client_uuid",
-           "verify_client_id", "client_uuid", "is_client_id", "is_client_uuid"]
+           "verify_client_id", "VerifiedIds", "client_uuid", "is_client_id", "is_client_uuid"]
 
 UUID_LENGTH = 36
 CLIENT_ID_LENGTH = UUID_LENGTH + 1 + 64
@@ -93,6 +93,47 @@ def verify_client_id(value: object, secrets: Sequence[bytes]) -> str:
     if not valid:
         raise InvalidClientId("client id signature does not verify")
     return bare
+
+
+class VerifiedIds:
+    """:func:`verify_client_id` with a bounded memo of the ids that verified.
+
+    Every encrypted request presents its client id, and a client sends many
+    requests with the same one, so the relay need not recompute the HMAC
+    each time.  Only an id that passed :func:`verify_client_id` under the
+    very secrets asked about is remembered, and a hit needs the exact same
+    string: an id that did not verify always takes the full, constant-time
+    check (and is never remembered).  When the secrets change the memo is
+    dropped.  At most ``max_entries`` ids are kept; the oldest goes first.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._secrets: tuple[bytes, ...] = ()
+        self._verified: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._verified)
+
+    def verify(self, value: object, secrets: Sequence[bytes]) -> str:
+        """What ``verify_client_id(value, secrets)`` answers (or raises)."""
+        if type(value) is str:
+            if secrets is not self._secrets:
+                secrets = tuple(secrets)
+                if secrets != self._secrets:
+                    self._verified.clear()
+                self._secrets = secrets
+            bare = self._verified.get(value)
+            if bare is not None:
+                return bare
+        bare = verify_client_id(value, secrets)
+        verified = self._verified
+        if len(verified) >= self.max_entries:
+            del verified[next(iter(verified))]
+        verified[value] = bare  # type: ignore[index]  # a str: it verified
+        return bare
 
 
 def client_uuid(value: str) -> str:

@@ -48,10 +48,20 @@ def decode_url(plain: bytes) -> str:
     return target
 
 
+#: Header names that matched ``_NAME_RE`` (the same few in every message),
+#: so each is checked once; bounded, emptied when full.
+_GOOD_NAMES: set[str] = set()
+GOOD_NAMES_MAX = 1024
+
+
 def _check_headers(headers: Mapping[str, list[str]], headers_enc: bool) -> None:
     for name, values in headers.items():
-        if _NAME_RE.fullmatch(name) is None:
-            raise ItemFormatError(f"invalid header name {name[:40]!r}")
+        if name not in _GOOD_NAMES:
+            if _NAME_RE.fullmatch(name) is None:
+                raise ItemFormatError(f"invalid header name {name[:40]!r}")
+            if len(_GOOD_NAMES) >= GOOD_NAMES_MAX:
+                _GOOD_NAMES.clear()
+            _GOOD_NAMES.add(name)
         if not headers_enc and name != CONTENT_TYPE:
             raise ItemFormatError("headersEnc=0 allows only content-type")
         if not values:
@@ -76,7 +86,10 @@ def encode_headers(headers: Mapping[str, str | Sequence[str]], headers_enc: bool
         lower = name.lower()
         if lower in normalized:
             raise ItemFormatError(f"header {lower} given twice")
-        normalized[lower] = [values] if isinstance(values, str) else list(values)
+        if isinstance(values, str):
+            normalized[lower] = [values]
+        else:  # a list is only read, never kept: no copy
+            normalized[lower] = values if type(values) is list else list(values)
     _check_headers(normalized, headers_enc)
     return _ENCODER.encode(normalized).encode("utf-8")
 

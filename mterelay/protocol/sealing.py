@@ -72,6 +72,8 @@ _AAD_LABEL = b"mterelay"
 #: _AAD_HEAD cut around its kind and final bytes (MessageCipher builds four at once).
 _AAD_VERSION_DIRECTION = struct.Struct(">HB")
 _AAD_FLAGS_SEQ = struct.Struct(">BQB")
+#: label || u16 version || u8 direction, per (version, direction): a few entries.
+_AAD_HEADS: dict[tuple[int, int], bytes] = {}
 _KIND_FINAL = {(kind, final): bytes((kind, final)) for kind in (1, 2, 3) for final in (0, 1)}
 
 
@@ -333,7 +335,8 @@ class MessageCipher:
     def __init__(self, keys: PairKeys, header: RelayHeader, direction: Direction) -> None:
         if keys.pair_id != header.pair_id or keys.client_id != header.client_id[:36]:
             raise ValueError("keys and header belong to different pairs")
-        direction = Direction(direction)
+        if direction.__class__ is not Direction:
+            direction = Direction(direction)
         self.keys = keys
         self.header = header
         self.direction = direction
@@ -342,7 +345,10 @@ class MessageCipher:
         # The four AADs of item_aad, sharing everything but kind and final
         # (one message builds them for every request and every response).
         pair = header.pair_id.encode("ascii")
-        head = _AAD_LABEL + _AAD_VERSION_DIRECTION.pack(keys.version, direction)
+        head = _AAD_HEADS.get((keys.version, direction))
+        if head is None:
+            head = _AAD_LABEL + _AAD_VERSION_DIRECTION.pack(keys.version, direction)
+            _AAD_HEADS[keys.version, direction] = head
         tail = _AAD_FLAGS_SEQ.pack(header.flags_byte(), header.seq, len(pair)) + pair
         self._aad_url = head + _KIND_FINAL[Kind.URL, True] + tail
         self._aad_headers = head + _KIND_FINAL[Kind.HEADERS, True] + tail

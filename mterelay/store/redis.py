@@ -54,6 +54,7 @@ from mterelay.store.interface import (
 from mterelay.store.redisclient import (
     RedisConnection, RedisError, RedisPool, RedisReplyError)
 from mterelay.store.redisurl import RedisAddress, parse_redis_url
+from mterelay.store.resp import encode_arguments
 
 __all__ = ["ACCEPT_SCRIPT", "CREATE_SCRIPT", "DELETE_SCRIPT", "RedisPairStore"]
 
@@ -163,13 +164,15 @@ end
 
 
 class _Script:
-    __slots__ = ("source", "sha")
+    __slots__ = ("source", "sha", "evalsha_head")
 
     def __init__(self, source: str) -> None:
         if "SERVER_BOOT()" in source:
             source = _SERVER_BOOT + source
         self.source = source.encode("utf-8")
         self.sha = hashlib.sha1(self.source).hexdigest()
+        #: ``EVALSHA <sha> 1`` as RESP bulk strings, encoded once (every accept sends it).
+        self.evalsha_head = encode_arguments(("EVALSHA", self.sha, 1))
 
 
 _ACCEPT = _Script(ACCEPT_SCRIPT)
@@ -408,7 +411,12 @@ class RedisPairStore:
             conn = self._connection()
         except StoreUnavailable:
             return fail()
-        d = maybeDeferred(call, conn, False)
+        try:
+            d = call(conn, False)
+        except Exception:
+            # What maybeDeferred did, without its per-call cost on the hot
+            # path: ``call`` returns a Deferred (execute_command never raises).
+            d = fail()
         return d.addErrback(self._unavailable, op)
 
     def _script(self, conn: RedisConnection, script: _Script, key: bytes,
@@ -422,15 +430,13 @@ class RedisPairStore:
         if asking:
             _asking(conn)
             return conn.execute_command("EVAL", script.source, 1, key, *args)
-        d = conn.execute_command("EVALSHA", script.sha, 1, key, *args)
-
-        def no_script(failure: Failure) -> Any:
-            if failure.check(RedisReplyError) and \
-                    str(failure.value).startswith("NOSCRIPT"):
-                return conn.execute_command("EVAL", script.source, 1, key, *args)
-            return failure
-
-        return d.addErrback(no_script)
+        try:
+            command = (b"*%d\r\n" % (4 + len(args)) + script.evalsha_head
+                       + encode_arguments((key, *args)))
+        except TypeError:
+            return fail()
+        d = conn.execute_encoded(command)
+        return d.addErrback(_no_script, conn, script, key, args)
 
     def _unavailable(self, failure: Failure, op: str) -> Failure:
         if failure.check(*RedisError):
@@ -467,6 +473,18 @@ def _asking(conn: RedisConnection) -> None:
     command's redirect or error anyway, so it is swallowed here.
     """
     conn.execute_command("ASKING").addErrback(lambda failure: None)
+
+
+def _no_script(failure: Failure, conn: RedisConnection, script: _Script, key: bytes,
+               args: tuple) -> Any:
+    """NOSCRIPT (the server lost its script cache): the script again, as EVAL.
+
+    A module function with its arguments rather than a closure per call:
+    ``accept`` runs it on every request.
+    """
+    if failure.check(RedisReplyError) and str(failure.value).startswith("NOSCRIPT"):
+        return conn.execute_command("EVAL", script.source, 1, key, *args)
+    return failure
 
 
 def _verdict(code: int) -> Verdict:

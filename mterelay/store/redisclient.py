@@ -93,6 +93,13 @@ class RedisConnection(Protocol):
             data = encode_command(args)
         except TypeError:
             return fail()
+        return self.execute_encoded(data, timeout)
+
+    def execute_encoded(self, data: bytes, timeout: float | None = None) -> Deferred:
+        """:meth:`execute_command` of a command already RESP-encoded (exactly one)."""
+        if not self.usable:
+            return fail(RedisConnectionError(
+                self.poisoned or "the Redis connection is not ready"))
         self.transport.write(data)
         d = Deferred()
         limit = self.timeout if timeout is None else timeout

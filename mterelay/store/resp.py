@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RedisReplyError", "RespProtocolError", "RespParser", "encode_command"]
+__all__ = ["RedisReplyError", "RespProtocolError", "RespParser", "encode_command",
+           "encode_arguments"]
 
 #: Redis's own limit on a bulk string (proto-max-bulk-len default).
 MAX_BULK = 512 * 1024 * 1024
@@ -50,7 +51,17 @@ def encode_command(args: tuple) -> bytes:
     TypeError before a byte is written, so a bad argument can never leave
     half a command on the wire.
     """
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + encode_arguments(args)
+
+
+def encode_arguments(args: tuple) -> bytes:
+    """The bulk strings of :func:`encode_command` without the array header.
+
+    Lets a caller send a command whose first arguments it encoded once
+    (``b"*%d\r\n" % count + head + encode_arguments(rest)``); same types
+    and the same TypeError as :func:`encode_command`.
+    """
+    parts = []
     for arg in args:
         kind = type(arg)
         if kind is bytes:

@@ -36,7 +36,7 @@ from mterelay.http.refusal import Refused
 from mterelay.http import names
 from mterelay.http.names import (CONTENT_TYPE, ITEM_HEADER, RELAY_HEADER, RESPONSE_HEADERS_CONTROL,
                                  SEALED_CONTENT_TYPE, URL_TOKEN_HEADER, text)
-from mterelay.protocol.clientid import verify_client_id
+from mterelay.protocol.clientid import VerifiedIds
 from mterelay.protocol.errors import (DecodeFailed, MalformedHeader, MissingHeader, RelayError,
                                       RepairRequired, StateNotFound)
 from mterelay.protocol.header import (FIXED_PATH, MODE_MKE, MODE_MKR, MODE_MTE, URL_HEADER,
@@ -121,6 +121,45 @@ def response_selection(clear: Headers, sealed: dict[str, list[str]],
     return None
 
 
+#: Largest number of header names each of the name memos below remembers.
+NAMES_MAX = 1024
+_clear_names: dict[bytes, bytes | None] = {}
+_sealed_names: dict[str, bytes | None] = {}
+
+
+def _clear_name(name: bytes) -> bytes | None:
+    """The lowercase name of a clear request header, None if it is never forwarded.
+
+    Never forwarded: the relay's own (``x-mte-*``) and this hop's framing
+    (Host, Content-Length: the upstream request gets its own, and
+    ``outgoing_headers`` drops them anyway).  The names of every request
+    are the same few, so each is worked out once (bounded, emptied when full).
+    """
+    known = _clear_names.get(name, False)
+    if known is not False:
+        return known  # type: ignore[return-value]
+    lower = name.lower()
+    result = None if lower in (b"host", b"content-length") or lower.startswith(b"x-mte-") \
+        else lower
+    if len(_clear_names) >= NAMES_MAX:
+        _clear_names.clear()
+    _clear_names[name] = result
+    return result
+
+
+def _sealed_name(name: str) -> bytes | None:
+    """A sealed header's name as bytes, None if it is never forwarded (memo as above)."""
+    known = _sealed_names.get(name, False)
+    if known is not False:
+        return known  # type: ignore[return-value]
+    raw = name.encode("ascii")
+    result = None if raw in NOT_FORWARDED or raw.startswith(b"x-mte-") else raw
+    if len(_sealed_names) >= NAMES_MAX:
+        _sealed_names.clear()
+    _sealed_names[name] = result
+    return result
+
+
 def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
                              body_enc: bool) -> Headers:
     """Clear headers, minus this hop's and the relay's own, with the sealed ones over them.
@@ -128,22 +167,47 @@ def upstream_request_headers(clear: Headers, sealed: dict[str, list[str]],
     Hop-by-hop rules (including the names a clear ``Connection`` nominates)
     apply to the clear headers of this hop only: a ``Connection`` header
     added on the way must not strip an authenticated header.  The result
-    carries no ``Connection`` header, so nothing later re-applies them.
+    carries no ``Connection`` header, so nothing later re-applies them,
+    and no Host or Content-Length (the upstream request sets its own).
     """
     merged = Headers()
     hop = hop_by_hop_names(clear)
     for name, values in clear.getAllRawHeaders():
-        lower = name.lower()
-        if (lower in hop or lower.startswith(b"x-mte-")
-                or (body_enc and lower == b"content-type")):
+        lower = _clear_name(name)
+        if lower is None or lower in hop or (body_enc and lower == b"content-type"):
             continue
         merged.setRawHeaders(name, list(values))
     for name, values in sealed.items():
-        raw = name.encode("ascii")
-        if raw in NOT_FORWARDED or raw.startswith(b"x-mte-"):
+        raw = _sealed_name(name)
+        if raw is None:
             continue
         merged.setRawHeaders(raw, [value.encode("utf-8") for value in values])
     return merged
+
+
+#: Largest number of upstream response header names :func:`_returned_name` remembers.
+RETURNED_NAMES_MAX = 1024
+_returned_names: dict[bytes, tuple[bytes, str] | None] = {}
+
+
+def _returned_name(name: bytes) -> tuple[bytes, str] | None:
+    """(lowercase name, its text) of a response header returned to the client, or None.
+
+    An upstream sends the same few names on every answer: each is worked
+    out once and remembered (a bounded memo, emptied when full).
+    """
+    known = _returned_names.get(name, False)
+    if known is not False:
+        return known  # type: ignore[return-value]
+    lower = name.lower()
+    if lower in NOT_RETURNED or lower.startswith((b"access-control-", b"x-mte-")):
+        result = None
+    else:
+        result = (lower, lower.decode("ascii", "replace"))
+    if len(_returned_names) >= RETURNED_NAMES_MAX:
+        _returned_names.clear()
+    _returned_names[name] = result
+    return result
 
 
 def split_response_headers(headers: Headers, selection: frozenset[str] | None
@@ -152,12 +216,12 @@ def split_response_headers(headers: Headers, selection: frozenset[str] | None
     sealed: dict[str, list[str]] = {}
     clear: list[tuple[bytes, bytes]] = []
     for name, values in headers.getAllRawHeaders():
-        lower = name.lower()
-        if lower in NOT_RETURNED or lower.startswith((b"access-control-", b"x-mte-")):
+        returned = _returned_name(name)
+        if returned is None:
             continue
-        text = lower.decode("ascii", "replace")
+        lower, text = returned
         if selection is None or text in selection:
-            sealed.setdefault(text, []).extend(header_text(value) for value in values)
+            sealed.setdefault(text, []).extend([header_text(value) for value in values])
         else:
             clear.extend((lower, value) for value in values)
     return sealed, clear
@@ -251,12 +315,19 @@ class SealingWriter:
     """
 
     def __init__(self, request: IRequest, sealer: BodySealer | RecordSealer,
-                 stopwatch: Stopwatch, clock: Any = None) -> None:
+                 stopwatch: Stopwatch, clock: Any = None, length: int | None = None) -> None:
         self.request = request
         self.sealer = sealer
         self.stopwatch = stopwatch
         self.pending = (TurnCoalescer(clock, self._seal)
                         if clock is not None and isinstance(sealer, RecordSealer) else None)
+        #: Record bytes still to come before the body's declared length
+        #: (None: unknown).  The piece that completes it is kept for
+        #: ``finish`` instead of being flushed at the next turn: the end is
+        #: due with it, and sealing it as the final record saves a reactor
+        #: call per answer (scheduled, then cancelled by ``finish``).
+        self._due = length if self.pending is not None else None
+        self._last: list[bytes] = []
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.request.registerProducer(producer, streaming)
@@ -265,10 +336,18 @@ class SealingWriter:
         self.request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        if self.pending is not None:
-            self.pending.write(data)
-        else:
+        pending = self.pending
+        if pending is None:
             self._seal(data)
+            return
+        due = self._due
+        if due is not None:
+            due -= len(data)
+            self._due = due
+            if due <= 0:
+                self._last.append(data)
+                return
+        pending.write(data)
 
     def _seal(self, data: bytes) -> None:
         sealed = self.stopwatch.time(self.sealer.feed, data)
@@ -279,12 +358,16 @@ class SealingWriter:
         """The last sealed bytes: whatever is pending, sealed as the end of the body."""
         pending, self.pending = self.pending, None  # it holds self._seal: no cycle left
         tail = pending.take() if pending is not None else b""
+        last, self._last = self._last, []
+        if last:
+            tail = b"".join((tail, *last))
         if isinstance(self.sealer, RecordSealer):
             return self.stopwatch.time(self.sealer.finish, tail)
         return self.stopwatch.time(self.sealer.finish)
 
     def discard(self) -> None:
         pending, self.pending = self.pending, None
+        self._last = []
         if pending is not None:
             pending.discard()
 
@@ -317,6 +400,8 @@ class InboundProxy:
         self.keys = keys
         self.forwarder = forwarder
         self.secrets = secrets
+        #: Client ids that verified under ``secrets`` (every request presents one).
+        self.client_ids = VerifiedIds()
         self.mte_routes = mte_routes
         self.mte_body_limit = mte_body_limit
 
@@ -356,7 +441,7 @@ class InboundProxy:
                                f"an MTE body may be at most {self.mte_body_limit} sealed bytes;"
                                " use MKE framing for larger bodies")
             check_sealed_length(length, header.mode)  # impossible sizes: 562
-        client = verify_client_id(header.client_id, self.secrets)
+        client = self.client_ids.verify(header.client_id, self.secrets)
         return header, token, client
 
 
@@ -698,7 +783,8 @@ class Exchange(BaseExchange):
             length = sealed_length(response.length, MODE_MKE)
             headers.setRawHeaders(b"content-length", [b"%d" % length])
         clock = self.proxy.forwarder.clock
-        writer = SealingWriter(request, cipher.body_sealer(), self.encoding, clock)
+        writer = SealingWriter(request, cipher.body_sealer(), self.encoding, clock,
+                               response.length if isinstance(response.length, int) else None)
 
         def interrupted(error: Exception) -> None:
             writer.discard()

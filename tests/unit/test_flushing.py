@@ -102,6 +102,47 @@ class SealingWriterTests(SynchronousTestCase):
         self.assertEqual(opener.feed(tail), b"event: 3\n\n")
         self.assertEqual(opener.finish(), b"")
 
+    def test_declared_length_keeps_the_last_piece_for_finish(self) -> None:
+        # The piece that completes a declared length is sealed by finish as
+        # the final record instead of being scheduled for the next turn.
+        seal, open_ = ciphers()
+        clock, request = Clock(), Sink()
+        writer = SealingWriter(request, seal.body_sealer(), Stopwatch(None), clock, 20)
+        opener = open_.body_opener()
+        writer.write(b"event: 1\n\n")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # short of the length: next turn
+        clock.advance(0)
+        [record] = request.writes
+        self.assertEqual(opener.feed(record), b"event: 1\n\n")
+        writer.write(b"event: 2\n\n")
+        self.assertEqual(clock.getDelayedCalls(), [])  # complete: nothing scheduled
+        clock.advance(0)
+        self.assertEqual(len(request.writes), 1)
+        tail = writer.finish()
+        self.assertEqual(opener.feed(tail), b"event: 2\n\n")
+        self.assertEqual(opener.finish(), b"")
+
+    def test_declared_length_gives_the_bytes_of_the_slow_path(self) -> None:
+        # One whole body in one write, as a small answer arrives: the same
+        # sealed bytes with or without the declared length.
+        seal, open_ = ciphers()
+        outputs = []
+        for length in (None, 11):
+            clock, request = Clock(), Sink()
+            writer = SealingWriter(request, seal.body_sealer(), Stopwatch(None), clock, length)
+            writer.write(b"hello world")
+            outputs.append(b"".join(request.writes) + writer.finish())
+        self.assertEqual(outputs[0], outputs[1])
+        self.assertEqual(open_.open_body(outputs[1]), b"hello world")
+
+    def test_declared_length_discard_drops_the_kept_piece(self) -> None:
+        seal, _ = ciphers()
+        clock, request = Clock(), Sink()
+        writer = SealingWriter(request, seal.body_sealer(), Stopwatch(None), clock, 3)
+        writer.write(b"abc")
+        writer.discard()
+        self.assertEqual((request.writes, writer._last, clock.getDelayedCalls()), ([], [], []))
+
     def test_mke_is_unchanged(self) -> None:
         seal, _ = ciphers(MODE_MKE)
         clock, request = Clock(), Sink()

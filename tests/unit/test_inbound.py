@@ -326,3 +326,91 @@ class AbandonedExchangeTests(SynchronousTestCase):
 
     def test_live_client_still_warned(self) -> None:
         self.assertEqual(len(self.run_failing(gone=False)), 1)
+
+
+class ReturnedNamesTests(SynchronousTestCase):
+    """The memo of response header names gives what the uncached rule gives."""
+
+    def test_memo_matches_the_rule_and_is_bounded(self) -> None:
+        from twisted.web.http_headers import Headers
+
+        from mterelay.web import inbound
+
+        names = [b"Server", b"Content-Type", b"Content-Length", b"Connection", b"Keep-Alive",
+                 b"Transfer-Encoding", b"Access-Control-Allow-Origin", b"X-Mte-Relay",
+                 b"X-Custom", b"Set-Cookie", b"\xffOdd"]
+        self.patch(inbound, "_returned_names", {})
+        self.patch(inbound, "RETURNED_NAMES_MAX", 4)
+        for _ in range(2):  # first computed, then (partly) remembered
+            for name in names:
+                lower = name.lower()
+                skipped = (lower in inbound.NOT_RETURNED
+                           or lower.startswith((b"access-control-", b"x-mte-")))
+                expected = None if skipped else (lower, lower.decode("ascii", "replace"))
+                self.assertEqual(inbound._returned_name(name), expected, name)
+                self.assertLessEqual(len(inbound._returned_names), 4)
+        headers = Headers({b"Server": [b"nginx"], b"Connection": [b"close"],
+                           b"Set-Cookie": [b"a=1", b"b=2"], b"X-Custom": [b"\xe9"]})
+        sealed, clear = inbound.split_response_headers(headers, frozenset({"server"}))
+        self.assertEqual(sealed, {"server": ["nginx"]})
+        self.assertEqual(sorted(clear), [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                                         (b"x-custom", b"\xe9")])
+        sealed, clear = inbound.split_response_headers(headers, None)
+        self.assertEqual(sealed, {"server": ["nginx"], "set-cookie": ["a=1", "b=2"],
+                                  "x-custom": ["\xe9"]})
+        self.assertEqual(clear, [])
+
+
+def reference_upstream_request_headers(clear: Any, sealed: dict[str, list[str]],
+                                       body_enc: bool) -> list[tuple[bytes, list[bytes]]]:
+    """The rule without memos, as main had it, after outgoing_headers' Host/Content-Length drop."""
+    from mterelay.http.headers import hop_by_hop_names
+    from mterelay.web.inbound import NOT_FORWARDED
+
+    merged: dict[bytes, list[bytes]] = {}
+    hop = hop_by_hop_names(clear)
+    for name, values in clear.getAllRawHeaders():
+        lower = name.lower()
+        if (lower in hop or lower.startswith(b"x-mte-")
+                or (body_enc and lower == b"content-type")):
+            continue
+        merged[lower] = list(values)
+    for name, values in sealed.items():
+        raw = name.encode("ascii")
+        if raw in NOT_FORWARDED or raw.startswith(b"x-mte-"):
+            continue
+        merged[raw] = [value.encode("utf-8") for value in values]
+    merged.pop(b"host", None)
+    merged.pop(b"content-length", None)
+    return sorted(merged.items())
+
+
+class UpstreamRequestHeadersTests(SynchronousTestCase):
+    """The name memos give what the rule without them gives (minus Host/Content-Length)."""
+
+    def test_same_headers_as_the_rule(self) -> None:
+        from twisted.web.http_headers import Headers
+
+        from mterelay.web import inbound
+
+        self.patch(inbound, "_clear_names", {})
+        self.patch(inbound, "_sealed_names", {})
+        self.patch(inbound, "NAMES_MAX", 3)
+        clear = Headers({b"Host": [b"relay.test"], b"Content-Length": [b"40"],
+                         b"Content-Type": [b"application/octet-stream"],
+                         b"X-Mte-Relay": [b"h"], b"X-Mte-Relay-Eh": [b"e"],
+                         b"Connection": [b"keep-alive, X-Hop"], b"X-Hop": [b"1"],
+                         b"Keep-Alive": [b"timeout=5"], b"X-Trace": [b"t-1", b"t-2"],
+                         b"User-Agent": [b"wrk"]})
+        sealed = {"content-type": ["application/json"], "x-request-id": ["r-1"],
+                  "host": ["evil.test"], "content-length": ["1"], "x-mte-thing": ["no"],
+                  "connection": ["close"], "x-hop": ["sealed, so kept"],
+                  "accept": ["a/b", "c/\u00e9"]}
+        for body_enc in (True, False, True, False):  # memos empty, then full and emptied
+            merged = inbound.upstream_request_headers(clear, sealed, body_enc)
+            got = sorted((name.lower(), values) for name, values in merged.getAllRawHeaders())
+            self.assertEqual(got, reference_upstream_request_headers(clear, sealed, body_enc))
+            self.assertLessEqual(len(inbound._clear_names), 3)
+            self.assertLessEqual(len(inbound._sealed_names), 3)
+        self.assertEqual(merged.getRawHeaders(b"x-hop"), [b"sealed, so kept"])
+        self.assertIsNone(merged.getRawHeaders(b"host"))

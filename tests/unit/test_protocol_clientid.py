@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mterelay.protocol.clientid import (CLIENT_ID_LENGTH, client_uuid, is_client_id,
                                         new_client_id, sign_client_uuid,
-                                        verify_client_id)
+                                        verify_client_id, VerifiedIds)
 from mterelay.protocol.errors import InvalidClientId
 
 SECRET = b"a-client-id-secret-of-32-chars!!"
@@ -85,3 +85,48 @@ class ClientIdTests(SynchronousTestCase):
         except InvalidClientId:
             return
         self.fail(f"accepted {value!r}")  # pragma: no cover
+
+
+class VerifiedIdsTests(SynchronousTestCase):
+    """The memo of verified ids answers exactly what verify_client_id answers."""
+
+    def test_same_answer_as_the_full_check(self) -> None:
+        ids = VerifiedIds()
+        good = new_client_id(SECRET)
+        self.assertEqual(ids.verify(good, (SECRET,)), verify_client_id(good, (SECRET,)))
+        self.assertEqual(ids.verify(good, (SECRET,)), good[:36])  # from the memo
+        self.assertEqual(len(ids), 1)
+
+    def test_an_id_that_does_not_verify_is_refused_every_time(self) -> None:
+        ids = VerifiedIds()
+        good = new_client_id(SECRET, lambda: FIXED)
+        ids.verify(good, (SECRET,))
+        forged = good[:-1] + ("0" if good[-1] != "0" else "1")  # same uuid, bad signature
+        for _ in range(2):
+            with self.assertRaises(InvalidClientId):
+                ids.verify(forged, (SECRET,))
+        for bad in ("not an id", None, 7, good.upper()):
+            with self.assertRaises(InvalidClientId):
+                ids.verify(bad, (SECRET,))
+        self.assertEqual(len(ids), 1)
+
+    def test_retired_secret_is_not_answered_from_the_memo(self) -> None:
+        # An id remembered while OLD was accepted must be refused once OLD is
+        # retired: the memo belongs to the secrets it was filled under.
+        ids = VerifiedIds()
+        old = new_client_id(OLD, lambda: FIXED)
+        self.assertEqual(ids.verify(old, (SECRET, OLD)), str(FIXED))
+        with self.assertRaises(InvalidClientId):
+            ids.verify(old, (SECRET,))
+        self.assertEqual(ids.verify(old, [SECRET, OLD]), str(FIXED))  # any sequence
+
+    def test_bounded(self) -> None:
+        ids = VerifiedIds(max_entries=3)
+        values = [new_client_id(SECRET) for _ in range(5)]
+        for value in values:
+            ids.verify(value, (SECRET,))
+        self.assertEqual(len(ids), 3)
+        for value in values:  # evicted ones still verify, through the full check
+            self.assertEqual(ids.verify(value, (SECRET,)), value[:36])
+        with self.assertRaises(ValueError):
+            VerifiedIds(max_entries=0)

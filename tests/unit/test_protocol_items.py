@@ -66,3 +66,28 @@ class HeadersItemTests(SynchronousTestCase):
         plain = encode_headers(headers)
         self.assertEqual(decode_headers(plain), headers)
         json.loads(plain)
+
+
+class GoodNamesMemoTests(SynchronousTestCase):
+    """The memo of valid header names never lets an invalid one through and stays bounded."""
+
+    def test_memo(self) -> None:
+        from mterelay.protocol import items
+
+        self.patch(items, "_GOOD_NAMES", set())
+        self.patch(items, "GOOD_NAMES_MAX", 2)
+        for _ in range(2):
+            for name in ("content-type", "x-a", "x-b", "accept"):
+                self.assertEqual(decode_headers(encode_headers({name: "v"})), {name: ["v"]})
+                self.assertLessEqual(len(items._GOOD_NAMES), 2)
+            for bad in ("Bad Name", "x:y", "", "\u00e9"):
+                with self.assertRaises(ItemFormatError):
+                    decode_headers(b'{"%s":["v"]}' % bad.encode("utf-8"))
+                self.assertNotIn(bad, items._GOOD_NAMES)
+
+    def test_a_list_value_is_encoded_not_kept(self) -> None:
+        values = ["a", "b"]
+        plain = encode_headers({"Accept": values})
+        values.append("c")
+        self.assertEqual(decode_headers(plain), {"accept": ["a", "b"]})
+        self.assertEqual(encode_headers({"x": ("1", "2")}), b'{"x":["1","2"]}')

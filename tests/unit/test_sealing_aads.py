@@ -30,3 +30,16 @@ class AadTests(SynchronousTestCase):
                             self.assertEqual(cipher._aad_body,
                                              (item_aad(*args, Kind.BODY, False, *tail),
                                               item_aad(*args, Kind.BODY, True, *tail)))
+
+    def test_int_directions_build_the_same_cipher(self) -> None:
+        # The enum fast path: a plain int still goes through Direction().
+        client_id, keys, _ = paired_keys()
+        header = RelayHeader(client_id, keys.pair_id, "MKR", True, True, True, True, 9, True)
+        for direction in Direction:
+            by_enum = MessageCipher(keys, header, direction)
+            by_int = MessageCipher(keys, header, int(direction))
+            self.assertIs(by_int.direction, direction)
+            self.assertEqual((by_int._aad_url, by_int._aad_headers, by_int._aad_body),
+                             (by_enum._aad_url, by_enum._aad_headers, by_enum._aad_body))
+        with self.assertRaises(ValueError):
+            MessageCipher(keys, header, 3)
