@@ -427,10 +427,12 @@ class RelayClient:
                       else sealed_length(body.length, mode))
             small = body.small
             if small is not None:
-                # Sealed now, in one call: the same bytes the pump would write.
+                # Sealed now, in one call: the same bytes the pump would write,
+                # with Content-Length even for records (spec 7.2: the whole
+                # body was sealed first), so relay B reads and opens it whole.
                 sealed = encoding.time(seal_whole, outgoing.cipher.body_sealer(), small)
                 encoding.report()
-                producer = SealedBytes(sealed, length)
+                producer = SealedBytes(sealed, len(sealed))
             else:
                 producer = SealingProducer(body.open(self.reactor),
                                            outgoing.cipher.body_sealer(), length, encoding,

@@ -31,6 +31,7 @@ from mterelay.http.headers import copy_end_to_end
 from mterelay.web.outbound import OutboundProxy, copy_answer_pairs
 from mterelay.web.outboundrules import Refused, TokenCheck, seal_choices, token_matches
 from mterelay.protocol.header import MODE_MKE, MODE_MKR, MODE_MTE, RelayHeader
+from mterelay.protocol.records import RECORD_OVERHEAD
 from mterelay.protocol.sealing import Direction, MessageCipher, sealed_length
 from tests.helpers.clientsupport import RELAY, ClientHarness, SilentAgent, paired_keys
 from tests.helpers.support import NoRemoteRelay, relay_config
@@ -105,11 +106,13 @@ class ProducerSpy:
     def __init__(self, agent: IAgent) -> None:
         self.agent = agent
         self.producers: list[str] = []
+        self.lengths: list[Any] = []
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: Any = None) -> "Deferred[Any]":  # noqa: N803
         if bodyProducer is not None and b"/api/mte-pair" not in uri:
             self.producers.append(type(bodyProducer).__name__)
+            self.lengths.append(bodyProducer.length)
         return self.agent.request(method, uri, headers, bodyProducer)
 
 
@@ -131,6 +134,17 @@ class ClientBodyPathTests(SynchronousTestCase):
             data = os.urandom(1000)
             self.assertEqual(self.post(data, framing=framing), data)
         self.assertEqual(self.spy.producers, ["SealedBytes"] * 3)
+
+    def test_small_record_body_is_sent_with_its_length(self) -> None:
+        # Spec 7.2: a record body sealed whole first may carry Content-Length;
+        # relay B then reads and opens it whole instead of decoding chunks.
+        data = os.urandom(1000)
+        self.assertEqual(self.post(data, framing="MKR"), data)
+        self.assertEqual(self.spy.lengths, [1000 + RECORD_OVERHEAD])
+
+    def test_streamed_record_body_stays_chunked(self) -> None:
+        self.assertEqual(self.post(io.BytesIO(b"a file"), framing="MKR"), b"a file")
+        self.assertEqual(self.spy.lengths, [UNKNOWN_LENGTH])
 
     def test_empty_post_is_sealed_at_once(self) -> None:
         self.assertEqual(self.post(b""), b"")
