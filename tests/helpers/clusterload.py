@@ -49,22 +49,49 @@ class ClusterLoad:
         self.outcomes: list[Outcome] = []
         self.t0 = 0.0
 
-    def run(self, during: Callable[[], Any] | None = None, at: float = 1.0) -> defer.Deferred:
+    def run(self, during: Callable[[], Any] | None = None, at: float = 1.0,
+            after_fault: float = 0.0) -> defer.Deferred:
         """Fire (outcomes, what ``during`` returned) once every request is answered.
 
         ``during`` (blocking; run in a thread) starts ``at`` seconds after the first burst.
+        With ``after_fault``, bursts go on past ``bursts`` until one starts more than
+        ``after_fault`` seconds after ``during`` returned (at most 4 × ``bursts``): on a
+        loaded machine a failover can take longer than the planned load lasts, and a
+        test of recovery needs requests after it.
         """
         self.t0 = reactor.seconds()
         fault: Any = defer.succeed(None)
+        fault_end: list[float] = []
         if during is not None:
             from twisted.internet.threads import deferToThread
 
             fault = deferLater(reactor, at, deferToThread, during)
-        calls = []
-        for burst in range(self.bursts):
-            calls.append(deferLater(reactor, burst * self.gap, self._burst, burst))
-        d = defer.gatherResults(calls)
-        d.addCallback(lambda bursts: defer.gatherResults([c for b in bursts for c in b]))
+
+            def ended(result: Any) -> Any:
+                fault_end.append(reactor.seconds())
+                return result
+
+            fault.addBoth(ended)
+        calls: list[defer.Deferred] = []
+        fired = defer.Deferred()
+
+        def more(burst: int) -> bool:
+            if burst < self.bursts:
+                return True
+            if not after_fault or burst >= 4 * self.bursts:
+                return False
+            return not fault_end or reactor.seconds() - fault_end[0] <= after_fault
+
+        def fire(burst: int) -> None:
+            calls.extend(self._burst(burst))
+            if more(burst + 1):
+                due = self.t0 + (burst + 1) * self.gap
+                reactor.callLater(max(0.0, due - reactor.seconds()), fire, burst + 1)
+            else:
+                fired.callback(None)
+
+        fire(0)
+        d = fired.addCallback(lambda _: defer.gatherResults(calls))
         both = defer.gatherResults([d, fault])
         return both.addCallback(lambda results: (self.outcomes, results[1]))
 

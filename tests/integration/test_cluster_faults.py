@@ -81,6 +81,11 @@ class ClusterFaultCase(EncryptedProxyCase):
             handle.write(line + "\n")
 
 
+#: Seconds of bursts after a failover returned: the recovery check counts the
+#: requests started more than 3 s after it, and needs at least two bursts of them.
+RECOVERY_LOAD = 3.0 + 2 * 0.7
+
+
 class FailoverTests(ClusterFaultCase):
     def assert_bounded_and_recovered(self, outcomes: list, fault: dict) -> dict:
         result = self.check(outcomes)
@@ -112,7 +117,8 @@ class FailoverTests(ClusterFaultCase):
     def test_graceful_failover_under_load(self) -> Any:
         master = self.busiest_master()
         load = ClusterLoad(self.client_, self.balancer.url, bursts=12, gap=0.7)
-        outcomes, fault = yield load.run(self.timed(load, lambda: self.cluster.failover(master)))
+        outcomes, fault = yield load.run(self.timed(load, lambda: self.cluster.failover(master)),
+                                         after_fault=RECOVERY_LOAD)
         result = self.assert_bounded_and_recovered(outcomes, fault)
         # A graceful failover loses nothing: the old master answers MOVED and
         # the store already holds connections to the promoted replica.
@@ -126,7 +132,8 @@ class FailoverTests(ClusterFaultCase):
         self.addCleanup(lambda: self.cluster.restart(master))
         load = ClusterLoad(self.client_, self.balancer.url, bursts=14, gap=0.7)
         outcomes, fault = yield load.run(self.timed(load,
-                                                    lambda: self.cluster.kill_master(master)))
+                                                    lambda: self.cluster.kill_master(master)),
+                                         after_fault=RECOVERY_LOAD)
         result = self.assert_bounded_and_recovered(outcomes, fault)
         self.report("kill -9 master", result, fault)
 
