@@ -421,10 +421,6 @@ class RelayClient:
                                  body_length=None if body is None else body.length)
         producer: SealingProducer | SealedBytes | None = None
         if body is not None:
-            mode = outgoing.header.mode
-            # Records are sent chunked: their split is made as data comes.
-            length = (None if body.length is None or mode == MODE_MKR
-                      else sealed_length(body.length, mode))
             small = body.small
             if small is not None:
                 # Sealed now, in one call: the same bytes the pump would write,
@@ -434,6 +430,10 @@ class RelayClient:
                 encoding.report()
                 producer = SealedBytes(sealed, len(sealed))
             else:
+                mode = outgoing.header.mode
+                # Streamed records are sent chunked: their split is made as data comes.
+                length = (None if body.length is None or mode == MODE_MKR
+                          else sealed_length(body.length, mode))
                 producer = SealingProducer(body.open(self.reactor),
                                            outgoing.cipher.body_sealer(), length, encoding,
                                            clock=self.reactor)

@@ -221,7 +221,9 @@ class OutboundProxy:
 
         Host and Content-Length describe this hop; the client sets both.  The
         request id goes to the remote relay and on to its upstream, so one id
-        follows the request through every log.
+        follows the request through every log.  This is the rule spelled with
+        twisted ``Headers``; the request path uses :meth:`outgoing_plain`,
+        which the tests hold to exactly this rule.
         """
         headers = Headers()
         copy_end_to_end(incoming, headers, drop=_NOT_FORWARDED, drop_prefixes=(b"x-mte-",))
